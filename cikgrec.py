@@ -372,3 +372,980 @@ def split_validation(train: list, seed: int = 0) -> tuple[list, list]:
         kept.append(items[~chosen])
         valid.append(np.sort(items[chosen]))
     return kept, valid
+
+
+# ----------------------------------------------------------------------------------------------
+# The CIKG: node layout, edges, normalised adjacency
+# ----------------------------------------------------------------------------------------------
+# Node layout: [users | entities (items first) | interests]. User u -> node u, entity e -> node
+# n_users + e, interest j -> node n_users + n_entities + j.
+def node_counts(ds: Dataset) -> tuple[int, int, int]:
+    """(first entity node, first interest node, number of nodes) of the CIKG layout."""
+    e0 = ds.n_users
+    j0 = e0 + ds.n_entities
+    return e0, j0, j0 + ds.n_interests
+
+
+def cikg_edges(ds: Dataset, train: list, parts=("ui", "kg", "uj")) -> np.ndarray:
+    """Undirected CIKG edges, as node-id pairs int64 [m, 2] with a < b, deduplicated.
+
+    parts: "ui" (Interact: user-item, from `train`), "kg" (item/entity knowledge, the KG triples
+    with relations dropped: an undirected edge covers a relation and its inverse), "uj"
+    (Has-Interest: user-interest). KG triples whose head equals their tail are left out (self-loops
+    are a setting of the adjacency, not an edge). Section "LLM-based CIKG Construction".
+    """
+    e0, j0, _ = node_counts(ds)
+    chunks = []
+    if "ui" in parts:
+        users = np.repeat(np.arange(len(train)), [len(x) for x in train])
+        items = np.concatenate([np.asarray(x, dtype=np.int64) for x in train]) if train else users
+        chunks.append(np.stack([users, e0 + items], axis=1))
+    if "kg" in parts and len(ds.kg):
+        chunks.append(e0 + ds.kg[:, [0, 2]])
+    if "uj" in parts and len(ds.interest_edges):
+        chunks.append(np.stack([ds.interest_edges[:, 0], j0 + ds.interest_edges[:, 1]], axis=1))
+    if not chunks:
+        return np.zeros((0, 2), dtype=np.int64)
+    edges = np.concatenate(chunks).astype(np.int64)
+    edges = np.sort(edges, axis=1)
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    return np.unique(edges, axis=0)
+
+
+class Graph:
+    """An undirected graph that builds its normalised adjacency D^-1/2 (A [+ I]) D^-1/2 fast.
+
+    edges: int64 [m, 2] unique undirected pairs; n_nodes: matrix size (never the largest index:
+    isolated nodes keep an all-zero row and column); loops: bool [n_nodes] of the nodes given a
+    self-loop (None: none). The directed entries are sorted once by (row, col), so a dropout mask
+    only has to select entries and recount row pointers.
+    """
+
+    def __init__(self, edges: np.ndarray, n_nodes: int, loops=None, device="cpu"):
+        m = len(edges)
+        loop_nodes = np.flatnonzero(loops) if loops is not None else np.zeros(0, dtype=np.int64)
+        row = np.concatenate([edges[:, 0], edges[:, 1], loop_nodes])
+        col = np.concatenate([edges[:, 1], edges[:, 0], loop_nodes])
+        eid = np.concatenate([np.arange(m), np.arange(m), np.full(len(loop_nodes), -1)])
+        order = np.lexsort((col, row))
+        self.n_nodes, self.n_edges = n_nodes, m
+        self.row = torch.as_tensor(row[order], device=device)
+        self.col = torch.as_tensor(col[order], device=device)
+        self.eid = torch.as_tensor(eid[order], device=device)
+        self._full = None
+
+    def adjacency(self, drop: float = 0.0) -> torch.Tensor:
+        """Sparse CSR [n_nodes, n_nodes] float32: D^-1/2 (A+I) D^-1/2 (or without I).
+
+        drop: share of undirected edges removed (both directions at once, self-loops kept), drawn
+        from torch's global generator; the matrix is renormalised after the drop. Rows of nodes of
+        degree 0 stay zero (no NaN).
+        """
+        if drop == 0.0 and self._full is not None:
+            return self._full
+        row, col = self.row, self.col
+        if drop > 0.0:
+            keep_edge = torch.rand(self.n_edges, device=row.device) >= drop
+            keep = (self.eid < 0) | keep_edge[self.eid.clamp(min=0)]
+            row, col = row[keep], col[keep]
+        deg = torch.bincount(row, minlength=self.n_nodes).float()
+        dinv = deg.pow(-0.5)
+        dinv[deg == 0] = 0.0
+        crow = torch.zeros(self.n_nodes + 1, dtype=torch.int64, device=row.device)
+        crow[1:] = torch.cumsum(torch.bincount(row, minlength=self.n_nodes), 0)
+        adj = torch.sparse_csr_tensor(crow, col, dinv[row] * dinv[col], (self.n_nodes, self.n_nodes))
+        if drop == 0.0:
+            self._full = adj
+        return adj
+
+
+def build_graph(ds: Dataset, train: list, parts, loops: str = "all", device="cpu") -> Graph:
+    """The Graph of the chosen CIKG parts; loops: "all" nodes, "ui" (users and items) or "none"."""
+    e0, _, n = node_counts(ds)
+    mask = None
+    if loops == "all":
+        mask = np.ones(n, dtype=bool)
+    elif loops == "ui":
+        mask = np.zeros(n, dtype=bool)
+        mask[: e0 + ds.n_items] = True
+    return Graph(cikg_edges(ds, train, parts), n, mask, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# LightGCN propagation (with SimGCL noise)
+# ----------------------------------------------------------------------------------------------
+TIMES: dict = {}  # seconds per part of a training step, filled as it runs (read by `bench`)
+
+
+def _tick(part: str, t0: float) -> None:
+    TIMES[part] = TIMES.get(part, 0.0) + time.perf_counter() - t0
+
+
+class _SymmetricSpMM(torch.autograd.Function):
+    """y = A x for a symmetric sparse A; the backward is A grad, reusing A (A^T = A)."""
+
+    @staticmethod
+    def forward(ctx, adj, x):
+        t0 = time.perf_counter()
+        ctx.adj = adj
+        y = torch.sparse.mm(adj, x)
+        _tick("propagation", t0)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        t0 = time.perf_counter()
+        g = torch.sparse.mm(ctx.adj, grad.contiguous())
+        _tick("propagation", t0)
+        return None, g
+
+
+def simgcl_noise(h: torch.Tensor, eps: float, r: torch.Tensor | None = None) -> torch.Tensor:
+    """SimGCL's perturbation (Yu et al. 2022): sign(h) * normalize(r) * eps, r ~ U(0, 1) per row.
+
+    h: [n, D]. Returns the noise [n, D] to add to h. Used for view 1 of Eq. 8.
+    """
+    if r is None:
+        r = torch.rand_like(h)
+    return torch.sign(h) * F.normalize(r, dim=1) * eps
+
+
+def propagate(x: torch.Tensor, adj: torch.Tensor, layers: int, eps: float = 0.0,
+              drop: float = 0.0) -> torch.Tensor:
+    """LightGCN (He et al. 2020): mean of x, Ax, A^2 x, ..., A^l x.
+
+    x: [n_nodes, D]; adj: normalised sparse [n_nodes, n_nodes]. eps > 0 adds SimGCL noise after
+    every layer (view 1 of Eq. 8); drop > 0 is message dropout on every layer's output. This is
+    f_G^l of the paper, shared by the BPR pass (Eq. 10), the views (Eq. 8) and the GMAE (Eq. 6).
+    """
+    h, total = x, x
+    for _ in range(layers):
+        h = _SymmetricSpMM.apply(adj, h)
+        if eps > 0.0:
+            h = h + simgcl_noise(h, eps)
+        if drop > 0.0:
+            h = F.dropout(h, drop)
+        total = total + h
+    return total / (layers + 1)
+
+
+class CIKGRecModel(torch.nn.Module):
+    """The trainable parts: node embeddings Z [n_nodes, D] (users | entities | interests), the
+    relation embeddings of TransE [n_relations, D], the GMAE mask token [M] [1, D] and the linear
+    projection chi (Eq. 6). Xavier-uniform initialisation as in the authors' code."""
+
+    def __init__(self, n_nodes: int, n_relations: int, dim: int):
+        super().__init__()
+        self.emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_nodes, dim)))
+        self.rel = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(max(n_relations, 1), dim)))
+        self.mask_token = torch.nn.Parameter(torch.zeros(1, dim))
+        self.chi = torch.nn.Linear(dim, dim)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------
+def mask_rate(q: int, schedule: str, alpha: float, omega: float, big_lambda: int) -> float:
+    """Eq. 3: the mask rate p^q at epoch q (from 0), capped at omega.
+
+    lin: alpha + q (omega - alpha) / Lambda; exp: alpha (omega / alpha)^(q / Lambda);
+    fixed: omega throughout (the ablation "w/o DMR"). Eq. 4: exp < lin for 0 < q < Lambda.
+    """
+    if schedule == "fixed":
+        return omega
+    if schedule == "lin":
+        delta = alpha + q * (omega - alpha) / big_lambda
+    elif schedule == "exp":
+        delta = alpha * (omega / alpha) ** (q / big_lambda)
+    else:
+        raise ValueError(f"unknown mask schedule {schedule!r}")
+    return min(delta, omega)
+
+
+def mask_interests(x: torch.Tensor, first: int, count: int, rate: float, replace_rate: float,
+                   token: torch.Tensor):
+    """Eq. 5: give a share `rate` of the interest nodes the mask token [M].
+
+    x: [n_nodes, D]; interest nodes are rows first..first+count-1; token: [1, D]. At least one
+    node is masked (int(rate * count), at least 1). Of the m masked nodes, int(replace_rate * m)
+    get the embedding of a random node instead of [M] (GraphMAE's replacement). Returns
+    (x' [n_nodes, D], masked node ids int64 [m]). Raises ValueError when count is 0.
+    """
+    if count <= 0:
+        raise ValueError("no interest nodes to mask")
+    m = max(1, int(rate * count))
+    masked = first + torch.randperm(count, device=x.device)[:m]
+    n_replace = int(replace_rate * m)
+    x_masked = x.clone()
+    x_masked[masked[n_replace:]] = token.expand(m - n_replace, -1)
+    if n_replace:
+        source = torch.randint(0, x.shape[0], (n_replace,), device=x.device)
+        x_masked[masked[:n_replace]] = x[source]
+    return x_masked, masked
+
+
+def reconstruction_loss(target: torch.Tensor, recon: torch.Tensor, eta: float) -> torch.Tensor:
+    """Eq. 7: mean over masked nodes of (1 - cos(z_j, z'''_j))^eta. target, recon: [m, D]."""
+    return (1.0 - F.cosine_similarity(target, recon, dim=1)).pow(eta).mean()
+
+
+class _MeanLogSumExp(torch.autograd.Function):
+    """mean_b log sum_n exp(a_b . c_n / tau), a [B, D], c [N, D]: the denominator of InfoNCE.
+
+    Same mathematics as autograd through logsumexp, but the [B, N] softmax is computed once, in
+    place, and reused by the backward (the dense [B, N] matrices dominate a CIKGRec step).
+    """
+
+    @staticmethod
+    def forward(ctx, a, c, tau):
+        t0 = time.perf_counter()
+        p = torch.mm(c, a.t())  # [N, B]: this layout multiplies fastest on CPU
+        p.div_(tau)
+        top = p.max(dim=0).values
+        p.sub_(top).exp_()
+        total = p.sum(dim=0)
+        lse = total.log() + top
+        p.div_(total)  # softmax over n, transposed
+        ctx.save_for_backward(a, c, p)
+        ctx.tau = tau
+        _tick("contrastive", t0)
+        return lse.mean()
+
+    @staticmethod
+    def backward(ctx, g):
+        t0 = time.perf_counter()
+        a, c, p = ctx.saved_tensors
+        scale = g / (a.shape[0] * ctx.tau)
+        grad_a = torch.mm(p.t(), c).mul_(scale)
+        grad_c = torch.mm(p, a).mul_(scale)
+        _tick("contrastive", t0)
+        return grad_a, grad_c, None
+
+
+def info_nce(anchor: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor,
+             tau: float) -> torch.Tensor:
+    """Eq. 9, one term: InfoNCE with cosine similarity, averaged over the anchors.
+
+    anchor: [B, D] (view 1 rows of the batch, duplicates kept); candidates: [N, D] (all users of
+    view 2, or all items of view 3); positive: int64 [B], the row of candidates that is each
+    anchor's positive. Returns mean_b -log(exp(s(a_b, c_pos)/tau) / sum_n exp(s(a_b, c_n)/tau)).
+    """
+    a = F.normalize(anchor, dim=1)
+    c = F.normalize(candidates, dim=1)
+    pos = (a * c[positive]).sum(dim=1) / tau
+    return _MeanLogSumExp.apply(a, c, tau) - pos.mean()
+
+
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Eq. 10: mean of -ln sigma(pos - neg), computed as softplus(neg - pos) (finite for any
+    margin; -log(sigmoid(x)) overflows to inf at x = -100 in float32). pos, neg: [B]."""
+    return F.softplus(neg - pos).mean()
+
+
+def l2_reg(*rows: torch.Tensor) -> torch.Tensor:
+    """1/2 * sum of squared L2 norms of the given layer-0 rows, divided by the batch size B.
+
+    rows: tensors [B, D] (e.g. e_u, e_i, e_j of the batch): only the batch's rows count.
+    """
+    return sum(r.pow(2).sum() for r in rows) / 2.0 / rows[0].shape[0]
+
+
+def transe_loss(h, r, t, t_neg, squared: bool = False) -> torch.Tensor:
+    """Eq. 12: mean of -ln sigma(||h + r - t'|| - ||h + r - t||), each argument [B, D].
+
+    squared=True uses squared distances (what the authors' code does); the paper writes norms.
+    """
+    d_pos = (h + r - t).norm(dim=1)
+    d_neg = (h + r - t_neg).norm(dim=1)
+    if squared:
+        d_pos, d_neg = d_pos.pow(2), d_neg.pow(2)
+    return F.softplus(d_pos - d_neg).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """Sorted unique int64 keys user * n_items + item of the given (user, item) pairs."""
+    return np.unique(users.astype(np.int64) * n_items + items)
+
+
+def sample_negatives(users: np.ndarray, positive_keys: np.ndarray, n_items: int,
+                     rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
+    """One negative item per entry of `users`, uniform over the items the user has not interacted
+    with in training (Eq. 10's i'). Vectorised rejection sampling: draw all, redraw the clashes.
+
+    users: int64 [B]; positive_keys: pair_keys of the training pairs. Returns item ids int64 [B]
+    (item ids, not node ids). Users with every item have no negative: leave them out beforehand
+    (RuntimeError after max_rounds otherwise, never an endless loop).
+    """
+    neg = rng.integers(0, n_items, size=len(users))
+    todo = np.arange(len(users))
+    for _ in range(max_rounds):
+        keys = users[todo] * n_items + neg[todo]
+        pos = np.searchsorted(positive_keys, keys).clip(max=len(positive_keys) - 1)
+        clash = positive_keys[pos] == keys if len(positive_keys) else np.zeros(len(todo), bool)
+        todo = todo[clash]
+        if not len(todo):
+            return neg
+        neg[todo] = rng.integers(0, n_items, size=len(todo))
+    raise RuntimeError(f"no negative item found for {len(todo)} draws (users with every item?)")
+
+
+def kg_triples(ds: Dataset, train: list, with_interactions: bool = False) -> np.ndarray:
+    """TransE triples (head node, relation, tail node) int64 [n, 3] for Eq. 12.
+
+    The KG triples and their inverses (relation r + R). with_interactions adds user->item and
+    item->user "interact" triples (relations 2R and 2R+1), as the authors' code does.
+    """
+    e0 = ds.n_users
+    R = ds.n_relations
+    h, r, t = e0 + ds.kg[:, 0], ds.kg[:, 1], e0 + ds.kg[:, 2]
+    parts = [np.stack([h, r, t], 1), np.stack([t, r + R, h], 1)]
+    if with_interactions:
+        users = np.repeat(np.arange(len(train)), [len(x) for x in train])
+        items = e0 + np.concatenate([np.asarray(x, dtype=np.int64) for x in train])
+        parts += [np.stack([users, np.full_like(users, 2 * R), items], 1),
+                  np.stack([items, np.full_like(users, 2 * R + 1), users], 1)]
+    return np.unique(np.concatenate(parts).astype(np.int64), axis=0)
+
+
+def corrupt_tails(triples: np.ndarray, first: int, count: int, rng: np.random.Generator,
+                  max_rounds: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 12's t': for each triple a tail drawn uniformly from the entity nodes
+    first..first+count-1 (never a user or interest node) that is not a true tail of (h, r).
+
+    triples: int64 [n, 3] node ids. Returns (kept row indices, negative tails) where rows whose
+    (h, r) has every entity as a tail (no negative exists) are left out.
+    """
+    n_rel = int(triples[:, 1].max()) + 1
+    n_nodes = int(max(triples[:, [0, 2]].max(), first + count - 1)) + 1
+    key = lambda h, r, t: (h * n_rel + r) * n_nodes + t
+    true_keys = np.unique(key(triples[:, 0], triples[:, 1], triples[:, 2]))
+    neg = first + rng.integers(0, count, size=len(triples))
+    todo = np.arange(len(triples))
+    for _ in range(max_rounds):
+        k = key(triples[todo, 0], triples[todo, 1], neg[todo])
+        clash = true_keys[np.searchsorted(true_keys, k).clip(max=len(true_keys) - 1)] == k
+        todo = todo[clash]
+        if not len(todo):
+            break
+        neg[todo] = first + rng.integers(0, count, size=len(todo))
+    keep = np.setdiff1d(np.arange(len(triples)), todo)
+    return keep, neg[keep]
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation: full ranking, Recall@K, NDCG@K, Precision@K, HitRatio@K
+# ----------------------------------------------------------------------------------------------
+def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:
+    """List of id lists -> (row index per entry, id per entry), both int64."""
+    lens = [len(x) for x in lists]
+    rows = np.repeat(np.arange(len(lists)), lens)
+    cols = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if sum(lens) else rows
+    return rows, cols
+
+
+def _metric_sums(scores: torch.Tensor, exclude, truth, ks) -> tuple[dict, int]:
+    """Sums over users (not means) of each metric, and the number of users with a truth item.
+
+    scores: float [n, n_items] (modified in place: excluded items get -inf); exclude and truth:
+    lists of item-id lists, one per row. Sums let chunked evaluation average over users (T1).
+    """
+    n, n_items = scores.shape
+    dev = scores.device
+    rows, cols = _flatten(exclude)
+    scores[torch.as_tensor(rows, device=dev), torch.as_tensor(cols, device=dev)] = float("-inf")
+    truth = [np.unique(np.asarray(t, dtype=np.int64)) for t in truth]  # `5 7 7 9` -> {7, 9}
+    n_truth = torch.tensor([len(t) for t in truth], dtype=torch.float32, device=dev)
+    relevant = torch.zeros(n, n_items, dtype=torch.bool, device=dev)
+    rows, cols = _flatten(truth)
+    relevant[torch.as_tensor(rows, device=dev), torch.as_tensor(cols, device=dev)] = True
+    k_max = max(ks)
+    top = torch.topk(scores, min(k_max, n_items), dim=1).indices
+    hit = relevant.gather(1, top).float()
+    if hit.shape[1] < k_max:  # fewer items than K: the missing ranks are misses
+        hit = F.pad(hit, (0, k_max - hit.shape[1]))
+    discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float32, device=dev))
+    ideal = torch.cumsum(discount, 0)  # ideal DCG with 1..k_max hits
+    valid = n_truth > 0
+    sums = {}
+    for k in ks:
+        hits = hit[:, :k].sum(1)
+        dcg = (hit[:, :k] * discount[:k]).sum(1)
+        idcg = ideal[(n_truth.clamp(min=1, max=k) - 1).long()]  # min(|truth|, K) hits
+        sums[f"recall@{k}"] = (hits / n_truth.clamp(min=1))[valid].sum().item()
+        sums[f"ndcg@{k}"] = (dcg / idcg)[valid].sum().item()
+        sums[f"precision@{k}"] = (hits / k)[valid].sum().item()
+        sums[f"hit@{k}"] = (hits > 0).float()[valid].sum().item()
+    return sums, int(valid.sum().item())
+
+
+def ranking_metrics(scores: torch.Tensor, exclude, truth, ks=(20, 50, 100)) -> dict:
+    """Full-ranking metrics of a score matrix, averaged over the users whose truth is not empty.
+
+    scores: float tensor [n_users, n_items] (not modified); exclude, truth: one list of item ids
+    per row (exclude: items never ranked, e.g. training items; truth: the held-out items).
+    Returns {"recall@K", "ndcg@K", "precision@K", "hit@K"} for each K. Recall@K = hits in the
+    top K / |truth|; NDCG@K = DCG@K / ideal DCG with min(|truth|, K) hits; Precision@K = hits / K;
+    HitRatio@K = 1 if any hit. Duplicate truth ids count once.
+    """
+    sums, count = _metric_sums(scores.clone(), exclude, truth, list(ks))
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def evaluate_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.ndarray, exclude,
+                     truth, ks, chunk: int = 1024) -> dict:
+    """ranking_metrics over many users, scored in chunks of `chunk` users (scores = u . i).
+
+    user_emb [n_users, D], item_emb [n_items, D]; users: the rows to evaluate; exclude, truth:
+    lists aligned with `users`. Averages over users, never over chunks (case T1).
+    """
+    totals, count = {}, 0
+    for start in range(0, len(users), chunk):
+        sel = torch.as_tensor(users[start:start + chunk], device=user_emb.device)
+        scores = user_emb[sel] @ item_emb.t()
+        sums, c = _metric_sums(scores, exclude[start:start + chunk], truth[start:start + chunk], ks)
+        count += c
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + v
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def selection_score(metrics: dict) -> float:
+    """What early stopping and model selection maximise: Recall@50 + NDCG@50."""
+    return metrics["recall@50"] + metrics["ndcg@50"]
+
+
+class EarlyStopping:
+    """Keeps the best evaluation so far; stops after `patience` evaluations without improvement."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_epoch, self.bad = patience, -math.inf, -1, 0
+
+    def update(self, epoch: int, score: float) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        if score > self.best:
+            self.best, self.best_epoch, self.bad = score, epoch, 0
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.bad >= self.patience
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss): the last good checkpoint is kept."""
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr, results to stdout."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+MAIN_PARTS = {"cikg": ("ui", "kg", "uj"), "cg": ("ui",), "cig": ("ui", "uj"), "ckg": ("ui", "kg")}
+
+
+class Trainer:
+    """One CIKGRec (or baseline) run on one dataset: graphs, model, optimisers and their state.
+
+    train_part: the training items per user (train.txt less validation); valid: the validation
+    items per user, or None when selecting on test (the authors' protocol).
+    """
+
+    def __init__(self, s: Settings, ds: Dataset, train_part: list, valid: list | None, device):
+        self.s, self.ds, self.train, self.valid, self.device = s, ds, train_part, valid, device
+        self.e0, self.j0, self.n_nodes = node_counts(ds)
+        loops = "all" if s.self_loops else "none"
+        parts = MAIN_PARTS[s.graph]
+        self.main = build_graph(ds, train_part, parts, loops, device)  # the CIKG G (Eq. 10)
+        self.contrast = s.model in ("cikgrec", "simgcl") and s.lambda3 > 0
+        self.reconstruct = (s.model == "cikgrec" and s.lambda2 > 0 and "uj" in parts
+                            and ds.n_interests > 0)
+        if s.model == "simgcl" and self.contrast:  # two noisy views of the user-item graph
+            self.views = [build_graph(ds, train_part, ("ui",), loops, device)] * 2
+        elif self.contrast and s.variant == "paper":  # Eq. 8
+            self.views = [build_graph(ds, train_part, p, loops, device)
+                          for p in (("ui",), ("ui", "uj"), ("ui", "kg"))]
+        elif self.contrast:  # what the authors' script builds (REFERENCE.md)
+            self.views = [build_graph(ds, train_part, ("ui", "kg", "uj"), "none", device),
+                          build_graph(ds, train_part, ("uj",), "ui", device),
+                          build_graph(ds, train_part, ("kg",), "ui", device)]
+        if self.reconstruct:
+            rec_loops = loops if s.variant == "paper" else ("all" if s.recon_edge_drop > 0 else "none")
+            self.recon_graph = (self.main if rec_loops == loops
+                                else build_graph(ds, train_part, parts, rec_loops, device))
+        self.model = CIKGRecModel(self.n_nodes, 2 * ds.n_relations + 2, s.dim).to(device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=s.lr)
+        self.transe = s.transe and s.model == "cikgrec" and len(ds.kg) > 0
+        if self.transe:
+            self.triples = kg_triples(ds, train_part, with_interactions=s.variant == "authors")
+            self.opt_transe = torch.optim.Adam([self.model.emb, self.model.rel], lr=s.transe_lr)
+        self.rng = np.random.default_rng(s.seed)
+        # BPR pairs; users with every item have no negative and are left out (case T5)
+        users = np.repeat(np.arange(ds.n_users), [len(x) for x in train_part])
+        items = np.concatenate(train_part).astype(np.int64)
+        full = np.array([len(x) >= ds.n_items for x in train_part])
+        self.notes = []
+        if full.any():
+            self.notes.append(f"{int(full.sum())} users have every item: left out of BPR (no negative)")
+        keep = ~full[users]
+        self.pair_u, self.pair_i = users[keep], items[keep]
+        self.pos_keys = pair_keys(users, items, ds.n_items)
+        # evaluation sets: users with held-out items and at least one training item (case T4)
+        no_train = np.array([len(x) == 0 for x in ds.train])
+        if no_train.any():
+            self.notes.append(f"{int(no_train.sum())} users have no training items: left out of BPR "
+                              "and evaluation")
+        self.eval_sets = {}
+        for name, truth, exclude in (("valid", valid, train_part),
+                                     ("test", ds.test, ds.train)):
+            if truth is None:
+                continue
+            users = np.array([u for u in range(ds.n_users) if len(truth[u]) and not no_train[u]],
+                             dtype=np.int64)
+            self.eval_sets[name] = (users, [exclude[u] for u in users], [truth[u] for u in users])
+
+    # -- one epoch -----------------------------------------------------------------------------
+    def step_loss(self, u, i, j, rate: float) -> tuple[torch.Tensor, dict]:
+        """Eq. 11 for one batch: lambda1 BPR + L2 + lambda2 L_u + lambda3 L_c.
+
+        u, i, j: int64 [B] user ids, positive and negative item ids. Returns (loss, parts).
+        """
+        s, x, e0 = self.s, self.model.emb, self.e0
+        z = propagate(x, self.main.adjacency(s.edge_drop), s.layers, drop=s.node_drop)
+        zu, zi, zj = z[u], z[e0 + i], z[e0 + j]
+        bpr = bpr_loss((zu * zi).sum(1), (zu * zj).sum(1))  # Eq. 10
+        reg = l2_reg(x[u], x[e0 + i], x[e0 + j])
+        loss = s.lambda1 * bpr + s.l2 * reg
+        parts = {"bpr": bpr.item()}
+        if self.contrast:  # Eqs. 8-9
+            v1 = propagate(x, self.views[0].adjacency(), s.layers, eps=s.eps)
+            v2 = propagate(x, self.views[1].adjacency(), s.layers, eps=s.eps if s.model == "simgcl" else 0.0)
+            v3 = v2 if s.model == "simgcl" else propagate(x, self.views[2].adjacency(), s.layers)
+            n_item_rows = self.ds.n_items if s.variant == "paper" or s.model == "simgcl" else None
+            items3 = v3[e0:e0 + n_item_rows] if n_item_rows else v3[e0:]
+            cl = (info_nce(v1[u], v2[:e0], u, s.tau)
+                  + info_nce(v1[e0 + i], items3, i, s.tau))
+            loss = loss + s.lambda3 * cl
+            parts["cl"] = cl.item()
+        if self.reconstruct:  # Eqs. 5-7
+            t0, p0 = time.perf_counter(), TIMES.get("propagation", 0.0)
+            adj = self.recon_graph.adjacency(s.recon_edge_drop)
+            x_masked, masked = mask_interests(x, self.j0, self.ds.n_interests, rate, s.replace_rate,
+                                              self.model.mask_token)  # Eq. 5
+            h = self.model.chi(propagate(x_masked, adj, s.enc_layers))  # Eq. 6, encoder + chi
+            h = h.index_fill(0, masked, 0.0)  # GraphMAE's re-mask before the decoder
+            z3 = propagate(h, adj, s.dec_layers)  # Eq. 6, decoder
+            rec = reconstruction_loss(x[masked], z3[masked], s.eta)  # Eq. 7
+            loss = loss + s.lambda2 * rec
+            parts["rec"] = rec.item()
+            TIMES["reconstruction"] = (TIMES.get("reconstruction", 0.0) + time.perf_counter() - t0
+                                       - (TIMES.get("propagation", 0.0) - p0))
+        return loss, parts
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the shuffled training pairs, one negative each. Returns mean loss parts."""
+        s = self.s
+        order = self.rng.permutation(len(self.pair_u))
+        users, items = self.pair_u[order], self.pair_i[order]
+        negs = sample_negatives(users, self.pos_keys, self.ds.n_items, self.rng)
+        rate = mask_rate(epoch, s.schedule, s.alpha, s.omega, s.mask_epochs)
+        totals, n_batches = {}, math.ceil(len(users) / s.batch_size)
+        last_report = time.perf_counter()
+        self.model.train()
+        for b in range(n_batches):
+            sl = slice(b * s.batch_size, (b + 1) * s.batch_size)
+            u, i, j = (torch.from_numpy(a[sl]).to(self.device) for a in (users, items, negs))
+            loss, parts = self.step_loss(u, i, j, rate)
+            if not math.isfinite(loss.item()):
+                raise TrainingError(f"non-finite loss at epoch {epoch}, batch {b + 1}/{n_batches}: "
+                                    + ", ".join(f"{k} {v:.4g}" for k, v in parts.items()))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v
+            if time.perf_counter() - last_report > 30:
+                log(f"  epoch {epoch}: batch {b + 1}/{n_batches}")
+                last_report = time.perf_counter()
+        out = {k: v / n_batches for k, v in totals.items()}
+        out["mask_rate"] = rate if self.reconstruct else None
+        if self.transe:
+            out["transe"] = self.transe_epoch()
+        return out
+
+    def transe_epoch(self) -> float:
+        """The alternating TransE step (Eq. 12): max(1, n_triples // batch) batches of triples,
+        a corrupted entity tail each, with its own Adam optimiser. Returns the mean loss."""
+        s, t0 = self.s, time.perf_counter()
+        keep, neg = corrupt_tails(self.triples, self.e0, self.ds.n_entities, self.rng)
+        trip, neg = self.triples[keep], neg[keep]
+        order = self.rng.permutation(len(trip))
+        n_batches = max(1, len(trip) // s.transe_batch)
+        total = 0.0
+        for b in range(n_batches):
+            sel = order[b * s.transe_batch:(b + 1) * s.transe_batch]
+            h, r, t = (torch.from_numpy(trip[sel, c]).to(self.device) for c in range(3))
+            tn = torch.from_numpy(neg[sel]).to(self.device)
+            e, rel = self.model.emb, self.model.rel
+            loss = transe_loss(e[h], rel[r], e[t], e[tn], squared=s.variant == "authors")
+            loss = loss + s.transe_l2 * l2_reg(e[h], rel[r], e[t], e[tn])
+            self.opt_transe.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_transe.step()
+            total += loss.item()
+        _tick("transe", t0)
+        return total / n_batches
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user [n_users, D] and item [n_items, D] embeddings: LightGCN on the CIKG, no
+        dropout, no noise."""
+        self.model.eval()
+        z = propagate(self.model.emb, self.main.adjacency(), self.s.layers)
+        return z[:self.e0], z[self.e0:self.e0 + self.ds.n_items]
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        """Metrics on "valid" (training items excluded) or "test" (train.txt items excluded)."""
+        users, exclude, truth = self.eval_sets[split]
+        ue, ie = self.embeddings()
+        ks = sorted(set(parse_ks(self.s.ks)) | {50})
+        return evaluate_ranking(ue, ie, users, exclude, truth, ks, self.s.eval_batch)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        st = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+              "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state}
+        if self.transe:
+            st["opt_transe"] = self.opt_transe.state_dict()
+        if torch.cuda.is_available():
+            st["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def load_state(self, st: dict) -> None:
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        if self.transe:
+            self.opt_transe.load_state_dict(st["opt_transe"])
+        torch.set_rng_state(st["torch_rng"])
+        self.rng.bit_generator.state = st["numpy_rng"]
+        if "cuda_rng" in st and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
+
+
+def _save(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: an interrupted save never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu. Raises SettingsError for cuda without a GPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("--device cuda: no CUDA GPU is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available())
+                        else "cpu")
+
+
+def output_paths(s: Settings) -> tuple[Path, Path, Path]:
+    """(results JSON, best model state, checkpoint). Default runs/<dataset>-seed<seed>.json; a
+    baseline, graph, variant or test selection adds its name so runs never overwrite each other."""
+    if s.out:
+        out = Path(s.out)
+    else:
+        tags = [t for t in (s.model if s.model != "cikgrec" else "",
+                            s.graph if s.graph != "cikg" else "",
+                            s.variant if s.variant != "paper" else "",
+                            "testsel" if s.select_on == "test" else "") if t]
+        out = Path("runs") / f"{'-'.join([s.dataset] + tags)}-seed{s.seed}.json"
+    return out, out.with_suffix(".pt"), out.with_suffix(".ckpt.pt")
+
+
+def _sha256(path: str) -> str | None:
+    if not path:
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def prepare(s: Settings) -> tuple[Dataset, list, list | None]:
+    """Read the dataset and carve the validation split. Raises DataError on bad files."""
+    ds = load_dataset(Path(s.data_dir) / s.dataset, s.interests or None, s.dataset)
+    for note in ds.warnings:
+        log(f"warning: {note}")
+    if s.select_on == "test":
+        return ds, ds.train, None
+    train_part, valid = split_validation(ds.train, s.split_seed)
+    return ds, train_part, valid
+
+
+def fit(s: Settings) -> dict:
+    """Train with early stopping on validation Recall@50 + NDCG@50, evaluate the selected model
+    on test once, write the results JSON and the best model's state. With select_on="test"
+    (the authors' protocol) there is no validation split and epochs are selected on test.
+
+    A checkpoint after every epoch lets resume=True continue exactly. Raises DataError,
+    SettingsError, TrainingError.
+    """
+    check_settings(s)
+    device = pick_device(s.device)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    ds, train_part, valid = prepare(s)  # bad input stops here, before anything is written
+    out, best_path, ckpt_path = output_paths(s)
+    torch.manual_seed(s.seed)
+    random.seed(s.seed)
+    trainer = Trainer(s, ds, train_part, valid, device)
+    for note in trainer.notes:
+        log(f"note: {note}")
+    sel = "valid" if s.select_on == "valid" else "test"
+    stopper, history, epoch_seconds, start = EarlyStopping(s.patience), [], [], 0
+    if s.resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, weights_only=False)
+        changed = {k for k, v in ck["settings"].items()
+                   if k not in ("epochs", "patience", "resume", "device", "threads") and getattr(s, k) != v}
+        if changed:
+            raise SettingsError(f"--resume: {ckpt_path} was made with other settings ({', '.join(sorted(changed))})")
+        trainer.load_state(ck["trainer"])
+        stopper.__dict__.update(ck["stopper"], patience=s.patience)
+        history, epoch_seconds, start = ck["history"], ck["epoch_seconds"], ck["epoch"] + 1
+        log(f"resuming {ckpt_path} after epoch {ck['epoch']}")
+    elif s.resume:
+        log(f"note: --resume: no checkpoint at {ckpt_path}, starting afresh")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log(f"{s.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.n_entities} entities, "
+        f"{ds.n_interests} interest nodes, {trainer.main.n_edges} undirected {s.graph.upper()} edges, "
+        f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
+        f"selection on {sel}, device {device}")
+    epoch = start - 1
+    for epoch in range(start, s.epochs):
+        if stopper.stop:
+            break
+        t0 = time.perf_counter()
+        losses = trainer.train_epoch(epoch)
+        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        metrics = trainer.evaluate(sel)
+        eval_seconds = time.perf_counter() - t1
+        if stopper.update(epoch, selection_score(metrics)):
+            _save(trainer.model.state_dict(), best_path)
+        epoch_seconds.append(round(seconds, 3))
+        history.append({"epoch": epoch, **losses, sel: metrics})
+        _save({"trainer": trainer.state(), "stopper": {k: v for k, v in stopper.__dict__.items()
+                                                      if k != "patience"},
+               "history": history, "epoch_seconds": epoch_seconds, "epoch": epoch,
+               "settings": dataclasses.asdict(s)}, ckpt_path)
+        parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "mask_rate" and v is not None)
+        mask = f" | mask {losses['mask_rate']:.3f}" if losses.get("mask_rate") is not None else ""
+        log(f"epoch {epoch:4d} | {parts}{mask} | {sel} R@50 {metrics['recall@50']:.4f} "
+            f"N@50 {metrics['ndcg@50']:.4f}{' *' if stopper.best_epoch == epoch else ''} | "
+            f"{seconds:.1f}s + eval {eval_seconds:.2f}s")
+    if stopper.best_epoch < 0:
+        raise TrainingError("no epoch was trained (--epochs 0?)")
+    trainer.model.load_state_dict(torch.load(best_path, weights_only=True))
+    t1 = time.perf_counter()
+    test = trainer.evaluate("test")  # the one and only look at test (valid selection)
+    eval_seconds = time.perf_counter() - t1
+    best = next(h for h in history if h["epoch"] == stopper.best_epoch)
+    results = {
+        "dataset": s.dataset, "settings": dataclasses.asdict(s), "seed": s.seed,
+        "split_seed": s.split_seed if sel == "valid" else None, "selected_on": sel,
+        "best_epoch": stopper.best_epoch, "epochs_run": epoch + 1,
+        "valid": best["valid"] if sel == "valid" else None, "test": test,
+        "epoch_seconds": epoch_seconds, "eval_seconds": round(eval_seconds, 4),
+        "minutes": round((sum(epoch_seconds) + eval_seconds * len(epoch_seconds)) / 60, 2),
+        "history": history, "notes": ds.warnings + trainer.notes,
+        "provenance": {"interest_file": ds.interest_file or None,
+                       "interest_sha256": _sha256(ds.interest_file), "git_commit": _git_commit(),
+                       "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "device": str(device), "python": platform.python_version()},
+    }
+    _write_json(results, out)
+    log(f"selected epoch {stopper.best_epoch} on {sel}; results in {out}, model in {best_path}")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark
+# ----------------------------------------------------------------------------------------------
+def bench(s: Settings, epochs: int = 3, evals: int = 5) -> dict:
+    """Seconds per training epoch (with a breakdown), per full evaluation (median) and peak memory.
+
+    propagation: every sparse product, forward and backward, of every pass; contrastive: the
+    dense InfoNCE products (forward and backward); reconstruction: the GMAE forward outside its
+    propagation; transe: the TransE step; rest: everything else (BPR, optimiser, sampling,
+    adjacency builds, autograd bookkeeping). Does not train to the end; writes nothing.
+    """
+    import resource
+    check_settings(s)
+    device = pick_device(s.device)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    ds, train_part, valid = prepare(s)
+    torch.manual_seed(s.seed)
+    trainer = Trainer(s, ds, train_part, valid, device)
+    rows = []
+    for epoch in range(epochs):
+        TIMES.clear()
+        t0 = time.perf_counter()
+        trainer.train_epoch(epoch)
+        total = time.perf_counter() - t0
+        row = {k: TIMES.get(k, 0.0) for k in ("propagation", "contrastive", "reconstruction", "transe")}
+        row["rest"] = total - sum(row.values())
+        row["total"] = total
+        rows.append(row)
+        log(f"epoch {epoch}: {total:.1f}s (" + ", ".join(f"{k} {v:.1f}s" for k, v in row.items()
+                                                        if k != "total") + ")")
+    eval_times = []
+    for _ in range(evals):
+        t0 = time.perf_counter()
+        trainer.evaluate("valid" if valid is not None else "test")
+        eval_times.append(time.perf_counter() - t0)
+    median = lambda v: float(np.median(v))
+    result = {"dataset": s.dataset, "device": str(device), "threads": torch.get_num_threads(),
+              "epochs": epochs, "batches_per_epoch": math.ceil(len(trainer.pair_u) / s.batch_size),
+              "epoch_seconds": median([r["total"] for r in rows]),
+              "breakdown_seconds": {k: median([r[k] for r in rows]) for k in rows[0] if k != "total"},
+              "eval_seconds": median(eval_times),
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print(f"{s.dataset}: {result['epoch_seconds']:.1f} s per training epoch (median of {epochs}; "
+          f"{result['batches_per_epoch']} batches) = "
+          + " + ".join(f"{k} {v:.1f}" for k, v in result["breakdown_seconds"].items())
+          + f"\n{s.dataset}: {result['eval_seconds']:.3f} s per full evaluation (median of {evals})"
+          + f"\n{s.dataset}: peak resident memory {result['peak_rss_mb']:.0f} MB"
+          + f" ({result['threads']} threads, {device})")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Data download
+# ----------------------------------------------------------------------------------------------
+def git_blob_id(data: bytes) -> str:
+    """The id git gives a file's content: SHA-1 of b"blob <size>\\0" + content."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def download(datasets, data_dir, blobs_file=Path(__file__).parent / "data" / "GIT_BLOBS") -> None:
+    """Fetch the datasets from the authors' repository at the pinned commit, checking every file
+    against its upstream git blob id; files already present and verified are skipped.
+
+    Raises DataError with one clear line when a file cannot be fetched or does not verify.
+    """
+    expected = {}
+    for no, line in enumerate(Path(blobs_file).read_text().splitlines(), 1):
+        if line.strip():
+            blob, name = line.split()
+            expected[name] = blob
+    for ds in datasets:
+        for name, blob in sorted(expected.items()):
+            if not name.startswith(ds + "/"):
+                continue
+            path = Path(data_dir) / name
+            if path.is_file() and git_blob_id(path.read_bytes()) == blob:
+                continue
+            url = DATA_URL.format(commit=DATA_COMMIT, dataset=ds, file=name.split("/", 1)[1])
+            log(f"downloading {url}")
+            try:
+                with urllib.request.urlopen(url, timeout=60) as r:
+                    data = r.read()
+            except OSError as e:
+                raise DataError(path, 0, f"cannot download {url} ({getattr(e, 'reason', e)}); "
+                                         "without network, set DATA_DIR to a folder that has the "
+                                         "files, e.g. make train DATA_DIR=../shared/data") from None
+            if git_blob_id(data) != blob:
+                raise DataError(path, 0, f"downloaded file does not match its upstream git blob {blob}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """One option per Settings field (default None: the dataset's defaults then apply)."""
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
+                           help=f"default {f.default}" if f.name not in DATASET_DEFAULTS["ml1m"]
+                           else "default: the dataset's")
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """Settings defaults < the dataset's defaults (the authors' configs) < the command line.
+
+    Baselines (--model lightgcn/simgcl) default to the user-item graph (--graph cg).
+    """
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+             if getattr(args, f.name, None) is not None}
+    s = Settings()
+    dataset = given.get("dataset", s.dataset)
+    values = {**DATASET_DEFAULTS.get(dataset, {}), **given}
+    if values.get("model") in ("lightgcn", "simgcl") and "graph" not in given:
+        values["graph"] = "cg"
+    return dataclasses.replace(s, **values)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("train", "train, select on validation, evaluate on test"),
+                       ("bench", "time a few training epochs and evaluations")):
+        sp = sub.add_parser(name, help=text)
+        add_settings_arguments(sp)
+        if name == "bench":
+            sp.add_argument("--bench-epochs", type=int, default=3)
+    dp = sub.add_parser("download", help="fetch datasets from the authors' repository (verified)")
+    dp.add_argument("--dataset", nargs="+", default=list(DATASETS))
+    dp.add_argument("--data-dir", default="data")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "download":
+            download(args.dataset, args.data_dir)
+            return 0
+        s = resolve_settings(args)
+        if args.command == "bench":
+            bench(s, args.bench_epochs)
+            return 0
+        r = fit(s)
+        print(json.dumps({"dataset": r["dataset"], "selected_on": r["selected_on"],
+                          "best_epoch": r["best_epoch"], "test": r["test"]}, indent=2))
+        return 0
+    except (DataError, SettingsError) as e:
+        log(f"error: {e}")
+        return 2
+    except TrainingError as e:
+        log(f"error: {e}. The last good checkpoint is kept; --resume continues from it.")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted: the checkpoint of the last finished epoch is kept; --resume continues it.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
