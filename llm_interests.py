@@ -694,6 +694,12 @@ def filter_clusters(user_clusters: dict, max_share: float = 0.2, min_users: int 
     return kept, dropped
 
 
+def link_users(user_phrases: dict, cluster_of: dict) -> dict:
+    """{user: phrases} and {phrase: cluster} -> {user: set of clusters}: a user whose phrases
+    share a cluster ("sci fi", "science fiction") is linked to it once (one edge, not two)."""
+    return {u: {cluster_of[p] for p in ps if p in cluster_of} for u, ps in user_phrases.items()}
+
+
 def interest_edges(user_clusters: dict, kept: list, n_entities: int) -> list:
     """(user, interest id) pairs, sorted and unique: kept cluster number r becomes interest id
     n_entities + r, so ids follow the largest entity id and are contiguous (no id without users)."""
@@ -735,7 +741,7 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
     labels, centres, _ = kmeans(x[nonzero], k, weights[nonzero], n_init, max_iter, seed=seed, verbose=True)
     say(f"cluster: k-means {time.time() - t0:.2f} s")
     cluster_of = {phrases[i]: int(c) for i, c in zip(nonzero, labels)}
-    user_clusters = {u: {cluster_of[p] for p in ps if p in cluster_of} for u, ps in user_phrases.items()}
+    user_clusters = link_users(user_phrases, cluster_of)
     kept, dropped = filter_clusters(user_clusters, max_share)
     edges = interest_edges(user_clusters, kept, n_entities)
     held = collections.Counter(c for cs in user_clusters.values() for c in cs)
