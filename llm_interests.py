@@ -716,7 +716,7 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
     links to the clusters of its phrases; `filter_clusters` keeps the informative ones. Returns a
     dict with "edges" [(user, interest id)], "clusters" (one row per cluster for the TSV),
     "problems" (Counter of bad answers by kind) and counts. Raises InputError when no answer
-    gives a phrase.
+    gives a phrase or no cluster survives the filtering (an empty interest file helps nobody).
     """
     problems = collections.Counter()
     user_phrases = {}
@@ -744,6 +744,10 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
     user_clusters = link_users(user_phrases, cluster_of)
     kept, dropped = filter_clusters(user_clusters, max_share)
     edges = interest_edges(user_clusters, kept, n_entities)
+    if not edges:
+        raise InputError(f"no interest node is left after filtering the {len(centres)} clusters of "
+                         f"{len(user_phrases)} users (each is held by one user or by >= {max_share:g} of "
+                         f"them): use more users, or another --k or --max-share")
     held = collections.Counter(c for cs in user_clusters.values() for c in cs)
     interest_id = {c: n_entities + r for r, c in enumerate(kept)}
     rows = []

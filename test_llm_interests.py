@@ -58,6 +58,11 @@ def user_of(user_message: str) -> int:
     return int(m.group(1)) // PER_USER if m else -1
 
 
+DEMO_POOL = [f"{a} {b}" for a in ("historical", "romantic", "dark", "comic", "literary", "young adult",
+                                    "scientific", "spiritual") for b in ("fiction", "memoir", "thriller", "essay",
+                                                                          "saga")]
+
+
 def fixture_answer(user_message: str):
     """Canned answer of the fixture: user u likes POOL[u % 12] and POOL[(u + 5) % 12]; user 25
     gets a refusal. Text that is not a fixture prompt: interests picked by a hash."""
@@ -67,7 +72,7 @@ def fixture_answer(user_message: str):
             return "I'm sorry, I can't infer interests from this."
         return f"{POOL[u % 12].title()}, {POOL[(u + 5) % 12]}"
     h = zlib.crc32(user_message.encode())
-    return ", ".join(POOL[(h >> s) % len(POOL)] for s in (0, 5, 10))
+    return ", ".join(DEMO_POOL[(h >> s) % len(DEMO_POOL)] for s in (0, 8, 16))
 
 
 class FakeLLM:
@@ -583,6 +588,8 @@ def test_cluster_answers_counts_bad_answers_and_writes_readable_files(tmp_path):
     assert {row[4] for row in rows[1:]} == set(POOL) and all(row[1] == "4" for row in rows[1:])
     with pytest.raises(L.InputError, match="none of the 1 answers"):
         L.cluster_answers({0: {"answer": "I'm sorry, I can't."}}, 10, 3)
+    with pytest.raises(L.InputError, match="no interest node is left"):  # 3 users share everything
+        L.cluster_answers({u: {"answer": "poetry, cooking"} for u in range(3)}, 10, 2)
 
 
 # ----------------------------------------------------------------------------------------------
