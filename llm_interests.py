@@ -884,6 +884,9 @@ def main(argv=None) -> int:
         for name in ("workers", "max_attempts", "max_tokens", "n_init", "max_iter"):
             if getattr(args, name, 1) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+        if args.command == "cluster" and (args.k < 0 or not 0 < args.max_share <= 1 or not 0 < args.max_df <= 1):
+            raise InputError(f"--k must be >= 1 (0: the dataset default), --max-share and --max-df in (0, 1]; "
+                             f"got {args.k}, {args.max_share}, {args.max_df}")
         if args.command == "bench":
             bench(args.phrases, args.users, args.k, args.seed)
             return 0
