@@ -803,7 +803,8 @@ def evaluate_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.n
     user_emb [n_users, D], item_emb [n_items, D]; users: the rows to evaluate; exclude, truth:
     lists aligned with `users`. Averages over users, never over chunks (case T1).
     """
-    totals, count = {}, 0
+    totals = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "precision", "hit")}
+    count = 0
     for start in range(0, len(users), chunk):
         sel = torch.as_tensor(users[start:start + chunk], device=user_emb.device)
         scores = user_emb[sel] @ item_emb.t()
@@ -912,6 +913,10 @@ class Trainer:
             users = np.array([u for u in range(ds.n_users) if len(truth[u]) and not no_train[u]],
                              dtype=np.int64)
             self.eval_sets[name] = (users, [exclude[u] for u in users], [truth[u] for u in users])
+        if valid is not None and not len(self.eval_sets["valid"][0]):
+            raise DataError(Path(s.data_dir) / s.dataset / "train.txt", 0,
+                            "no user has enough training items for a validation split (4 or more);"
+                            " use --select-on test")
 
     # -- one epoch -----------------------------------------------------------------------------
     def step_loss(self, u, i, j, rate: float) -> tuple[torch.Tensor, dict]:
@@ -1142,9 +1147,8 @@ def fit(s: Settings) -> dict:
         f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
         f"selection on {sel}, device {device}")
     epoch = start - 1
-    for epoch in range(start, s.epochs):
-        if stopper.stop:
-            break
+    while epoch + 1 < s.epochs and not stopper.stop:
+        epoch += 1
         t0 = time.perf_counter()
         losses = trainer.train_epoch(epoch)
         seconds = time.perf_counter() - t0

@@ -1,0 +1,543 @@
+"""Tests of cikgrec.py: hand-computed values, small fixtures with known answers, error cases, and a
+two-epoch run on the published book-crossing data. Run with `make test`.
+
+The published datasets are found through $CIKGREC_DATA (default ../shared/data relative to the
+repository root); under CI ($CI set) a missing dataset fails instead of skipping.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cikgrec as C
+
+ROOT = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("CIKGREC_DATA", ROOT.parent / "shared" / "data"))
+
+
+def need_data(name):
+    if not (DATA / name / "train.txt").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"dataset {name} missing under {DATA} (set CIKGREC_DATA)")
+        pytest.skip(f"dataset {name} missing under {DATA}")
+    return DATA
+
+
+def write_dataset(folder, train, test, kg=None, interests=None, n_items=None):
+    """A dataset folder in the published format from lists of lines."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.txt").write_text("\n".join(train) + "\n")
+    (folder / "test.txt").write_text("\n".join(test) + "\n")
+    if kg is not None:
+        (folder / "kg_final.txt").write_text("\n".join(kg) + "\n")
+    if interests is not None:
+        (folder / "user_interest_clustered.txt").write_text("\n".join(interests) + "\n")
+    if n_items is not None:
+        rows = ["org_id remap_id entity_name"] + [f"{100 + i} {i} http://dbpedia.org/resource/Item_{i}"
+                                                  for i in range(n_items)]
+        (folder / "item_list.txt").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def small_dataset(tmp_path, name="fx"):
+    """8 users, 6 items, 2 extra KG entities, 3 interests (ids after the largest entity id 7)."""
+    train = ["0 0 1 2 3", "1 1 2 4", "2 0 3 5 4", "3 2 3", "4 4 5 0 1", "5 1 5", "6 0 2 4", "7 3 5 1"]
+    test = ["0 4", "1 0 5", "2 1", "3 5", "4 2", "5 3", "6 5", "7 0"]
+    kg = ["0 0 6", "1 0 6", "2 1 7", "3 1 7", "4 0 6"]
+    interests = ["0 8", "1 8", "2 9", "3 9", "4 10", "5 10", "6 8", "7 9", "0 8"]
+    return write_dataset(tmp_path / name, train, test, kg, interests, n_items=6)
+
+
+def tiny_settings(tmp_path, **kw):
+    base = dict(dataset="fx", data_dir=str(tmp_path), out=str(tmp_path / "runs" / "fx.json"), dim=8,
+                layers=2, enc_layers=1, batch_size=4, epochs=2, patience=5, lr=0.01, mask_epochs=5,
+                transe_batch=4, eval_batch=3, seed=1)
+    base.update(kw)
+    return C.Settings(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+def test_ranking_metrics_by_hand():
+    # user 0: ranking 0 > 1 > 2 > 3 > 4 (item 0 excluded, so the top-2 is [1, 2]), truth {2, 4}
+    # user 1: ranking 4 > 3 > 2 > 1 > 0, truth {4, 3, 0}: more truth items than K = 2
+    scores = torch.tensor([[5.0, 4, 3, 2, 1], [1.0, 2, 3, 4, 5]])
+    m = C.ranking_metrics(scores, exclude=[[0], []], truth=[[2, 4], [4, 3, 0]], ks=[2])
+    d = 1 / math.log2(3)  # discount of rank 2
+    ndcg0 = d / (1 + d)  # one hit at rank 2; ideal: 2 hits
+    ndcg1 = 1.0  # hits at ranks 1 and 2; ideal with min(3, 2) = 2 hits
+    assert m["recall@2"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["ndcg@2"] == pytest.approx((ndcg0 + ndcg1) / 2)
+    assert m["precision@2"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert m["hit@2"] == pytest.approx(1.0)
+    assert scores[0, 0] == 5.0  # the caller's matrix is left alone
+
+
+def test_ranking_metrics_skips_users_without_truth_and_k_above_items():
+    scores = torch.tensor([[3.0, 2, 1], [1.0, 2, 3]])
+    m = C.ranking_metrics(scores, exclude=[[], []], truth=[[2], []], ks=[5])
+    assert m["recall@5"] == 1.0 and m["precision@5"] == pytest.approx(1 / 5)
+    assert m["ndcg@5"] == pytest.approx(1 / math.log2(4))
+
+
+def test_t1_recall_averaged_over_users_not_chunks(tmp_path):
+    # one-hot items: a user's embedding is its score row
+    rank = {0: [1, 2], 1: [4, 5], 2: [6, 7]}
+    ue = torch.zeros(3, 10)
+    for u, top in rank.items():
+        ue[u, top[0]], ue[u, top[1]] = 2.0, 1.0
+    truth = {0: [1, 2], 1: [3], 2: [6, 7, 8, 9]}
+    users = np.array([1, 2, 0])  # chunks of 2: [u1, u2] then [u0]
+    m = C.evaluate_ranking(ue, torch.eye(10), users, [[]] * 3, [truth[u] for u in users], [2], chunk=2)
+    assert m["recall@2"] == pytest.approx(0.5)  # not the chunk mean 0.625
+    path = tmp_path / "test.txt"
+    path.write_text("5 7 7 9\n")
+    assert C.read_user_items(path) == {5: [7, 9]}
+    m = C.ranking_metrics(torch.tensor([[0.0, 0, 0, 0, 0, 0, 0, 2, 1, 0]]), [[]], [[7, 7, 9]], [2])
+    assert m["recall@2"] == pytest.approx(0.5)  # |truth| = 2 after removing the duplicate
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask schedules (Eq. 3, Eq. 4)
+# ---------------------------------------------------------------------------------------------
+def test_mask_schedules_eq3():
+    a, w, L = 0.02, 0.95, 150
+    assert C.mask_rate(0, "lin", a, w, L) == pytest.approx(0.02)
+    assert C.mask_rate(75, "lin", a, w, L) == pytest.approx(0.485)
+    assert C.mask_rate(75, "exp", a, w, L) == pytest.approx(0.02 * (0.95 / 0.02) ** 0.5)  # 0.137840
+    assert C.mask_rate(75, "exp", a, w, L) == pytest.approx(0.137840, abs=1e-6)
+    for q in (150, 300):
+        assert C.mask_rate(q, "lin", a, w, L) == pytest.approx(0.95)
+        assert C.mask_rate(q, "exp", a, w, L) == pytest.approx(0.95)
+    assert C.mask_rate(7, "fixed", a, w, L) == 0.95
+    for q in range(1, L):  # Eq. 4
+        assert C.mask_rate(q, "exp", a, w, L) < C.mask_rate(q, "lin", a, w, L)
+
+
+def test_t11_schedules_and_masking():
+    for q, lin, exp in ((0, 0.1, 0.1), (50, 0.3, 0.223607), (100, 0.5, 0.5), (200, 0.5, 0.5)):
+        assert C.mask_rate(q, "lin", 0.1, 0.5, 100) == pytest.approx(lin, abs=1e-6)
+        assert C.mask_rate(q, "exp", 0.1, 0.5, 100) == pytest.approx(exp, abs=1e-6)
+    x = torch.arange(20.0).reshape(10, 2)
+    token = torch.full((1, 2), -1.0)
+    xm, masked = C.mask_interests(x, 7, 3, 0.2, 0.0, token)  # 3 interest nodes at rate 0.2
+    assert len(masked) == 1 and 7 <= masked.item() <= 9 and torch.all(xm[masked] == -1)
+    assert torch.equal(xm[:7], x[:7])
+    torch.manual_seed(0)
+    xm, masked = C.mask_interests(x, 0, 10, 1.0, 0.15, token)  # m = 10, int(0.15 * 10) = 1 replaced
+    assert (xm[masked] == -1).all(dim=1).sum() == 9
+    xm, masked = C.mask_interests(x, 0, 10, 1.0, 0.05, token)  # int(0.5) = 0: all get [M]
+    assert (xm[masked] == -1).all()
+    with pytest.raises(ValueError):
+        C.mask_interests(x, 0, 0, 0.5, 0.0, token)
+    with pytest.raises(C.SettingsError, match="alpha"):
+        C.check_settings(C.Settings(alpha=0.0, schedule="exp"))
+
+
+def test_t11_no_interest_nodes_skips_reconstruction(tmp_path):
+    folder = small_dataset(tmp_path)
+    (folder / "user_interest_clustered.txt").unlink()
+    s = tiny_settings(tmp_path)
+    ds, tr, va = C.prepare(s)
+    t = C.Trainer(s, ds, tr, va, torch.device("cpu"))
+    assert ds.n_interests == 0 and not t.reconstruct
+    assert "rec" not in t.train_epoch(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CIKG
+# ---------------------------------------------------------------------------------------------
+def dense(adj):
+    return adj.to_dense().numpy()
+
+
+def test_normalised_adjacency_three_nodes_by_hand():
+    g = C.Graph(np.array([[0, 1], [1, 2]]), 3, loops=np.ones(3, bool))
+    a = dense(g.adjacency())
+    # degrees with self-loops: 2, 3, 2
+    expect = np.array([[1 / 2, 1 / math.sqrt(6), 0], [1 / math.sqrt(6), 1 / 3, 1 / math.sqrt(6)],
+                       [0, 1 / math.sqrt(6), 1 / 2]])
+    np.testing.assert_allclose(a, expect, rtol=1e-6)
+    b = dense(C.Graph(np.array([[0, 1], [1, 2]]), 3).adjacency())
+    np.testing.assert_allclose(b, [[0, 1 / math.sqrt(2), 0], [1 / math.sqrt(2), 0, 1 / math.sqrt(2)],
+                                   [0, 1 / math.sqrt(2), 0]], rtol=1e-6)
+
+
+def test_t8_isolated_nodes_and_matrix_size():
+    edges = np.array([[0, 2], [0, 3], [1, 3]])  # users 0, 1; items 0, 1, 2 = nodes 2, 3, 4
+    a = dense(C.Graph(edges, 5).adjacency())
+    assert a.shape == (5, 5)
+    assert a[0, 2] == pytest.approx(0.70711, abs=1e-5)
+    assert a[0, 3] == pytest.approx(0.5)
+    assert a[1, 3] == pytest.approx(0.70711, abs=1e-5)
+    assert not a[4].any() and not a[:, 4].any() and np.isfinite(a).all()
+
+
+def test_edge_dropout_removes_whole_edges_and_renormalises():
+    torch.manual_seed(0)
+    edges = np.array([[i, j] for i in range(6) for j in range(i + 1, 6)])
+    g = C.Graph(edges, 6, loops=np.ones(6, bool))
+    a = dense(g.adjacency(drop=0.5))
+    off = a - np.diag(np.diag(a))
+    assert 0 < (off > 0).sum() < 30
+    np.testing.assert_array_equal(off > 0, (off > 0).T)  # both directions kept or dropped together
+    deg = (a > 0).sum(1)  # renormalised: entry = 1/sqrt(d_i d_j) with the new degrees
+    i, j = np.argwhere(off > 0)[0]
+    assert a[i, j] == pytest.approx(1 / math.sqrt(deg[i] * deg[j]))
+
+
+def test_t7_id_offsets(tmp_path):
+    folder = write_dataset(tmp_path / "fx", ["0 0 1", "1 2"], ["0 2", "1 0"], kg=["0 0 3", "2 1 4"],
+                           interests=["0 5", "1 6"], n_items=3)
+    ds = C.load_dataset(folder)
+    assert (ds.n_users, ds.n_items, ds.n_entities, ds.n_interests) == (2, 3, 5, 2)
+    assert C.node_counts(ds) == (2, 7, 9)
+    kg = C.cikg_edges(ds, ds.train, ("kg",))
+    assert kg.tolist() == [[2, 5], [4, 6]]
+    uj = C.cikg_edges(ds, ds.train, ("uj",))
+    assert uj.tolist() == [[0, 7], [1, 8]]
+    s = tiny_settings(tmp_path, select_on="test")
+    t = C.Trainer(s, *C.prepare(s), torch.device("cpu"))
+    ue, ie = t.embeddings()
+    z = C.propagate(t.model.emb, t.main.adjacency(), s.layers)
+    assert torch.allclose(ie, z[2:5]) and torch.allclose(ue, z[0:2])
+
+
+def test_cikg_counts_on_fixture(tmp_path):
+    ds = C.load_dataset(small_dataset(tmp_path))
+    assert (ds.n_users, ds.n_items, ds.n_entities, ds.n_interests) == (8, 6, 8, 3)
+    assert C.node_counts(ds) == (8, 16, 19)
+    assert len(ds.interest_edges) == 8  # the duplicate line "0 8" counts once
+    n_ui = sum(len(x) for x in ds.train)
+    assert n_ui == 25
+    assert len(C.cikg_edges(ds, ds.train, ("ui",))) == 25
+    assert len(C.cikg_edges(ds, ds.train, ("kg",))) == 5
+    assert len(C.cikg_edges(ds, ds.train)) == 25 + 5 + 8
+    g = C.build_graph(ds, ds.train, ("ui", "kg", "uj"), "all")
+    assert g.adjacency()._nnz() == 2 * 38 + 19
+
+
+def test_t3_no_test_edge_in_graph(tmp_path):
+    folder = write_dataset(tmp_path / "fx", ["0 0"], ["0 1"], n_items=2)
+    ds = C.load_dataset(folder)
+    a = dense(C.build_graph(ds, ds.train, ("ui",), "none").adjacency())
+    assert a[0, 1 + 1] == 0 and not a[2].any()  # u0-i1 (node 2) absent; deg(i1) = 0
+    assert a[0, 1] == 1.0
+
+
+def test_t4_users_without_training_items(tmp_path):
+    folder = write_dataset(tmp_path / "fx", ["0 10 11", "2"], ["0 12", "1 10", "2 11"], n_items=13)
+    ds = C.load_dataset(folder)
+    assert [len(x) for x in ds.train] == [2, 0, 0]
+    a = dense(C.build_graph(ds, ds.train, ("ui",), "none").adjacency())
+    assert not a[1].any() and not a[2].any()
+    s = tiny_settings(tmp_path, select_on="test", epochs=1)
+    r = C.fit(s)
+    assert any("2 users have no training items" in n for n in r["notes"])
+    assert all(math.isfinite(v) for v in r["test"].values())
+    assert r["test"]["recall@50"] == 1.0  # only user 0 is evaluated: item 12 is its only candidate
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and losses
+# ---------------------------------------------------------------------------------------------
+def test_t5_negative_sampling():
+    users = np.array([0, 0, 1])
+    items = np.array([0, 1, 2])
+    keys = C.pair_keys(users, items, 3)
+    neg = C.sample_negatives(np.zeros(10_000, dtype=np.int64), keys, 3, np.random.default_rng(0))
+    assert (neg == 2).all()  # item 2 = node 2 + 2 users = 4; never a user, never past the last item
+    with pytest.raises(RuntimeError):
+        full = C.pair_keys(np.zeros(3, np.int64), np.arange(3), 3)
+        C.sample_negatives(np.zeros(5, dtype=np.int64), full, 3, np.random.default_rng(0), max_rounds=50)
+
+
+def test_t5_user_with_every_item_is_left_out(tmp_path):
+    folder = write_dataset(tmp_path / "fx", ["0 0 1 2", "1 0"], ["0 1", "1 2"], n_items=3)
+    s = tiny_settings(tmp_path, select_on="test", epochs=1)
+    ds, tr, va = C.prepare(s)
+    t = C.Trainer(s, ds, tr, va, torch.device("cpu"))
+    assert t.pair_u.tolist() == [1]
+    assert any("1 users have every item" in n for n in t.notes)
+    t.train_epoch(0)  # terminates
+
+
+def test_t6_bpr_numerics_and_l2_scope():
+    loss = C.bpr_loss(torch.tensor([2.0, -100.0]), torch.tensor([0.0, 0.0]))
+    assert loss.item() == pytest.approx(50.063464, abs=1e-5) and math.isfinite(loss.item())
+    per = torch.nn.functional.softplus(torch.tensor([-2.0, 100.0]))
+    assert per.tolist() == pytest.approx([0.126928, 100.0], abs=1e-6)
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [9.0, 9.0]])
+    u, i, j = torch.tensor([0]), torch.tensor([1]), torch.tensor([2])
+    assert C.l2_reg(table[u], table[i], table[j]).item() == pytest.approx(2.0)
+
+
+def test_t9_simgcl_noise_and_info_nce():
+    d = C.simgcl_noise(torch.tensor([[0.3, -0.4, 0.0]]), 0.1, r=torch.tensor([[0.6, 0.8, 0.5]]))
+    assert d[0].tolist() == pytest.approx([0.053666, -0.071554, 0.0], abs=1e-6)
+    eye = torch.eye(2)
+    loss = C.info_nce(eye, eye, torch.tensor([0, 1]), tau=1.0)
+    assert loss.item() == pytest.approx(0.313262, abs=1e-6)
+
+
+def test_info_nce_matches_autograd_reference():
+    torch.manual_seed(0)
+    a = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    pos = torch.tensor([0, 3, 3, 10, 2, 5, 0])
+    ours = C.info_nce(a, c, pos, 0.2)
+    ga, gc = torch.autograd.grad(ours, (a, c))
+    an, cn = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(c, dim=1)
+    logits = an @ cn.T / 0.2
+    ref = torch.nn.functional.cross_entropy(logits, pos)
+    ra, rc = torch.autograd.grad(ref, (a, c))
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-10)
+    assert torch.allclose(ga, ra) and torch.allclose(gc, rc)
+
+
+def test_propagation_gradient_uses_symmetric_adjacency():
+    adj = C.Graph(np.array([[0, 1], [1, 2], [0, 3]]), 4, loops=np.ones(4, bool)).adjacency()
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    a64 = torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), adj.values().double(), (4, 4))
+    assert torch.autograd.gradcheck(lambda x: C.propagate(x, a64, 3), (x,))
+    dense_out = sum(torch.linalg.matrix_power(a64.to_dense(), k) @ x for k in range(4)) / 4
+    assert torch.allclose(C.propagate(x, a64, 3), dense_out)
+
+
+def test_t10_transe():
+    h, r, t, tn = (torch.tensor([v]) for v in ([0.6, 0.8], [0.1, 0.0], [0.7, 0.8], [0.0, 1.0]))
+    assert C.transe_loss(h, r, t, tn).item() == pytest.approx(0.393978, abs=1e-6)
+    assert C.transe_loss(h, r, t, tn, squared=True).item() == pytest.approx(0.462856, abs=1e-6)
+
+
+def test_t10_triples_and_corrupted_tails(tmp_path):
+    ds = C.load_dataset(small_dataset(tmp_path))
+    trip = C.kg_triples(ds, ds.train)
+    assert len(trip) == 10  # 5 triples and their inverses
+    assert {(8 + 0, 0, 8 + 6), (8 + 6, 2, 8 + 0)} <= set(map(tuple, trip.tolist()))
+    keep, neg = C.corrupt_tails(trip, 8, ds.n_entities, np.random.default_rng(0))
+    true = set(map(tuple, trip.tolist()))
+    assert len(keep) == len(trip)
+    assert ((neg >= 8) & (neg < 16)).all()  # entity nodes only: never users (0..7) or interests
+    assert not any((h, r, t) in true for (h, r, _), t in zip(trip[keep].tolist(), neg))
+    with_ui = C.kg_triples(ds, ds.train, with_interactions=True)
+    assert len(with_ui) == 10 + 2 * 25
+
+
+def test_t10_small_kg_gets_a_transe_batch(tmp_path):
+    small_dataset(tmp_path)
+    s = tiny_settings(tmp_path, transe=True, transe_batch=4096)
+    t = C.Trainer(s, *C.prepare(s), torch.device("cpu"))
+    before = t.model.rel.detach().clone()
+    loss = t.transe_epoch()
+    assert math.isfinite(loss) and not torch.equal(before, t.model.rel.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation split
+# ---------------------------------------------------------------------------------------------
+def test_validation_split():
+    assert [C.n_valid_items(n) for n in (1, 2, 3, 4, 8, 12, 20)] == [0, 0, 0, 1, 1, 2, 3]
+    rng = np.random.default_rng(5)
+    train = [rng.choice(1000, size=n, replace=False) for n in rng.integers(1, 60, size=300)]
+    a_tr, a_va = C.split_validation(train, seed=3)
+    b_tr, b_va = C.split_validation(train, seed=3)
+    c_tr, _ = C.split_validation(train, seed=4)
+    for items, tr, va, tr2, va2 in zip(train, a_tr, a_va, b_tr, b_va):
+        assert not set(tr) & set(va) and set(tr) | set(va) == set(items)
+        assert len(va) == C.n_valid_items(len(items)) and len(tr) >= 1
+        assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
+        assert list(tr) == [i for i in items if i in set(tr)]  # file order kept
+    assert any(not np.array_equal(x, y) for x, y in zip(a_tr, c_tr))
+    big = [np.arange(80)] * 10
+    tr, va = C.split_validation(big, 0)
+    assert sum(map(len, tr)) / sum(map(len, va)) == 7.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: selection, resume, failure
+# ---------------------------------------------------------------------------------------------
+def test_t2_selection_on_validation_test_touched_once(tmp_path, monkeypatch):
+    small_dataset(tmp_path)
+    valid = [0.10, 0.12, 0.11, 0.30]
+    test = [0.13, 0.11, 0.12, 0.40]
+    calls = []
+
+    def fake_epoch(self, epoch):
+        with torch.no_grad():
+            self.model.emb[0, 0] = float(epoch)  # marks which epoch's model is loaded
+        return {"bpr": 0.0}
+
+    def fake_eval(self, split):
+        epoch = int(self.model.emb[0, 0].item())
+        calls.append(split)
+        v = (valid if split == "valid" else test)[epoch]
+        return {"recall@50": v, "ndcg@50": 0.0}
+
+    monkeypatch.setattr(C.Trainer, "train_epoch", fake_epoch)
+    monkeypatch.setattr(C.Trainer, "evaluate", fake_eval)
+    r = C.fit(tiny_settings(tmp_path, epochs=10, patience=1))
+    assert r["best_epoch"] == 1 and r["epochs_run"] == 3  # epoch 2 of 3 (counting from 1)
+    assert r["test"]["recall@50"] == 0.11
+    assert calls == ["valid", "valid", "valid", "test"]
+    assert r["selected_on"] == "valid" and r["valid"]["recall@50"] == 0.12
+
+
+def test_fit_resume_is_exact(tmp_path):
+    small_dataset(tmp_path)
+    straight = C.fit(tiny_settings(tmp_path, epochs=3, out=str(tmp_path / "a.json"), transe=True))
+    C.fit(tiny_settings(tmp_path, epochs=2, out=str(tmp_path / "b.json"), transe=True))
+    resumed = C.fit(tiny_settings(tmp_path, epochs=3, out=str(tmp_path / "b.json"), transe=True,
+                                  resume=True))
+    assert [h["bpr"] for h in resumed["history"]] == [h["bpr"] for h in straight["history"]]
+    assert resumed["test"] == straight["test"]
+    with pytest.raises(C.SettingsError, match="other settings"):
+        C.fit(tiny_settings(tmp_path, epochs=4, out=str(tmp_path / "b.json"), lr=0.5, resume=True))
+
+
+def test_results_json_and_outputs(tmp_path):
+    small_dataset(tmp_path)
+    r = C.fit(tiny_settings(tmp_path, epochs=2))
+    saved = json.loads((tmp_path / "runs" / "fx.json").read_text())
+    for key in ("dataset", "settings", "seed", "split_seed", "selected_on", "best_epoch", "valid",
+                "test", "epoch_seconds", "eval_seconds", "provenance"):
+        assert key in saved
+    assert saved["provenance"]["interest_sha256"] == C._sha256(str(tmp_path / "fx" / "user_interest_clustered.txt"))
+    assert set(saved["test"]) >= {"recall@20", "ndcg@50", "precision@100", "hit@100"}
+    assert (tmp_path / "runs" / "fx.pt").is_file() and (tmp_path / "runs" / "fx.ckpt.pt").is_file()
+    assert saved["test"] == r["test"]
+    t = C.fit(tiny_settings(tmp_path, epochs=1, select_on="test", out=str(tmp_path / "t.json")))
+    assert t["valid"] is None and t["selected_on"] == "test"
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch, capsys):
+    small_dataset(tmp_path)
+    s = tiny_settings(tmp_path, epochs=3)
+    calls = {"n": 0}
+    real = C.bpr_loss
+
+    def exploding(pos, neg):
+        calls["n"] += 1
+        return real(pos, neg) * (float("nan") if calls["n"] > 6 else 1.0)  # epoch 0 has 6 batches
+
+    monkeypatch.setattr(C, "bpr_loss", exploding)
+    with pytest.raises(C.TrainingError, match="non-finite loss at epoch 1"):
+        C.fit(s)
+    ck = torch.load(tmp_path / "runs" / "fx.ckpt.pt", weights_only=False)
+    assert ck["epoch"] == 0
+    assert not (tmp_path / "runs" / "fx.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one clear message, exit code 2, nothing written
+# ---------------------------------------------------------------------------------------------
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "cikgrec.py"), *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("missing", "train.txt: file not found"),
+    ("malformed", "train.txt, line 2: expected integer ids, got 'x7'"),
+    ("out_of_range", "test.txt, line 1: item id 9 out of range"),
+    ("empty", "test.txt: the file is empty"),
+    ("kg_fields", "kg_final.txt, line 1: expected 3 fields, got 2"),
+    ("interest_collides", "user_interest_clustered.txt, line 1: interest id 3 collides"),
+])
+def test_bad_input(tmp_path, case, expect):
+    folder = write_dataset(tmp_path / "fx", ["0 0 1", "1 1 2"], ["0 2", "1 0"], kg=["0 0 4"],
+                           interests=["0 5"], n_items=3)
+    if case == "missing":
+        (folder / "train.txt").unlink()
+    elif case == "malformed":
+        (folder / "train.txt").write_text("0 0 1\n1 x7 2\n")
+    elif case == "out_of_range":
+        (folder / "test.txt").write_text("0 9\n")
+    elif case == "empty":
+        (folder / "test.txt").write_text("\n\n")
+    elif case == "kg_fields":
+        (folder / "kg_final.txt").write_text("0 4\n")
+    elif case == "interest_collides":
+        (folder / "user_interest_clustered.txt").write_text("0 3\n")
+    out = tmp_path / "out" / "r.json"
+    p = run_cli("train", "--dataset", "fx", "--data-dir", str(tmp_path), "--out", str(out),
+                "--epochs", "1", cwd=tmp_path)
+    assert p.returncode == 2
+    assert expect in p.stderr and "Traceback" not in p.stderr
+    assert p.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_bad_setting_is_a_clear_error(tmp_path):
+    p = run_cli("train", "--dataset", "fx", "--data-dir", str(tmp_path), "--edge-drop", "1.5", cwd=tmp_path)
+    assert p.returncode == 2 and "--edge-drop must be in [0, 1)" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_optional_files_warn(tmp_path):
+    folder = write_dataset(tmp_path / "fx", ["0 0 1", "1 1 2"], ["0 2", "1 0"])
+    ds = C.load_dataset(folder)
+    assert ds.n_items == 3 and ds.n_interests == 0 and len(ds.kg) == 0
+    assert any("kg_final.txt not found" in w for w in ds.warnings)
+    assert any("user_interest_clustered.txt not found" in w for w in ds.warnings)
+
+
+def test_download_without_network_is_one_clear_line(tmp_path, monkeypatch):
+    import urllib.error
+    blobs = tmp_path / "GIT_BLOBS"
+    blobs.write_text("e69de29bb2d1d6434b8b29ae775ad8c2e48c5391  fx/train.txt\n")
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(C.urllib.request, "urlopen", offline)
+    with pytest.raises(C.DataError, match="set DATA_DIR to a folder that has the files"):
+        C.download(["fx"], tmp_path / "data", blobs)
+    (tmp_path / "data" / "fx").mkdir(parents=True)
+    (tmp_path / "data" / "fx" / "train.txt").write_bytes(b"")  # empty file: blob e69de29...
+    C.download(["fx"], tmp_path / "data", blobs)  # present and verified: no network needed
+    assert C.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+# ---------------------------------------------------------------------------------------------
+# The published data
+# ---------------------------------------------------------------------------------------------
+def test_published_datasets_load():
+    need_data("book-crossing")
+    expect = {"book-crossing": (6616, 8853, 244, 85989, 24673, 1137, 19497),
+              "dbbook2014": (5576, 2680, 381, 50745, 15216, 134223, 6961)}
+    for name, (users, items, interests, n_train, n_test, n_kg, n_uj) in expect.items():
+        ds = C.load_dataset(DATA / name)
+        assert (ds.n_users, ds.n_items, ds.n_interests) == (users, items, interests)
+        assert sum(map(len, ds.train)) == n_train and sum(map(len, ds.test)) == n_test
+        assert len(ds.kg) == n_kg and len(ds.interest_edges) == n_uj
+
+
+def test_two_epochs_on_book_crossing(tmp_path):
+    need_data("book-crossing")
+    s = C.resolve_settings(C.argparse.Namespace(dataset="book-crossing"))
+    s = C.dataclasses.replace(s, data_dir=str(DATA), epochs=2, out=str(tmp_path / "bc.json"))
+    r = C.fit(s)
+    saved = json.loads((tmp_path / "bc.json").read_text())
+    assert saved["epochs_run"] == 2 and saved["best_epoch"] in (0, 1)
+    assert all(math.isfinite(v) for v in saved["test"].values())
+    assert 0.02 < saved["test"]["recall@50"] < 0.5  # learned something, not perfect
+    assert saved["settings"]["layers"] == 4 and saved["settings"]["tau"] == 0.15  # authors' config
+
+
+def test_empty_validation_split_is_a_clear_error(tmp_path):
+    # every user has <= 3 training items, so no validation item is carved out
+    write_dataset(tmp_path / "fx", ["0 0 1", "1 1 2 0"], ["0 2", "1 3"], n_items=4)
+    p = run_cli("train", "--dataset", "fx", "--data-dir", str(tmp_path), "--ks", "2",
+                "--out", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "no user has enough training items for a validation split" in p.stderr
+    m = C.evaluate_ranking(torch.zeros(2, 2), torch.zeros(3, 2), np.zeros(0, np.int64), [], [], [2])
+    assert m == {"recall@2": 0.0, "ndcg@2": 0.0, "precision@2": 0.0, "hit@2": 0.0}
