@@ -64,6 +64,7 @@ class Settings:
     dataset: str = "ml1m"
     data_dir: str = "data"  # one folder per dataset
     interests: str = ""  # user_interest_clustered.txt to use instead of the dataset's
+    no_interests: bool = False  # run without interest nodes even where the file exists (Table 3 "w/o UIK")
     out: str = ""  # results JSON; default runs/<dataset>-seed<seed>.json
     seed: int = 2024  # model seed (initialisation, sampling)
     split_seed: int = 0  # validation split seed, separate from the model seed
@@ -1100,6 +1101,9 @@ def _git_commit() -> str | None:
 def prepare(s: Settings) -> tuple[Dataset, list, list | None]:
     """Read the dataset and carve the validation split. Raises DataError on bad files."""
     ds = load_dataset(Path(s.data_dir) / s.dataset, s.interests or None, s.dataset)
+    if s.no_interests:  # Table 3 "w/o UIK": no interest nodes (so no reconstruction either)
+        ds = dataclasses.replace(ds, n_interests=0, interest_edges=ds.interest_edges[:0],
+                                 interest_ids=ds.interest_ids[:0], interest_file="")
     for note in ds.warnings:
         log(f"warning: {note}")
     if s.select_on == "test":
@@ -1287,6 +1291,480 @@ def download(datasets, data_dir, blobs_file=Path(__file__).parent / "data" / "GI
 
 
 # ----------------------------------------------------------------------------------------------
+# Experiments: tables, sparsity groups, case study
+# ----------------------------------------------------------------------------------------------
+# `python cikgrec.py tables --table table1|ablation|lightgcn-variants --dataset NAME --seeds N`
+# trains every configuration of a table over seeds 2024, 2025, ..., 2024 + N - 1 (one fit() each,
+# results in runs/<dataset>/<table>/<config>-seed<seed>.json), then writes
+# results/<dataset>/<table>.md and .csv (mean +- sample std over seeds beside the paper's value)
+# and results/<dataset>/groups.md (Fig. 3). `explain` prints the case study of Fig. 4.
+FIRST_SEED = 2024  # seed i of a sweep is FIRST_SEED + i
+TABLE_METRICS = ("recall@50", "recall@100", "ndcg@50", "ndcg@100")
+METRIC_NAMES = {"recall@50": "R@50", "recall@100": "R@100", "ndcg@50": "N@50", "ndcg@100": "N@100"}
+
+# Each table: config name -> (row label, settings given on top of the dataset's defaults).
+TABLES = {
+    "table1": {  # Table 1: overall performance (our code's baselines)
+        "cikgrec": ("CIKGRec", {}),
+        "lightgcn": ("LightGCN", {"model": "lightgcn", "graph": "cg"}),
+        "simgcl": ("SimGCL", {"model": "simgcl"}),
+    },
+    "ablation": {  # Table 3: ablations by flags on the full model
+        "full": ("CIKGRec (ours)", {}),
+        "wo-uik": ("w/o UIK", {"no_interests": True}),  # no interest nodes at all
+        "wo-uir": ("w/o UIR", {"lambda2": 0.0}),  # no interest reconstruction
+        "wo-cl": ("w/o CL", {"lambda3": 0.0}),  # no contrastive loss
+        "wo-dmr": ("w/o DMR", {"schedule": "fixed"}),  # mask rate = omega throughout
+        "linear": ("w linear", {"schedule": "lin"}),  # linear mask schedule (Eq. 3)
+    },
+    "lightgcn-variants": {  # Table 4: LightGCN on graphs with more auxiliary information
+        "lightgcn-cg": ("LightGCN_CG", {"model": "lightgcn", "graph": "cg"}),
+        "lightgcn-cig": ("LightGCN_CIG", {"model": "lightgcn", "graph": "cig"}),
+        "lightgcn-ckg": ("LightGCN_CKG", {"model": "lightgcn", "graph": "ckg"}),
+        "lightgcn-cikg": ("LightGCN_CIKG", {"model": "lightgcn", "graph": "cikg"}),
+    },
+}
+# Configurations that are the same run as one of another table: its results are reused when
+# their settings match (a CIKGRec run takes hours; no need to train it twice).
+SAME_RUN = {("ablation", "full"): ("table1", "cikgrec"),
+            ("lightgcn-variants", "lightgcn-cg"): ("table1", "lightgcn")}
+
+
+def _paper(metrics, rows):
+    return {ds: {cfg: dict(zip(metrics, vals)) for cfg, vals in by_cfg.items()} for ds, by_cfg in rows.items()}
+
+
+# The paper's numbers (selected on TEST, mean of 10 seeds): PAPER[table][dataset][config][metric].
+PAPER = {
+    "table1": _paper(("recall@50", "recall@100", "ndcg@50", "ndcg@100"), {  # Table 1
+        "dbbook2014": {"lightgcn": (0.4214, 0.5358, 0.2230, 0.2481), "simgcl": (0.4280, 0.5369, 0.2376, 0.2610),
+                       "cikgrec": (0.4642, 0.5756, 0.2494, 0.2739)},
+        "book-crossing": {"lightgcn": (0.1607, 0.2246, 0.0765, 0.0911), "simgcl": (0.1653, 0.2211, 0.0860, 0.0988),
+                          "cikgrec": (0.1791, 0.2455, 0.0889, 0.1041)},
+        "ml1m": {"lightgcn": (0.4086, 0.5574, 0.3977, 0.4432), "simgcl": (0.4131, 0.5560, 0.4048, 0.4482),
+                 "cikgrec": (0.4250, 0.5718, 0.4162, 0.4609)}}),
+    "ablation": _paper(("recall@100", "ndcg@100"), {  # Table 3 (its w/o DMR row is empty)
+        "dbbook2014": {"full": (0.5756, 0.2739), "wo-uik": (0.5673, 0.2615), "wo-uir": (0.5701, 0.2704),
+                       "wo-cl": (0.5732, 0.2659), "linear": (0.5733, 0.2716)},
+        "book-crossing": {"full": (0.2455, 0.1041), "wo-uik": (0.2330, 0.0991), "wo-uir": (0.2081, 0.0843),
+                          "wo-cl": (0.2291, 0.0917), "linear": (0.2452, 0.1036)},
+        "ml1m": {"full": (0.5718, 0.4609), "wo-uik": (0.5662, 0.4527), "wo-uir": (0.5713, 0.4601),
+                 "wo-cl": (0.5583, 0.4480), "linear": (0.5714, 0.4603)}}),
+    "lightgcn-variants": _paper(("recall@50", "ndcg@50", "recall@100", "ndcg@100"), {  # Table 4
+        "dbbook2014": {"lightgcn-cg": (0.4214, 0.2230, 0.5358, 0.2481),
+                       "lightgcn-cig": (0.4240, 0.2283, 0.5395, 0.2537),
+                       "lightgcn-ckg": (0.4273, 0.2276, 0.5394, 0.2524),
+                       "lightgcn-cikg": (0.4272, 0.2279, 0.5428, 0.2534)},
+        "book-crossing": {"lightgcn-cg": (0.1607, 0.0765, 0.2246, 0.0911),
+                          "lightgcn-cig": (0.1611, 0.0773, 0.2247, 0.0916),
+                          "lightgcn-ckg": (0.1602, 0.0790, 0.2197, 0.0928),
+                          "lightgcn-cikg": (0.1603, 0.0759, 0.2231, 0.0901)},
+        "ml1m": {"lightgcn-cg": (0.4086, 0.3977, 0.5574, 0.4432), "lightgcn-cig": (0.4079, 0.3982, 0.5571, 0.4439),
+                 "lightgcn-ckg": (0.4097, 0.3985, 0.5584, 0.4441),
+                 "lightgcn-cikg": (0.4096, 0.3995, 0.5574, 0.4446)}}),
+}
+
+
+@dataclass
+class PlannedRun:
+    """One fit() of a sweep: its table, configuration, seed, settings and results file."""
+    table: str
+    config: str
+    seed: int
+    settings: Settings
+    out: Path
+
+
+def run_settings(base: dict, flags: dict, seed: int, out) -> Settings:
+    """Settings as the command line would build them: `base` (the options given, e.g.
+    {"dataset": "ml1m", "data_dir": "data"}), then the configuration's flags, seed and out, all
+    through resolve_settings (so the dataset's defaults apply to everything not given)."""
+    ns = argparse.Namespace(**{f.name: None for f in dataclasses.fields(Settings)})
+    values = {k: v for k, v in base.items() if v is not None}
+    values.update(flags, seed=seed, out=str(out))
+    vars(ns).update(values)
+    return resolve_settings(ns)
+
+
+def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
+    """Every run of a table, configuration by configuration, seeds FIRST_SEED.. in order."""
+    dataset = base.get("dataset") or Settings.dataset
+    runs = []
+    for config, (_, flags) in TABLES[table].items():
+        for i in range(n_seeds):
+            seed = FIRST_SEED + i
+            out = Path(runs_dir) / dataset / table / f"{config}-seed{seed}.json"
+            runs.append(PlannedRun(table, config, seed, run_settings(base, flags, seed, out), out))
+    return runs
+
+
+_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch")
+
+
+def done_results(run: PlannedRun) -> Path | None:
+    """The results file of a planned run if it exists: its own, or that of the same run in
+    another table (SAME_RUN) when the settings agree (all but out, resume, device, threads,
+    eval_batch). None when the run is still to do."""
+    if run.out.is_file():
+        return run.out
+    same = SAME_RUN.get((run.table, run.config))
+    if same:
+        other = run.out.parent.parent / same[0] / f"{same[1]}-seed{run.seed}.json"
+        if other.is_file():
+            saved = json.loads(other.read_text()).get("settings", {})
+            mine = dataclasses.asdict(run.settings)
+            if all(saved.get(k) == v for k, v in mine.items() if k not in _NOT_COMPARED):
+                return other
+    return None
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_sweep(runs: list, dry_run: bool = False) -> int:
+    """fit() every planned run whose results file does not exist yet (an interrupted sweep
+    resumes: finished runs are skipped, a run cut mid-way continues from its checkpoint). Progress
+    on stderr: "run i/n: config seed s (elapsed, ~time left)", the time left estimated from the
+    runs finished so far. A run that fails (TrainingError) is reported and the sweep goes on.
+    Returns the number of failed runs."""
+    todo = [r for r in runs if done_results(r) is None]
+    log(f"{len(runs) - len(todo)} of {len(runs)} runs already done; {len(todo)} to run")
+    if dry_run:
+        for r in todo:
+            log(f"  to run: {r.config} seed {r.seed} -> {r.out}")
+        return 0
+    start, finished, failed = time.perf_counter(), 0, 0
+    for n, r in enumerate(todo, 1):
+        elapsed = time.perf_counter() - start
+        left = f"~{_fmt_duration(elapsed / finished * (len(todo) - n + 1))} left" if finished else "time left unknown yet"
+        log(f"run {n}/{len(todo)}: {r.config} seed {r.seed} ({_fmt_duration(elapsed)} elapsed, {left})")
+        ckpt = output_paths(r.settings)[2]
+        try:
+            fit(dataclasses.replace(r.settings, resume=ckpt.is_file()))
+            finished += 1
+        except TrainingError as e:
+            failed += 1
+            log(f"run {n}/{len(todo)} failed: {e} (its checkpoint is kept; going on)")
+    return failed
+
+
+def _mean_std(values: list) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1; None for a single value)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+def aggregate_table(table: str, dataset: str, files: dict) -> list:
+    """One row per configuration of the table: {"config", "label", "n", "files", and for each
+    metric m of TABLE_METRICS: m (mean), m+"_std" (sample std, None when n < 2), m+"_paper"
+    (None where the paper has no value) and m+"_diff" (100 (ours - paper) / paper)}.
+
+    files: {config: [results JSON paths]} (test metrics are read from each file's "test")."""
+    paper = PAPER.get(table, {}).get(dataset, {})
+    rows = []
+    for config, (label, _) in TABLES[table].items():
+        paths = files.get(config, [])
+        tests = [json.loads(Path(p).read_text())["test"] for p in paths]
+        row = {"config": config, "label": label, "n": len(tests), "files": [str(p) for p in paths]}
+        for m in TABLE_METRICS:
+            mean, std = _mean_std([t[m] for t in tests]) if tests else (None, None)
+            ref = paper.get(config, {}).get(m)
+            row.update({m: mean, m + "_std": std, m + "_paper": ref,
+                        m + "_diff": 100.0 * (mean - ref) / ref if mean is not None and ref else None})
+        rows.append(row)
+    return rows
+
+
+_TABLE_TITLES = {"table1": "Table 1: overall performance", "ablation": "Table 3: ablation study",
+                 "lightgcn-variants": "Table 4: LightGCN with more auxiliary information"}
+
+
+_TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, and no numbers for w/o DMR "
+                            "(ours: the mask rate is omega throughout).",
+                "table1": " Our LightGCN and SimGCL rows are trained by this code with the dataset's settings."}
+
+
+def write_table(rows: list, table: str, dataset: str, results_dir="results") -> tuple[Path, Path]:
+    """results/<dataset>/<table>.md and .csv from aggregate_table's rows."""
+    folder = Path(results_dir) / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    num = lambda x, fmt: "" if x is None else format(x, fmt)
+    header = ["model", "n"] + [h for m in TABLE_METRICS for h in (METRIC_NAMES[m], "paper", "diff %")]
+    md = [f"# {dataset}: {_TABLE_TITLES[table]}", "",
+          "Ours: test metrics of the epoch selected on validation, mean ± sample std over n seeds "
+          f"({FIRST_SEED}, {FIRST_SEED + 1}, ...; std '-' when n = 1). Paper: selected on test, "
+          "mean of 10 seeds. diff % = 100 (ours - paper) / paper." + _TABLE_NOTES.get(table, ""), "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["label"], str(r["n"])]
+        for m in TABLE_METRICS:
+            ours = "" if r[m] is None else f"{r[m]:.4f} ± " + ("-" if r[m + "_std"] is None else f"{r[m + '_std']:.4f}")
+            diff = "" if r[m + "_diff"] is None else f"{r[m + '_diff']:+.1f}"
+            cells += [ours, num(r[m + "_paper"], ".4f"), diff]
+        md.append("| " + " | ".join(cells) + " |")
+    md_path, csv_path = folder / f"{table}.md", folder / f"{table}.csv"
+    md_path.write_text("\n".join(md) + "\n")
+    import csv
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["config", "model", "n"] + [f"{m}_{k}" for m in TABLE_METRICS
+                                              for k in ("mean", "std", "paper", "diff_pct")])
+        for r in rows:
+            w.writerow([r["config"], r["label"], r["n"]] + [num(r[m + s], ".6g") for m in TABLE_METRICS
+                                                            for s in ("", "_std", "_paper", "_diff")])
+    return md_path, csv_path
+
+
+def load_trained(results_path, data_dir: str | None = None, device: str = "cpu") -> tuple[Trainer, dict]:
+    """The Trainer of a finished run with its selected model: settings from the results JSON
+    (fields this version does not know are ignored), the best model state from <results>.pt
+    (saved by fit beside the JSON). data_dir overrides the saved data folder."""
+    for path in (Path(results_path), Path(results_path).with_suffix(".pt")):
+        if not path.is_file():
+            raise DataError(path, 0, "not found (a finished run writes <out>.json and <out>.pt)")
+    results = json.loads(Path(results_path).read_text())
+    known = {f.name for f in dataclasses.fields(Settings)}
+    s = Settings(**{k: v for k, v in results["settings"].items() if k in known})
+    s = dataclasses.replace(s, resume=False, device=device, **({"data_dir": data_dir} if data_dir else {}))
+    ds, train_part, valid = prepare(s)
+    trainer = Trainer(s, ds, train_part, valid, pick_device(device))
+    state = torch.load(Path(results_path).with_suffix(".pt"), map_location=trainer.device, weights_only=True)
+    trainer.model.load_state_dict(state)
+    return trainer, results
+
+
+def sparsity_groups(counts: np.ndarray, n_groups: int = 4) -> tuple[np.ndarray, list]:
+    """Fig. 3's user groups (KGAT protocol, Wang et al. 2019): users sorted by their number of
+    training interactions are cut into groups holding about the same total number of
+    interactions; users with the same count stay in one group, so there can be fewer groups.
+
+    counts: int [n] training interactions per user. Returns (group index int [n], bounds: one
+    (lowest count, highest count, users, interactions) per group, sparse to dense)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    levels, per_level = np.unique(counts, return_counts=True)
+    share = counts.sum() / n_groups
+    level_group, g, acc = np.zeros(len(levels), dtype=np.int64), 0, 0
+    for i, (c, k) in enumerate(zip(levels, per_level)):
+        level_group[i] = g
+        acc += c * k
+        if acc >= share * (g + 1) and g < n_groups - 1:
+            g += 1
+    group = level_group[np.searchsorted(levels, counts)]
+    bounds = [(int(counts[group == b].min()), int(counts[group == b].max()), int((group == b).sum()),
+               int(counts[group == b].sum())) for b in np.unique(group)]
+    return group, bounds
+
+
+@torch.no_grad()
+def group_ndcg(trainer: Trainer, k: int = 50, n_groups: int = 4) -> dict:
+    """Test NDCG@k of each sparsity group (Fig. 3) for a trained model. Groups split the test
+    users by their number of train.txt interactions. Returns {"bounds": [...], "ndcg": [...]}."""
+    users, exclude, truth = trainer.eval_sets["test"]
+    group, bounds = sparsity_groups([len(trainer.ds.train[u]) for u in users], n_groups)
+    ue, ie = trainer.embeddings()
+    ndcg = []
+    for g in range(len(bounds)):
+        sel = np.flatnonzero(group == g)
+        m = evaluate_ranking(ue, ie, users[sel], [exclude[i] for i in sel], [truth[i] for i in sel],
+                             [k], trainer.s.eval_batch)
+        ndcg.append(m[f"ndcg@{k}"])
+    return {"bounds": bounds, "ndcg": ndcg}
+
+
+def results_groups(results_path, data_dir: str | None = None) -> dict:
+    """group_ndcg of a results file, cached in <results>.groups.json (redone when the model
+    file <results>.pt is newer than the cache)."""
+    results_path = Path(results_path)
+    cache, model = results_path.with_suffix(".groups.json"), results_path.with_suffix(".pt")
+    if cache.is_file() and cache.stat().st_mtime_ns >= model.stat().st_mtime_ns:
+        return json.loads(cache.read_text())
+    trainer, _ = load_trained(results_path, data_dir)
+    out = group_ndcg(trainer)
+    _write_json(out, cache)
+    return out
+
+
+def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str | None = None) -> Path:
+    """results/<dataset>/groups.md: Fig. 3 as a table, test NDCG@50 of each user group (sparse to
+    dense) for every configuration with results, mean ± sample std over seeds.
+
+    files: {(table, config): [results paths]}."""
+    rows, bounds = [], None
+    for (table, config), paths in files.items():
+        if not paths:
+            continue
+        per_seed = [results_groups(p, data_dir) for p in paths]
+        bounds = bounds or per_seed[0]["bounds"]
+        cells = []
+        for g in range(len(bounds)):
+            mean, std = _mean_std([r["ndcg"][g] for r in per_seed])
+            cells.append(f"{mean:.4f} ± " + ("-" if std is None else f"{std:.4f}"))
+        rows.append(f"| {TABLES[table][config][0]} ({table}) | {len(paths)} | " + " | ".join(cells) + " |")
+    folder = Path(results_dir) / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "groups.md"
+    if bounds is None:
+        path.write_text(f"# {dataset}: sparsity groups (Fig. 3)\n\nNo results yet.\n")
+        return path
+    heads = [f"{lo}-{hi} items ({u} users, {n} interactions)" for lo, hi, u, n in bounds]
+    text = [f"# {dataset}: test NDCG@50 by user sparsity group (Fig. 3)", "",
+            "Test users split by their number of train.txt interactions into groups holding about the "
+            "same total number of interactions (KGAT's protocol), sparse to dense. Mean ± sample std "
+            "over n seeds.", "", "| model | n | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 2)]
+    path.write_text("\n".join(text + rows) + "\n")
+    return path
+
+
+def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="results",
+           dry_run: bool = False) -> int:
+    """Run a table's sweep (unless dry_run), then write its .md/.csv and groups.md. Returns the
+    number of failed runs."""
+    dataset = base.get("dataset") or Settings.dataset
+    failed = run_sweep(plan_runs(table, base, n_seeds, runs_dir), dry_run)
+    files = {}  # (table, config) -> results files found, for every table of the dataset
+    for t in TABLES:
+        for r in plan_runs(t, base, n_seeds, runs_dir):
+            found = done_results(r)
+            files.setdefault((t, r.config), []).extend([found] if found else [])
+    rows = aggregate_table(table, dataset, {c: p for (t, c), p in files.items() if t == table})
+    md, csv_path = write_table(rows, table, dataset, results_dir)
+    unique = {}  # groups: each results file once (SAME_RUN rows point to the same file)
+    for key, paths in files.items():
+        if paths and tuple(paths) not in unique.values():
+            unique[key] = tuple(paths)
+    groups = write_groups(dataset, {k: list(v) for k, v in unique.items()}, results_dir, base.get("data_dir"))
+    print(md.read_text())
+    log(f"wrote {md}, {csv_path}, {groups}")
+    return failed
+
+
+def item_title(name: str) -> str:
+    """A readable title: a DBpedia URI becomes its last path segment, URL-decoded, '_' as spaces
+    (as llm_interests.item_title); any other name (book-crossing) is kept."""
+    import urllib.parse
+    name = name.strip()
+    if name.startswith(("http://", "https://")):
+        return urllib.parse.unquote(name.rstrip("/").rsplit("/", 1)[-1]).replace("_", " ").strip()
+    return name
+
+
+def read_cluster_terms(path) -> dict:
+    """interest_clusters.tsv (llm_interests.py cluster) -> {interest id: "top terms"} of the kept
+    clusters (rows whose interest_id column is a number)."""
+    terms = {}
+    with open(path, encoding="utf-8") as f:
+        next(f, None)  # header: cluster users interest_id top_terms example_phrases
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) >= 4 and cols[2].isdigit():
+                terms[int(cols[2])] = cols[3]
+    return terms
+
+
+@torch.no_grad()
+def explain(trainer: Trainer, user: int, top: int = 10, answers: dict | None = None,
+            terms: dict | None = None) -> dict:
+    """The case study of Fig. 4 for one user: training items, interests, top recommendations and,
+    for each, the strongest path user -> interest -> another user who has the item in training.
+
+    Path strength = mean cosine similarity of the final (propagated) embeddings along its three
+    edges, (cos(u, j) + cos(j, v) + cos(v, i)) / 3, in [-1, 1]: the space the model scores in,
+    independent of embedding norms. Edges are the run's training interactions (validation items
+    excluded) and the dataset's user-interest edges. Returns a dict (printed by print_explain)."""
+    ds, e0, j0 = trainer.ds, trainer.e0, trainer.j0
+    if not 0 <= user < ds.n_users:
+        raise SettingsError(f"--user must be in 0..{ds.n_users - 1}, got {user}")
+    trainer.model.eval()
+    raw = propagate(trainer.model.emb, trainer.main.adjacency(), trainer.s.layers)  # [n_nodes, D]
+    z = F.normalize(raw, dim=1)
+    scores = raw[user] @ raw[e0:e0 + ds.n_items].t()
+    scores[torch.as_tensor(ds.train[user], dtype=torch.long)] = float("-inf")  # train.txt items
+    recs = torch.topk(scores, min(top, int(torch.isfinite(scores).sum()))).indices.tolist()
+    edges = ds.interest_edges
+    mine = edges[edges[:, 0] == user, 1]  # interest indices of the user
+    title = lambda i: item_title(ds.item_names[i]) if i < len(ds.item_names) and ds.item_names[i] else f"item {i}"
+    raw_id = lambda j: int(ds.interest_ids[j])
+    out = {"user": user, "train": [(int(i), title(i)) for i in ds.train[user]],
+           "interests": [(raw_id(j), (terms or {}).get(raw_id(j), "")) for j in mine],
+           "answer": (answers or {}).get(user), "recommendations": [],
+           "graph_has_interests": "uj" in MAIN_PARTS[trainer.s.graph]}
+    share = edges[np.isin(edges[:, 1], mine) & (edges[:, 0] != user)]  # (other user, shared interest)
+    has_item = np.zeros((ds.n_users, ds.n_items), dtype=bool) if len(share) else None
+    if has_item is not None:
+        rows, cols = _flatten(trainer.train)
+        has_item[rows, cols] = True
+    test = set(ds.test[user].tolist())
+    for i in recs:
+        best = None
+        if has_item is not None:
+            cand = share[has_item[share[:, 0], i]]  # (v, j) with v holding item i in training
+            if len(cand):
+                v, j = torch.as_tensor(cand[:, 0]), torch.as_tensor(cand[:, 1])
+                strength = ((z[user] * z[j0 + j]).sum(1) + (z[j0 + j] * z[v]).sum(1)
+                            + (z[v] * z[e0 + i]).sum(1)) / 3
+                b = int(strength.argmax())
+                best = (int(cand[b, 1]), raw_id(int(cand[b, 1])), int(cand[b, 0]), float(strength[b]))
+        out["recommendations"].append({"item": i, "title": title(i), "score": float(scores[i]),
+                                       "in_test": i in test, "path": best})
+    return out
+
+
+def print_explain(ex: dict) -> None:
+    """Print explain()'s dict for a reader (stdout)."""
+    u = ex["user"]
+    print(f"user {u}: {len(ex['train'])} training items")
+    for i, t in ex["train"]:
+        print(f"  item {i}: {t}")
+    print(f"interests of user {u}: {len(ex['interests'])}" + ("" if ex["graph_has_interests"] else
+                                                             " (not in this model's graph)"))
+    for j, t in ex["interests"]:
+        print(f"  interest {j}" + (f": {t}" if t else ""))
+    if ex["answer"] is not None:
+        print(f"LLM answer: {ex['answer']}")
+    print(f"top-{len(ex['recommendations'])} recommendations (train.txt items excluded; * = in test.txt):")
+    for r, rec in enumerate(ex["recommendations"], 1):
+        print(f"  {r:2d}. item {rec['item']}{' *' if rec['in_test'] else ''}: {rec['title']} "
+              f"(score {rec['score']:.3f})")
+        if rec["path"]:
+            j_idx, j, v, s = rec["path"]
+            print(f"      path: user {u} -> interest {j} -> user {v} -> item {rec['item']} (strength {s:.3f})")
+        else:
+            print("      no path through a shared interest")
+
+
+def explain_command(run: str, user: int, answers_path: str | None = None, clusters_path: str | None = None,
+                    data_dir: str | None = None, top: int = 10) -> dict:
+    """`explain`: load the run's model and print the case study for one user. The answers and
+    clusters files default to those beside the run's interest file (interests/<dataset>/), since
+    cluster terms only fit the interest file they were made with; the answers default falls back
+    to interests/<dataset>/llm_answers.jsonl."""
+    trainer, results = load_trained(run, data_dir)
+    s = trainer.s
+    folder = Path(s.interests).parent if s.interests else None
+    if answers_path is None:
+        guesses = ([folder / "llm_answers.jsonl"] if folder else []) + [Path("interests") / s.dataset / "llm_answers.jsonl"]
+        answers_path = next((str(p) for p in guesses if p.is_file()), None)
+    if clusters_path is None and folder and (folder / "interest_clusters.tsv").is_file():
+        clusters_path = str(folder / "interest_clusters.tsv")
+    answers = {}
+    if answers_path:
+        for line in Path(answers_path).read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                answers.setdefault(int(rec["user"]), rec.get("answer"))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn or foreign line: this is only a display
+    terms = read_cluster_terms(clusters_path) if clusters_path else {}
+    if terms and set(terms) != set(int(j) for j in trainer.ds.interest_ids):
+        log(f"warning: {clusters_path} does not describe the run's interest nodes; terms may not match")
+    ex = explain(trainer, user, top, answers, terms)
+    print_explain(ex)
+    return ex
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 def add_settings_arguments(p: argparse.ArgumentParser) -> None:
@@ -1326,6 +1804,21 @@ def main(argv=None) -> int:
         add_settings_arguments(sp)
         if name == "bench":
             sp.add_argument("--bench-epochs", type=int, default=3)
+    tp = sub.add_parser("tables", help="run a paper table's configurations over seeds, write results/<dataset>/")
+    add_settings_arguments(tp)  # e.g. --dataset, --data-dir, --interests, --device; not --seed/--out
+    tp.add_argument("--table", required=True, choices=list(TABLES))
+    tp.add_argument("--seeds", type=int, default=1, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
+    tp.add_argument("--runs-dir", default="runs")
+    tp.add_argument("--results-dir", default="results")
+    tp.add_argument("--dry-run", "--aggregate-only", dest="dry_run", action="store_true",
+                    help="train nothing: list the runs still to do, aggregate the existing results")
+    ep = sub.add_parser("explain", help="case study (Fig. 4): a user's interests, recommendations, paths")
+    ep.add_argument("--run", required=True, help="results JSON of a finished run (its .pt beside it)")
+    ep.add_argument("--user", type=int, required=True)
+    ep.add_argument("--answers", default=None, help="llm_answers.jsonl (default: beside the run's interests)")
+    ep.add_argument("--clusters", default=None, help="interest_clusters.tsv (default: beside the run's interests)")
+    ep.add_argument("--data-dir", default=None, help="default: the run's")
+    ep.add_argument("--top", type=int, default=10)
     dp = sub.add_parser("download", help="fetch datasets from the authors' repository (verified)")
     dp.add_argument("--dataset", nargs="+", default=list(DATASETS))
     dp.add_argument("--data-dir", default="data")
@@ -1333,6 +1826,15 @@ def main(argv=None) -> int:
     try:
         if args.command == "download":
             download(args.dataset, args.data_dir)
+            return 0
+        if args.command == "tables":
+            base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+                    if getattr(args, f.name) is not None}
+            if "seed" in base or "out" in base or args.seeds < 1:
+                raise SettingsError("tables sets --seed and --out itself; give --seeds N >= 1 instead")
+            return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run) else 0
+        if args.command == "explain":
+            explain_command(args.run, args.user, args.answers, args.clusters, args.data_dir, args.top)
             return 0
         s = resolve_settings(args)
         if args.command == "bench":

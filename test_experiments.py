@@ -1,0 +1,265 @@
+"""Tests of the experiments section of cikgrec.py: table aggregation, sweep resume, that each
+variant flag removes its component, sparsity groups and the case study. Tiny fixtures only: no
+test trains on a published dataset. Run with `python -m pytest -q test_experiments.py`.
+"""
+import json
+import re
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+import cikgrec as C
+from test_cikgrec import small_dataset, tiny_settings
+
+
+def fake_results(path, test, settings=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"test": test, "settings": settings or {}}))
+    return path
+
+
+def metrics(r50, r100, n50, n100):
+    return {"recall@50": r50, "recall@100": r100, "ndcg@50": n50, "ndcg@100": n100}
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation: mean and sample std over seeds, the paper's value and the difference
+# ---------------------------------------------------------------------------------------------
+def test_table_aggregation_mean_sample_std_and_paper(tmp_path):
+    r50 = [0.17, 0.18, 0.19]
+    files = {"cikgrec": [fake_results(tmp_path / f"c{i}.json", metrics(v, 0.25, 0.09, 0.10))
+                         for i, v in enumerate(r50)],
+             "lightgcn": [fake_results(tmp_path / "l.json", metrics(0.16, 0.22, 0.08, 0.09))]}
+    rows = {r["config"]: r for r in C.aggregate_table("table1", "book-crossing", files)}
+    c = rows["cikgrec"]
+    assert c["n"] == 3
+    assert c["recall@50"] == pytest.approx(0.18)
+    assert c["recall@50_std"] == pytest.approx(statistics.stdev(r50))  # ddof = 1
+    assert c["recall@50_std"] == pytest.approx(0.01)
+    assert c["recall@50_paper"] == 0.1791
+    assert c["recall@50_diff"] == pytest.approx(100 * (0.18 - 0.1791) / 0.1791)
+    assert rows["lightgcn"]["n"] == 1 and rows["lightgcn"]["recall@50_std"] is None
+    assert rows["simgcl"]["n"] == 0 and rows["simgcl"]["recall@50"] is None
+    md, csv_path = C.write_table(list(rows.values()), "table1", "book-crossing", tmp_path / "results")
+    text = md.read_text()
+    assert "| CIKGRec | 3 | 0.1800 ± 0.0100 | 0.1791 | +0.5 |" in text
+    assert "| LightGCN | 1 | 0.1600 ± - | 0.1607 | -0.4 |" in text
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("config,model,n,recall@50_mean,recall@50_std,recall@50_paper,recall@50_diff_pct")
+    assert lines[1].startswith("cikgrec,CIKGRec,3,0.18,0.01,0.1791,")
+
+
+def test_ablation_and_variant_tables_have_the_papers_values():
+    assert C.PAPER["ablation"]["ml1m"]["wo-cl"] == {"recall@100": 0.5583, "ndcg@100": 0.4480}
+    assert "wo-dmr" not in C.PAPER["ablation"]["dbbook2014"]  # the paper prints no numbers
+    assert C.PAPER["lightgcn-variants"]["book-crossing"]["lightgcn-ckg"]["ndcg@50"] == 0.0790
+    assert C.PAPER["table1"]["dbbook2014"]["simgcl"]["recall@100"] == 0.5369
+    for table in C.PAPER:  # every paper value belongs to a configuration of its table
+        for by_config in C.PAPER[table].values():
+            assert set(by_config) <= set(C.TABLES[table])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep: settings per configuration, resume
+# ---------------------------------------------------------------------------------------------
+def test_run_settings_follow_the_command_line(tmp_path):
+    base = {"dataset": "book-crossing", "data_dir": "d"}
+    runs = {(r.config, r.seed): r for r in C.plan_runs("table1", base, 2, tmp_path)}
+    assert len(runs) == 6
+    s = runs[("lightgcn", 2025)].settings
+    assert (s.model, s.graph, s.seed, s.layers, s.lr) == ("lightgcn", "cg", 2025, 4, 8e-4)  # dataset's
+    assert s.out == str(tmp_path / "book-crossing" / "table1" / "lightgcn-seed2025.json")
+    assert runs[("simgcl", 2024)].settings.graph == "cg" and runs[("simgcl", 2024)].settings.tau == 0.15
+    abl = {r.config: r.settings for r in C.plan_runs("ablation", base, 1, tmp_path)}
+    assert abl["wo-uik"].no_interests and abl["wo-uir"].lambda2 == 0 and abl["wo-cl"].lambda3 == 0
+    assert abl["wo-dmr"].schedule == "fixed" and abl["linear"].schedule == "lin"
+    assert abl["full"] == C.dataclasses.replace(runs[("cikgrec", 2024)].settings, out=abl["full"].out)
+    graphs = [r.settings.graph for r in C.plan_runs("lightgcn-variants", base, 1, tmp_path)]
+    assert graphs == ["cg", "cig", "ckg", "cikg"]
+
+
+def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch, capsys):
+    small_dataset(tmp_path)
+    base = {"dataset": "fx", "data_dir": str(tmp_path), "epochs": 1}
+    runs = C.plan_runs("table1", base, 2, tmp_path / "runs")
+    done = runs[1]  # cikgrec seed 2025
+    fake_results(done.out, metrics(0.1, 0.2, 0.1, 0.2))
+    half = runs[2]  # lightgcn seed 2024: interrupted, a checkpoint is left
+    C.output_paths(half.settings)[2].write_text("checkpoint")
+    calls = []
+
+    def spy(s):
+        calls.append((s.model, s.seed, s.resume))
+        fake_results(C.Path(s.out), metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(s))
+        return {}
+
+    monkeypatch.setattr(C, "fit", spy)
+    assert C.run_sweep(runs) == 0
+    assert calls == [("cikgrec", 2024, False), ("lightgcn", 2024, True), ("lightgcn", 2025, False),
+                     ("simgcl", 2024, False), ("simgcl", 2025, False)]
+    err = capsys.readouterr().err
+    assert "1 of 6 runs already done; 5 to run" in err
+    assert "run 1/5: cikgrec seed 2024" in err and "run 5/5: simgcl seed 2025" in err
+    assert re.search(r"run 2/5: lightgcn seed 2024 \(\d+m\d\ds elapsed, ~\d+m\d\ds left\)", err)
+    calls.clear()
+    assert C.run_sweep(runs) == 0 and calls == []  # everything done: nothing runs again
+    # the ablation's "full" is table1's "cikgrec" (same settings): reused, not trained again
+    abl = C.plan_runs("ablation", base, 2, tmp_path / "runs")
+    assert C.done_results(abl[0]) == runs[0].out
+    C.run_sweep(abl, dry_run=True)
+    assert calls == []
+
+
+def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch):
+    small_dataset(tmp_path)
+    monkeypatch.setattr(C, "fit", lambda s: pytest.fail("--aggregate-only must not train"))
+    monkeypatch.setattr(C, "results_groups", lambda p, d=None: {"bounds": [(1, 3, 4, 8), (4, 9, 2, 8)],
+                                                                  "ndcg": [0.1, 0.3]})
+    out = tmp_path / "runs" / "fx" / "table1"
+    fake_results(out / "cikgrec-seed2024.json", metrics(0.2, 0.3, 0.1, 0.2))
+    fake_results(out / "cikgrec-seed2025.json", metrics(0.4, 0.3, 0.1, 0.2))
+    rc = C.main(["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3",
+                 "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--aggregate-only"])
+    assert rc == 0
+    text = (tmp_path / "res" / "fx" / "table1.md").read_text()
+    assert "| CIKGRec | 2 | 0.3000 ± 0.1414 |" in text
+    groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
+    assert "1-3 items (4 users, 8 interactions)" in groups and "| CIKGRec (table1) | 2 | 0.1000 ± 0.0000 |" in groups
+    assert C.main(["tables", "--table", "table1", "--dataset", "fx", "--seed", "1"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Each variant flag removes its component
+# ---------------------------------------------------------------------------------------------
+def trainer_for(tmp_path, **kw):
+    s = tiny_settings(tmp_path, **kw)
+    return C.Trainer(s, *C.prepare(s), torch.device("cpu"))
+
+
+def test_without_cl_has_no_contrastive_term(tmp_path):
+    small_dataset(tmp_path)
+    t = trainer_for(tmp_path, lambda3=0.0)
+    assert not t.contrast and "cl" not in t.train_epoch(0)
+    assert "cl" in trainer_for(tmp_path).train_epoch(0)
+
+
+def test_without_uir_and_without_uik(tmp_path):
+    small_dataset(tmp_path)
+    t = trainer_for(tmp_path, lambda2=0.0)
+    assert not t.reconstruct and "rec" not in t.train_epoch(0)
+    s = tiny_settings(tmp_path, no_interests=True)
+    ds, tr, va = C.prepare(s)
+    assert ds.n_interests == 0 and len(ds.interest_edges) == 0 and ds.interest_file == ""
+    t = C.Trainer(s, ds, tr, va, torch.device("cpu"))
+    assert not t.reconstruct and t.main.n_edges == len(C.cikg_edges(ds, tr, ("ui", "kg")))
+    assert C.node_counts(ds)[2] == ds.n_users + ds.n_entities  # no interest node at all
+    parts = t.train_epoch(0)
+    assert "rec" not in parts and "cl" in parts
+
+
+def test_mask_schedule_flags(tmp_path):
+    small_dataset(tmp_path)
+    t = trainer_for(tmp_path, schedule="fixed")
+    assert t.train_epoch(0)["mask_rate"] == t.s.omega
+    t = trainer_for(tmp_path, schedule="lin")
+    assert t.train_epoch(1)["mask_rate"] == pytest.approx(C.mask_rate(1, "lin", t.s.alpha, t.s.omega, 5))
+
+
+@pytest.mark.parametrize("graph, allowed", [("cg", {"ui"}), ("cig", {"ui", "uj"}), ("ckg", {"ui", "kg"}),
+                                            ("cikg", {"ui", "uj", "kg"})])
+def test_graph_flag_keeps_only_its_edges(tmp_path, graph, allowed):
+    small_dataset(tmp_path)
+    t = trainer_for(tmp_path, model="lightgcn", graph=graph)
+    assert not t.contrast and not t.reconstruct
+    e0, j0, n = C.node_counts(t.ds)
+    kind = lambda a: "u" if a < e0 else ("e" if a < j0 else "j")
+    a = t.main.adjacency().to_dense().numpy()
+    found = set()
+    for x, y in zip(*np.nonzero(a)):
+        if x < y:
+            found.add({"ue": "ui", "ee": "kg", "uj": "uj"}["".join(sorted(kind(x) + kind(y), key="uej".index))])
+    assert found == allowed
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparsity groups (Fig. 3)
+# ---------------------------------------------------------------------------------------------
+def test_sparsity_groups_equal_interactions():
+    counts = np.array([1] * 40 + [2] * 20 + [5] * 8 + [10] * 4)  # 40 interactions per count level
+    group, bounds = C.sparsity_groups(counts)
+    assert bounds == [(1, 1, 40, 40), (2, 2, 20, 40), (5, 5, 8, 40), (10, 10, 4, 40)]
+    assert (group[:40] == 0).all() and (group[-4:] == 3).all()
+    group, bounds = C.sparsity_groups(np.array([3, 3, 3]))  # one count level: one group
+    assert bounds == [(3, 3, 3, 9)] and (group == 0).all()
+
+
+def test_group_ndcg_matches_the_whole(tmp_path):
+    small_dataset(tmp_path)
+    t = trainer_for(tmp_path)
+    g = C.group_ndcg(t)
+    n_users = [b[2] for b in g["bounds"]]
+    assert sum(n_users) == len(t.eval_sets["test"][0])
+    whole = t.evaluate("test")["ndcg@50"]
+    assert sum(n * v for n, v in zip(n_users, g["ndcg"])) / sum(n_users) == pytest.approx(whole, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Case study (Fig. 4)
+# ---------------------------------------------------------------------------------------------
+def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
+    folder = small_dataset(tmp_path)
+    (tmp_path / "interests").mkdir()
+    (tmp_path / "interests" / "llm_answers.jsonl").write_text(
+        json.dumps({"user": 0, "answer": "comic fiction, dark saga"}) + "\n")
+    (tmp_path / "interests" / "interest_clusters.tsv").write_text(
+        "cluster\tusers\tinterest_id\ttop_terms\texample_phrases\n0\t3\t8\tcomic fiction, comic\tcomic fiction\n"
+        "1\t3\t9\tdark saga\tdark saga\n2\t2\t10\tspace\tspace opera\n3\t1\tdropped: one user\tx\tx\n")
+    (tmp_path / "interests" / "user_interest_clustered.txt").write_text(
+        (folder / "user_interest_clustered.txt").read_text())
+    s = tiny_settings(tmp_path, interests=str(tmp_path / "interests" / "user_interest_clustered.txt"))
+    r = C.fit(s)
+    capsys.readouterr()
+    ex = C.explain_command(s.out, 0)
+    out = capsys.readouterr().out
+    assert "item 0: Item 0" in out  # training item titles from item_list.txt's DBpedia URIs
+    assert "interest 8: comic fiction, comic" in out and "LLM answer: comic fiction, dark saga" in out
+    # user 0 (train 0 1 2 3, interest 8) can be recommended items 4 and 5 only; users 1 and 6 share
+    # interest 8 and have item 4 in train.txt, nobody with interest 8 has item 5
+    assert sorted(rec["item"] for rec in ex["recommendations"]) == [4, 5]
+    paths = re.findall(r"path: user (\d+) -> interest (\d+) -> user (\d+) -> item (\d+)", out)
+    assert paths, out
+    trainer, _ = C.load_trained(s.out)
+    a = trainer.main.adjacency().to_dense().numpy()
+    e0, j0, _ = C.node_counts(trainer.ds)
+    for u, j, v, i in (tuple(map(int, p)) for p in paths):
+        j_node = j0 + int(np.flatnonzero(trainer.ds.interest_ids == j)[0])
+        assert a[u, j_node] > 0 and a[j_node, v] > 0 and a[v, e0 + i] > 0 and u != v
+        assert i in trainer.train[v]
+    assert re.search(r"item 5.*\n\s+no path through a shared interest", out)
+    with pytest.raises(C.SettingsError, match="--user"):
+        C.explain(trainer, 99)
+    assert r["test"]  # the run is a real tiny training, not a mock
+    assert C.main(["explain", "--run", str(tmp_path / "none.json"), "--user", "0"]) == 2
+
+
+def test_tables_end_to_end_on_the_fixture(tmp_path, capsys):
+    small_dataset(tmp_path)
+    tiny = ["--dim", "8", "--layers", "2", "--enc-layers", "1", "--batch-size", "4", "--mask-epochs", "5",
+            "--eval-batch", "3", "--epochs", "1", "--lr", "0.01"]
+    args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")] + tiny
+    assert C.main(args) == 0
+    runs = tmp_path / "runs" / "fx" / "table1"
+    assert sorted(p.name for p in runs.glob("*.json") if "groups" not in p.name) == [
+        "cikgrec-seed2024.json", "lightgcn-seed2024.json", "simgcl-seed2024.json"]
+    saved = json.loads((runs / "simgcl-seed2024.json").read_text())["settings"]
+    assert (saved["model"], saved["graph"], saved["dim"], saved["seed"]) == ("simgcl", "cg", 8, 2024)
+    assert (runs / "cikgrec-seed2024.groups.json").is_file()
+    groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
+    assert all(f"| {m} (table1) | 1 |" in groups for m in ("CIKGRec", "LightGCN", "SimGCL"))
+    assert "| SimGCL | 1 |" in (tmp_path / "res" / "fx" / "table1.md").read_text()
+    capsys.readouterr()
+    assert C.main(args) == 0  # everything done: nothing is trained again
+    assert "3 of 3 runs already done; 0 to run" in capsys.readouterr().err
