@@ -7,7 +7,7 @@ K        ?=
 ARGS     ?=
 INTERESTS = interests/$(DATASET)/user_interest_clustered.txt
 
-.PHONY: data train bench interests bench-interests test
+.PHONY: data train bench interests bench-interests test table1 ablation lightgcn-variants
 
 data:  ## download the three datasets (verified against upstream git blob ids)
 	$(PYTHON) cikgrec.py download --data-dir $(DATA_DIR)
@@ -29,5 +29,17 @@ interests: $(DATA_DIR)/$(DATASET)/train.txt  ## LLM interests -> interests/<data
 bench-interests:  ## time TF-IDF and k-means at the size of the largest dataset
 	$(PYTHON) llm_interests.py bench
 
+table1: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 1 (CIKGRec, LightGCN, SimGCL) over SEEDS seeds (default 5)
+	$(PYTHON) cikgrec.py tables --table table1 --seeds $(or $(SEEDS),5) --dataset $(DATASET) \
+	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
+
+ablation: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 3 (ablations) over SEEDS seeds (default 1)
+	$(PYTHON) cikgrec.py tables --table ablation --seeds $(or $(SEEDS),1) --dataset $(DATASET) \
+	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
+
+lightgcn-variants: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 4 (LightGCN on CG/CIG/CKG/CIKG), SEEDS default 1
+	$(PYTHON) cikgrec.py tables --table lightgcn-variants --seeds $(or $(SEEDS),1) --dataset $(DATASET) \
+	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
+
 test:  ## the test suite (reads the datasets from $$CIKGREC_DATA, default ../shared/data)
-	$(PYTHON) -m pytest -q test_cikgrec.py test_llm_interests.py
+	$(PYTHON) -m pytest -q test_cikgrec.py test_llm_interests.py test_experiments.py
