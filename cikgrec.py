@@ -1162,7 +1162,8 @@ def fit(s: Settings) -> dict:
         if stopper.update(epoch, selection_score(metrics)):
             _save(trainer.model.state_dict(), best_path)
         epoch_seconds.append(round(seconds, 3))
-        history.append({"epoch": epoch, **losses, sel: metrics})
+        history.append({"epoch": epoch, **losses, sel: metrics, "seconds": round(seconds, 3),
+                        "eval_seconds": round(eval_seconds, 3)})
         _save({"trainer": trainer.state(), "stopper": {k: v for k, v in stopper.__dict__.items()
                                                       if k != "patience"},
                "history": history, "epoch_seconds": epoch_seconds, "epoch": epoch,
@@ -1185,7 +1186,7 @@ def fit(s: Settings) -> dict:
         "best_epoch": stopper.best_epoch, "epochs_run": epoch + 1,
         "valid": best["valid"] if sel == "valid" else None, "test": test,
         "epoch_seconds": epoch_seconds, "eval_seconds": round(eval_seconds, 4),
-        "minutes": round((sum(epoch_seconds) + eval_seconds * len(epoch_seconds)) / 60, 2),
+        "minutes": round((sum(epoch_seconds) + sum(h.get("eval_seconds", 0) for h in history)) / 60, 2),
         "history": history, "notes": ds.warnings + trainer.notes,
         "provenance": {"interest_file": ds.interest_file or None,
                        "interest_sha256": _sha256(ds.interest_file), "git_commit": _git_commit(),
@@ -1575,10 +1576,10 @@ def group_ndcg(trainer: Trainer, k: int = 50, n_groups: int = 4) -> dict:
 
 def results_groups(results_path, data_dir: str | None = None) -> dict:
     """group_ndcg of a results file, cached in <results>.groups.json (redone when the model
-    file <results>.pt is newer than the cache)."""
+    file <results>.pt is newer than the cache). Raises DataError without model and cache."""
     results_path = Path(results_path)
     cache, model = results_path.with_suffix(".groups.json"), results_path.with_suffix(".pt")
-    if cache.is_file() and cache.stat().st_mtime_ns >= model.stat().st_mtime_ns:
+    if cache.is_file() and (not model.is_file() or cache.stat().st_mtime_ns >= model.stat().st_mtime_ns):
         return json.loads(cache.read_text())
     trainer, _ = load_trained(results_path, data_dir)
     out = group_ndcg(trainer)
@@ -1595,13 +1596,20 @@ def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str
     for (table, config), paths in files.items():
         if not paths:
             continue
-        per_seed = [results_groups(p, data_dir) for p in paths]
+        per_seed = []
+        for p in paths:
+            try:
+                per_seed.append(results_groups(p, data_dir))
+            except DataError as e:  # e.g. results copied without their model file
+                log(f"warning: groups.md leaves out {p}: {e}")
+        if not per_seed:
+            continue
         bounds = bounds or per_seed[0]["bounds"]
         cells = []
         for g in range(len(bounds)):
             mean, std = _mean_std([r["ndcg"][g] for r in per_seed])
             cells.append(f"{mean:.4f} ± " + ("-" if std is None else f"{std:.4f}"))
-        rows.append(f"| {TABLES[table][config][0]} ({table}) | {len(paths)} | " + " | ".join(cells) + " |")
+        rows.append(f"| {TABLES[table][config][0]} ({table}) | {len(per_seed)} | " + " | ".join(cells) + " |")
     folder = Path(results_dir) / dataset
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "groups.md"

@@ -261,5 +261,9 @@ def test_tables_end_to_end_on_the_fixture(tmp_path, capsys):
     assert all(f"| {m} (table1) | 1 |" in groups for m in ("CIKGRec", "LightGCN", "SimGCL"))
     assert "| SimGCL | 1 |" in (tmp_path / "res" / "fx" / "table1.md").read_text()
     capsys.readouterr()
+    (runs / "lightgcn-seed2024.pt").unlink()  # a results file without its model (and no cached
+    (runs / "lightgcn-seed2024.groups.json").unlink()  # groups): left out of groups.md
     assert C.main(args) == 0  # everything done: nothing is trained again
-    assert "3 of 3 runs already done; 0 to run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 of 3 runs already done; 0 to run" in err and "groups.md leaves out" in err
+    assert "LightGCN (table1)" not in (tmp_path / "res" / "fx" / "groups.md").read_text()
