@@ -1079,7 +1079,8 @@ def output_paths(s: Settings) -> tuple[Path, Path, Path]:
         tags = [t for t in (s.model if s.model != "cikgrec" else "",
                             s.graph if s.graph != "cikg" else "",
                             s.variant if s.variant != "paper" else "",
-                            "testsel" if s.select_on == "test" else "") if t]
+                            "testsel" if s.select_on == "test" else "",
+                            "nointerests" if s.no_interests else "") if t]
         out = Path("runs") / f"{'-'.join([s.dataset] + tags)}-seed{s.seed}.json"
     return out, out.with_suffix(".pt"), out.with_suffix(".ckpt.pt")
 
