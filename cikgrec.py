@@ -21,6 +21,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,6 +264,16 @@ def read_item_names(path) -> list[str]:
     if not names:
         raise DataError(path, 0, "the file is empty")
     return names
+
+
+def item_title(name: str) -> str:
+    """A readable title of an item name: a DBpedia URI becomes its last path segment, URL-decoded,
+    with '_' as spaces (`http://dbpedia.org/resource/Where's_My_Cow%3F` -> "Where's My Cow?");
+    any other name (book-crossing titles) is returned stripped. '' stays ''."""
+    name = name.strip()
+    if name.startswith(("http://", "https://")):
+        return urllib.parse.unquote(name.rstrip("/").rsplit("/", 1)[-1]).replace("_", " ").strip()
+    return name
 
 
 @dataclass
@@ -1647,16 +1658,6 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
     print(md.read_text())
     log(f"wrote {md}, {csv_path}, {groups}")
     return failed
-
-
-def item_title(name: str) -> str:
-    """A readable title: a DBpedia URI becomes its last path segment, URL-decoded, '_' as spaces
-    (as llm_interests.item_title); any other name (book-crossing) is kept."""
-    import urllib.parse
-    name = name.strip()
-    if name.startswith(("http://", "https://")):
-        return urllib.parse.unquote(name.rstrip("/").rsplit("/", 1)[-1]).replace("_", " ").strip()
-    return name
 
 
 def read_cluster_terms(path) -> dict:

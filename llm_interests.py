@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 import unicodedata
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import scipy.sparse as sp
 import cikgrec  # shared: load_dataset, split_validation, DataError
 
 DataError = cikgrec.DataError
+item_title = cikgrec.item_title  # DBpedia URI -> readable title, shared with explain
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -70,16 +70,6 @@ def say(*parts) -> None:
 # ----------------------------------------------------------------------------------------------
 # Prompts (the P_u of Eq. 1)
 # ----------------------------------------------------------------------------------------------
-def item_title(name: str) -> str:
-    """Readable title of an item name: a DBpedia URI becomes its last path segment, URL-decoded,
-    with '_' as spaces (`http://dbpedia.org/resource/Where's_My_Cow%3F` -> "Where's My Cow?");
-    any other name (book-crossing titles) is returned stripped. '' stays ''."""
-    name = name.strip()
-    if name.startswith(("http://", "https://")):
-        return urllib.parse.unquote(name.rstrip("/").rsplit("/", 1)[-1]).replace("_", " ").strip()
-    return name
-
-
 @dataclass
 class Job:
     """One user's request: the user id, the item ids in the prompt and the chat messages."""
@@ -105,7 +95,7 @@ def make_jobs(dataset, field: str, split_seed: int = 0, n_last: int = N_LAST_ITE
     name are dropped. Returns (jobs, skipped): skipped lists the users with no named item.
     """
     train_part, _ = cikgrec.split_validation(dataset.train, split_seed)
-    titles = [item_title(n) for n in dataset.item_names]
+    titles = [cikgrec.item_title(n) for n in dataset.item_names]
     jobs, skipped = [], []
     for user, items in enumerate(train_part):
         named = [int(i) for i in items if i < len(titles) and titles[i]][-n_last:]
