@@ -301,6 +301,11 @@ def test_info_nce_matches_autograd_reference():
     ra, rc = torch.autograd.grad(ref, (a, c))
     assert ours.item() == pytest.approx(ref.item(), rel=1e-10)
     assert torch.allclose(ga, ra) and torch.allclose(gc, rc)
+    # a temperature so small that exp(1/tau) overflows float32 takes the shifted path
+    a32, c32 = torch.eye(3), torch.tensor([[1.0, 0, 0], [0.6, 0.8, 0], [0, 0, 1]])
+    ours = C.info_nce(a32, c32, torch.tensor([0, 1, 2]), 0.01)
+    ref = torch.nn.functional.cross_entropy(a32 @ c32.T / 0.01, torch.tensor([0, 1, 2]))
+    assert math.isfinite(ours.item()) and ours.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_propagation_gradient_uses_symmetric_adjacency():
