@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def _keep_freed_memory() -> None:
 
 
 _keep_freed_memory()
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -65,7 +67,7 @@ class Settings:
     dataset: str = "ml1m"
     data_dir: str = "data"  # one folder per dataset
     interests: str = ""  # user_interest_clustered.txt to use instead of the dataset's
-    no_interests: bool = False  # run without interest nodes even where the file exists (Table 3 "w/o UIK")
+    interest_nodes: bool = True  # --no-interest-nodes: no interest nodes even where the file exists (Table 3 "w/o UIK")
     out: str = ""  # results JSON; default runs/<dataset>-seed<seed>.json
     seed: int = 2024  # model seed (initialisation, sampling)
     split_seed: int = 0  # validation split seed, separate from the model seed
@@ -146,12 +148,21 @@ def check_settings(s: Settings) -> Settings:
         if getattr(s, name) not in allowed:
             raise SettingsError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(s, name)!r}")
-    for name in ("dim", "layers", "batch_size", "eval_batch", "transe_batch", "mask_epochs"):
+    opt = lambda name: "--" + name.replace("_", "-")
+    for f in dataclasses.fields(Settings):
+        if f.type in ("float", float) and not math.isfinite(getattr(s, f.name)):
+            raise SettingsError(f"{opt(f.name)} must be a finite number, got {getattr(s, f.name)}")
+    for name in ("dim", "layers", "dec_layers", "batch_size", "eval_batch", "transe_batch",
+                 "mask_epochs", "epochs"):
         if getattr(s, name) < 1:
-            raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
-    for name in ("enc_layers", "dec_layers", "epochs", "patience", "threads"):
+            raise SettingsError(f"{opt(name)} must be at least 1, got {getattr(s, name)}")
+    for name in ("enc_layers", "patience", "threads", "seed", "split_seed", "l2", "transe_l2",
+                 "lambda1", "lambda2", "lambda3", "eps"):
         if getattr(s, name) < 0:
-            raise SettingsError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(s, name)}")
+            raise SettingsError(f"{opt(name)} must be >= 0, got {getattr(s, name)}")
+    for name in ("lr", "transe_lr"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{opt(name)} must be > 0, got {getattr(s, name)}")
     for name in ("edge_drop", "node_drop", "replace_rate", "recon_edge_drop"):
         if not 0.0 <= getattr(s, name) < 1.0:
             raise SettingsError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(s, name)}")
@@ -194,6 +205,8 @@ def _int_rows(path: Path, width: int | None = None):
     file, line and offending value on a non-integer or negative field, a wrong field count, or a
     file with no data lines.
     """
+    if path.is_dir():
+        raise DataError(path, 0, "is a folder, not a file")
     if not path.is_file():
         raise DataError(path, 0, "file not found")
     seen_data = False
@@ -217,21 +230,29 @@ def _int_rows(path: Path, width: int | None = None):
         raise DataError(path, 0, "the file is empty")
 
 
-def read_user_items(path, n_items: int | None = None) -> dict[int, list[int]]:
+def read_user_items(path, n_items: int | None = None, n_users: int | None = None,
+                    notes: list | None = None) -> dict[int, list[int]]:
     """Read a train.txt/test.txt file: one line `user item item ...` per user.
 
     Blank lines are skipped, repeated items of a user are kept once (first occurrence order), and
-    a user on several lines gets the union. A line with only a user id gives that user no items.
-    Returns {user id: [item ids]}. Raises DataError (file, line, value) on a malformed line or,
-    when n_items is given, an item id >= n_items.
+    a user on several lines gets the union (noted in `notes`, unless the lines are identical). A
+    line with only a user id gives that user no items. Returns {user id: [item ids]}. Raises
+    DataError (file, line, value) on a malformed line, an item id >= n_items or a user id >=
+    n_users (when given).
     """
     path = Path(path)
     out: dict[int, list[int]] = {}
+    first_line: dict[int, tuple] = {}
     for no, values in _int_rows(path):
         user, items = values[0], values[1:]
         if n_items is not None and items and max(items) >= n_items:
             raise DataError(path, no, f"item id {max(items)} out of range: there are {n_items} items "
-                                      f"(ids 0..{n_items - 1})")
+                                      f"(ids 0..{n_items - 1}, item_list.txt)")
+        if n_users is not None and user >= n_users:
+            raise DataError(path, no, f"user id {user} out of range: user_list.txt has {n_users} users")
+        if user in first_line and first_line[user][1] != values and notes is not None:
+            notes.append(f"{path}, line {no}: user {user} also on line {first_line[user][0]}; items merged")
+        first_line.setdefault(user, (no, values))
         known = out.setdefault(user, [])
         seen = set(known)
         for i in items:
@@ -239,6 +260,16 @@ def read_user_items(path, n_items: int | None = None) -> dict[int, list[int]]:
                 seen.add(i)
                 known.append(i)
     return out
+
+
+def list_size(path) -> int | None:
+    """Rows of an id list (user_list.txt, entity_list.txt, relation_list.txt): the non-blank lines
+    after the header. None when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return max(0, sum(1 for line in f if line.strip()) - 1)
 
 
 def read_item_names(path) -> list[str]:
@@ -301,13 +332,16 @@ class Dataset:
     warnings: list = field(default_factory=list)
 
 
-def load_dataset(folder, interests_file=None, name: str = "") -> Dataset:
+def load_dataset(folder, interests_file=None, name: str = "", with_interests: bool = True) -> Dataset:
     """Read a dataset folder: train.txt, test.txt (required), item_list.txt, kg_final.txt,
     user_interest_clustered.txt (optional: each missing one is noted in `warnings`).
 
-    Items are counted by item_list.txt where it exists (else by the largest item id seen); the
-    entities are the items plus the KG's entities; interest ids must lie above every entity id
-    and are remapped to 0..J-1 in sorted order. Raises DataError naming file, line and value.
+    Items are counted by item_list.txt where it exists (else by the largest item id seen); users
+    and entities by the largest id seen, which must lie inside user_list.txt, entity_list.txt and
+    relation_list.txt where those exist. The entities are the items plus the KG's entities;
+    interest ids must lie above every entity id and are remapped to 0..J-1 in sorted order
+    (with_interests=False: the interest file is not read). Raises DataError naming file, line
+    and value.
     """
     folder = Path(folder)
     notes = []
@@ -315,15 +349,30 @@ def load_dataset(folder, interests_file=None, name: str = "") -> Dataset:
         raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
     names = read_item_names(folder / "item_list.txt") if (folder / "item_list.txt").is_file() else []
     n_items = len(names) or None
-    train = read_user_items(folder / "train.txt", n_items)
-    test = read_user_items(folder / "test.txt", n_items)
+    listed_users, listed_entities, listed_relations = (
+        list_size(folder / f) for f in ("user_list.txt", "entity_list.txt", "relation_list.txt"))
+    train = read_user_items(folder / "train.txt", n_items, listed_users, notes)
+    test = read_user_items(folder / "test.txt", n_items, listed_users, notes)
     if n_items is None:
         n_items = 1 + max(max((max(v) for v in d.values() if v), default=-1) for d in (train, test))
     n_users = 1 + max(max(train), max(test))
+    overlap = sum(len(set(test[u]) & set(train.get(u, ()))) for u in test)
+    if overlap:
+        notes.append(f"{overlap} test items are also training items of the same user: they are "
+                     "excluded from ranking and can never be hit")
 
     kg_path = folder / "kg_final.txt"
     if kg_path.is_file():
-        kg = np.array([v for _, v in _int_rows(kg_path, 3)], dtype=np.int64)
+        rows = []
+        for no, (h, r, t) in _int_rows(kg_path, 3):
+            if listed_entities is not None and max(h, t) >= listed_entities:
+                raise DataError(kg_path, no, f"entity id {max(h, t)} out of range: entity_list.txt has "
+                                             f"{listed_entities} entities")
+            if listed_relations is not None and r >= listed_relations:
+                raise DataError(kg_path, no, f"relation id {r} out of range: relation_list.txt has "
+                                             f"{listed_relations} relations")
+            rows.append((h, r, t))
+        kg = np.array(rows, dtype=np.int64)
     else:
         notes.append(f"{kg_path} not found: running without item-side knowledge (no KG edges)")
         kg = np.zeros((0, 3), dtype=np.int64)
@@ -333,7 +382,9 @@ def load_dataset(folder, interests_file=None, name: str = "") -> Dataset:
     int_path = Path(interests_file) if interests_file else folder / "user_interest_clustered.txt"
     edges = np.zeros((0, 2), dtype=np.int64)
     raw_ids = np.zeros(0, dtype=np.int64)
-    if int_path.is_file() or interests_file:
+    if not with_interests:
+        pass
+    elif int_path.is_file() or interests_file:
         rows = []
         for no, (u, j) in _int_rows(int_path, 2):
             if u >= n_users:
@@ -1094,7 +1145,7 @@ def output_paths(s: Settings) -> tuple[Path, Path, Path]:
                             s.graph if s.graph != "cikg" else "",
                             s.variant if s.variant != "paper" else "",
                             "testsel" if s.select_on == "test" else "",
-                            "nointerests" if s.no_interests else "") if t]
+                            "nointerests" if not s.interest_nodes else "") if t]
         out = Path("runs") / f"{'-'.join([s.dataset] + tags)}-seed{s.seed}.json"
     return out, out.with_suffix(".pt"), out.with_suffix(".ckpt.pt")
 
@@ -1113,12 +1164,17 @@ def _git_commit() -> str | None:
         return None
 
 
+def data_files(s: Settings, ds: Dataset) -> list:
+    """The files a run read (train, test, KG and interest files that exist), for provenance."""
+    folder = Path(s.data_dir) / s.dataset
+    files = [folder / f for f in ("train.txt", "test.txt", "kg_final.txt") if (folder / f).is_file()]
+    return files + ([Path(ds.interest_file)] if ds.interest_file else [])
+
+
 def prepare(s: Settings) -> tuple[Dataset, list, list | None]:
     """Read the dataset and carve the validation split. Raises DataError on bad files."""
-    ds = load_dataset(Path(s.data_dir) / s.dataset, s.interests or None, s.dataset)
-    if s.no_interests:  # Table 3 "w/o UIK": no interest nodes (so no reconstruction either)
-        ds = dataclasses.replace(ds, n_interests=0, interest_edges=ds.interest_edges[:0],
-                                 interest_ids=ds.interest_ids[:0], interest_file="")
+    # --no-interest-nodes (Table 3 "w/o UIK"): the interest file is not even read
+    ds = load_dataset(Path(s.data_dir) / s.dataset, s.interests or None, s.dataset, s.interest_nodes)
     for note in ds.warnings:
         log(f"warning: {note}")
     if s.select_on == "test":
@@ -1148,19 +1204,27 @@ def fit(s: Settings) -> dict:
         log(f"note: {note}")
     sel = "valid" if s.select_on == "valid" else "test"
     stopper, history, epoch_seconds, start = EarlyStopping(s.patience), [], [], 0
+    data_sha256 = {p.name: _sha256(str(p)) for p in data_files(s, ds)}
+    if s.dataset not in DATASET_DEFAULTS:
+        log(f"note: no per-dataset defaults for {s.dataset!r}: the Settings defaults apply")
     if s.resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, weights_only=False)
-        changed = {k for k, v in ck["settings"].items()
-                   if k not in ("epochs", "patience", "resume", "device", "threads") and getattr(s, k) != v}
+        free = ("epochs", "patience", "resume", "device", "threads", "out", "data_dir", "interests")
+        changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
+        changed |= {name for name, sha in ck.get("data_sha256", {}).items() if data_sha256.get(name) != sha}
         if changed:
-            raise SettingsError(f"--resume: {ckpt_path} was made with other settings ({', '.join(sorted(changed))})")
+            raise SettingsError(f"--resume: {ckpt_path} was made with other settings or data "
+                                f"({', '.join(sorted(changed))})")
         trainer.load_state(ck["trainer"])
         stopper.__dict__.update(ck["stopper"], patience=s.patience)
         history, epoch_seconds, start = ck["history"], ck["epoch_seconds"], ck["epoch"] + 1
         log(f"resuming {ckpt_path} after epoch {ck['epoch']}")
     elif s.resume:
         log(f"note: --resume: no checkpoint at {ckpt_path}, starting afresh")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SettingsError(f"--out {out}: cannot create {out.parent} ({e.strerror})") from None
     log(f"{s.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.n_entities} entities, "
         f"{ds.n_interests} interest nodes, {trainer.main.n_edges} undirected {s.graph.upper()} edges, "
         f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
@@ -1182,6 +1246,7 @@ def fit(s: Settings) -> dict:
         _save({"trainer": trainer.state(), "stopper": {k: v for k, v in stopper.__dict__.items()
                                                       if k != "patience"},
                "history": history, "epoch_seconds": epoch_seconds, "epoch": epoch,
+               "data_sha256": data_sha256,
                "settings": dataclasses.asdict(s)}, ckpt_path)
         parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "mask_rate" and v is not None)
         mask = f" | mask {losses['mask_rate']:.3f}" if losses.get("mask_rate") is not None else ""
@@ -1203,7 +1268,7 @@ def fit(s: Settings) -> dict:
         "epoch_seconds": epoch_seconds, "eval_seconds": round(eval_seconds, 4),
         "minutes": round((sum(epoch_seconds) + sum(h.get("eval_seconds", 0) for h in history)) / 60, 2),
         "history": history, "notes": ds.warnings + trainer.notes,
-        "provenance": {"interest_file": ds.interest_file or None,
+        "provenance": {"data_sha256": data_sha256, "interest_file": ds.interest_file or None,
                        "interest_sha256": _sha256(ds.interest_file), "git_commit": _git_commit(),
                        "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "device": str(device), "python": platform.python_version()},
@@ -1327,7 +1392,7 @@ TABLES = {
     },
     "ablation": {  # Table 3: ablations by flags on the full model
         "full": ("CIKGRec (ours)", {}),
-        "wo-uik": ("w/o UIK", {"no_interests": True}),  # no interest nodes at all
+        "wo-uik": ("w/o UIK", {"interest_nodes": False}),  # no interest nodes at all
         "wo-uir": ("w/o UIR", {"lambda2": 0.0}),  # no interest reconstruction
         "wo-cl": ("w/o CL", {"lambda3": 0.0}),  # no contrastive loss
         "wo-dmr": ("w/o DMR", {"schedule": "fixed"}),  # mask rate = omega throughout
@@ -1808,7 +1873,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(s, **values)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: train, bench, download, tables, explain."""
     p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train, select on validation, evaluate on test"),
@@ -1835,7 +1901,11 @@ def main(argv=None) -> int:
     dp = sub.add_parser("download", help="fetch datasets from the authors' repository (verified)")
     dp.add_argument("--dataset", nargs="+", default=list(DATASETS))
     dp.add_argument("--data-dir", default="data")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "download":
             download(args.dataset, args.data_dir)
@@ -1864,7 +1934,8 @@ def main(argv=None) -> int:
         log(f"error: {e}. The last good checkpoint is kept; --resume continues from it.")
         return 1
     except KeyboardInterrupt:
-        log("interrupted: the checkpoint of the last finished epoch is kept; --resume continues it.")
+        log("interrupted: every finished epoch is in the checkpoint; the same command with --resume "
+            "continues from it.")
         return 130
 
 

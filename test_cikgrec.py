@@ -546,3 +546,76 @@ def test_empty_validation_split_is_a_clear_error(tmp_path):
     assert "no user has enough training items for a validation split" in p.stderr
     m = C.evaluate_ranking(torch.zeros(2, 2), torch.zeros(3, 2), np.zeros(0, np.int64), [], [], [2])
     assert m == {"recall@2": 0.0, "ndcg@2": 0.0, "precision@2": 0.0, "hit@2": 0.0}
+
+
+def test_no_interest_nodes_flag(tmp_path):
+    args = C.build_parser().parse_args(["train", "--dataset", "fx", "--no-interest-nodes"])
+    assert C.resolve_settings(args).interest_nodes is False
+    args = C.build_parser().parse_args(["train", "--dataset", "fx"])
+    assert C.resolve_settings(args).interest_nodes is True
+    folder = small_dataset(tmp_path)
+    (folder / "user_interest_clustered.txt").write_text("not read\n")  # would be an error if read
+    ds, _, _ = C.prepare(tiny_settings(tmp_path, interest_nodes=False))
+    assert ds.n_interests == 0 and ds.interest_file == ""
+
+
+def write_lists(folder, users, entities, relations):
+    for name, n in (("user_list.txt", users), ("entity_list.txt", entities), ("relation_list.txt", relations)):
+        (folder / name).write_text("org_id remap_id\n" + "".join(f"{i} {i}\n" for i in range(n)))
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("user", "train.txt, line 3: user id 5 out of range: user_list.txt has 2 users"),
+    ("entity", "kg_final.txt, line 2: entity id 9 out of range: entity_list.txt has 5 entities"),
+    ("relation", "kg_final.txt, line 1: relation id 3 out of range: relation_list.txt has 2 relations"),
+    ("folder", "test.txt: is a folder, not a file"),
+])
+def test_ids_checked_against_list_files(tmp_path, case, expect):
+    folder = write_dataset(tmp_path / "fx", ["0 0 1", "1 1 2"], ["0 2", "1 0"], kg=["0 0 4", "1 1 3"],
+                           n_items=3)
+    write_lists(folder, 2, 5, 2)
+    if case == "user":
+        (folder / "train.txt").write_text("0 0 1\n1 1 2\n5 0\n")
+    elif case == "entity":
+        (folder / "kg_final.txt").write_text("0 0 4\n1 1 9\n")
+    elif case == "relation":
+        (folder / "kg_final.txt").write_text("0 3 4\n")
+    elif case == "folder":
+        (folder / "test.txt").unlink()
+        (folder / "test.txt").mkdir()
+    with pytest.raises(C.DataError) as e:
+        C.load_dataset(folder)
+    assert expect in str(e.value)
+
+
+def test_data_notes_overlap_and_merged_lines(tmp_path):
+    folder = write_dataset(tmp_path / "fx", ["0 0 1", "1 1 2", "1 0", "0 0 1"], ["0 1 2", "1 0"], n_items=3)
+    ds = C.load_dataset(folder)
+    assert ds.train[1].tolist() == [1, 2, 0] and ds.train[0].tolist() == [0, 1]
+    assert any("train.txt, line 3: user 1 also on line 2; items merged" in w for w in ds.warnings)
+    assert not any("line 4" in w for w in ds.warnings)  # an identical repeated line is no news
+    assert any("2 test items are also training items" in w for w in ds.warnings)
+
+
+@pytest.mark.parametrize("name, value, expect", [
+    ("lr", -1.0, "--lr must be > 0"), ("lr", float("nan"), "--lr must be a finite number"),
+    ("seed", -1, "--seed must be >= 0"), ("split_seed", -2, "--split-seed must be >= 0"),
+    ("epochs", 0, "--epochs must be at least 1"), ("dec_layers", 0, "--dec-layers must be at least 1"),
+    ("lambda2", float("nan"), "--lambda2 must be a finite number"), ("l2", -1.0, "--l2 must be >= 0"),
+    ("transe_lr", -1.0, "--transe-lr must be > 0"),
+])
+def test_settings_rejected(name, value, expect):
+    with pytest.raises(C.SettingsError, match=expect):
+        C.check_settings(C.dataclasses.replace(C.Settings(), **{name: value}))
+
+
+def test_resume_refuses_changed_data_and_unwritable_out(tmp_path):
+    folder = small_dataset(tmp_path)
+    C.fit(tiny_settings(tmp_path, epochs=1))
+    (folder / "train.txt").write_text((folder / "train.txt").read_text().replace("7 3 5 1", "7 3 5"))
+    with pytest.raises(C.SettingsError, match=r"other settings or data \(train.txt\)"):
+        C.fit(tiny_settings(tmp_path, epochs=2, resume=True))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(C.SettingsError, match="cannot create"):
+        C.fit(tiny_settings(tmp_path, out=str(blocker / "r.json")))

@@ -73,7 +73,7 @@ def test_run_settings_follow_the_command_line(tmp_path):
     assert s.out == str(tmp_path / "book-crossing" / "table1" / "lightgcn-seed2025.json")
     assert runs[("simgcl", 2024)].settings.graph == "cg" and runs[("simgcl", 2024)].settings.tau == 0.15
     abl = {r.config: r.settings for r in C.plan_runs("ablation", base, 1, tmp_path)}
-    assert abl["wo-uik"].no_interests and abl["wo-uir"].lambda2 == 0 and abl["wo-cl"].lambda3 == 0
+    assert not abl["wo-uik"].interest_nodes and abl["wo-uir"].lambda2 == 0 and abl["wo-cl"].lambda3 == 0
     assert abl["wo-dmr"].schedule == "fixed" and abl["linear"].schedule == "lin"
     assert abl["full"] == C.dataclasses.replace(runs[("cikgrec", 2024)].settings, out=abl["full"].out)
     graphs = [r.settings.graph for r in C.plan_runs("lightgcn-variants", base, 1, tmp_path)]
@@ -149,7 +149,7 @@ def test_without_uir_and_without_uik(tmp_path):
     small_dataset(tmp_path)
     t = trainer_for(tmp_path, lambda2=0.0)
     assert not t.reconstruct and "rec" not in t.train_epoch(0)
-    s = tiny_settings(tmp_path, no_interests=True)
+    s = tiny_settings(tmp_path, interest_nodes=False)
     ds, tr, va = C.prepare(s)
     assert ds.n_interests == 0 and len(ds.interest_edges) == 0 and ds.interest_file == ""
     t = C.Trainer(s, ds, tr, va, torch.device("cpu"))
