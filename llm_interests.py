@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import unicodedata
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ DEFAULT_MODEL = "gpt-3.5-turbo-0125"  # the authors' model; --model or $LLM_MODE
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_ANSWER_CHARS = 600  # an answer longer than this is not "at most five short interests"
 MIN_PHRASE_CHARS, MAX_PHRASE_CHARS = 2, 50  # cleaned phrases outside this range are dropped
+EARLY_STOP_USERS = 8  # infer stops when its first min(8, to ask) finished users all failed
 
 SYSTEM_PROMPT = (
     "You are shown the {field} that an anonymous user liked. Infer the user's interests from "
@@ -113,8 +115,14 @@ class InputError(Exception):
     """A setting or an input the command cannot work with (reported in one line, exit code 2)."""
 
 
-class AuthError(Exception):
-    """HTTP 401/403: the key or the server is wrong for every user, so the run stops at once."""
+class SetupError(Exception):
+    """The settings are wrong for every user, so `infer` stops at once (exit code 2): HTTP
+    401/403/404 (see ask_llm), a request that cannot be sent, or the first users all failing
+    (see run_inference)."""
+
+
+class AuthError(SetupError):
+    """HTTP 401/403: the key or the server is wrong for every user."""
 
 
 @dataclass
@@ -128,6 +136,75 @@ class ClientConfig:
     max_attempts: int = 6  # attempts per user, the first included
     backoff: float = 1.0  # first wait in seconds; doubled after each failed attempt, with jitter
     max_backoff: float = 60.0  # the longest computed wait (a server's Retry-After is honoured)
+
+
+def check_config(cfg: ClientConfig) -> None:
+    """Raise InputError (one line) for a setting no request can work with: a base URL that is
+    not http(s)://HOST[:PORT]/..., a timeout that is not a positive number, attempts below 1, a
+    negative or infinite backoff, an empty model name, or an API key with spaces, line breaks or
+    non-ASCII characters (a header cannot carry them; a copied key often ends in a newline)."""
+    parts = urllib.parse.urlsplit(cfg.base_url)
+    try:
+        parts.port  # raises ValueError for a port that is not a number
+        good_url = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        good_url = False
+    if not good_url:
+        raise InputError(f"--base-url (or $OPENAI_BASE_URL) must look like http://HOST:PORT/v1 or "
+                         f"https://HOST/v1, got {cfg.base_url!r}")
+    if not (math.isfinite(cfg.timeout) and cfg.timeout > 0):
+        raise InputError(f"--timeout must be a positive number of seconds, got {cfg.timeout:g}")
+    if cfg.max_attempts < 1:
+        raise InputError(f"--max-attempts must be at least 1, got {cfg.max_attempts}")
+    if not (math.isfinite(cfg.backoff) and cfg.backoff >= 0 and math.isfinite(cfg.max_backoff)
+            and cfg.max_backoff >= 0):
+        raise InputError(f"--backoff must be a number of seconds >= 0, got {cfg.backoff:g}")
+    if not cfg.model.strip():
+        raise InputError("--model (or $LLM_MODEL) is empty")
+    if cfg.api_key and not (cfg.api_key.isascii() and cfg.api_key.isprintable() and " " not in cfg.api_key):
+        raise InputError("$OPENAI_API_KEY contains spaces, line breaks or non-ASCII characters")
+
+
+def server_message(r) -> str:
+    """The error text of an HTTP reply, on one line and at most 300 characters: the "message" of
+    an OpenAI-style {"error": {"message": ...}} body, a plain {"error": "..."}, {"detail": ...}
+    or {"message": ...}, else the body itself."""
+    text = r.text
+    try:
+        data = r.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            text = str(error["message"])
+        elif isinstance(error, str) and error:
+            text = error
+        elif data.get("detail") or data.get("message"):
+            text = str(data.get("detail") or data.get("message"))
+    text = " ".join(text.split())
+    return (text[:300] + "...") if len(text) > 300 else (text or "(empty body)")
+
+
+def connection_reason(e: Exception, url: str) -> str:
+    """A requests ConnectionError in a few words, with the URL: "connection refused to URL",
+    "cannot connect to URL: Name or service not known", "SSL error with URL: ...", instead of
+    the 300-character urllib3 chain (whose object addresses also differ for every user)."""
+    text = str(e)
+    if isinstance(e, requests.exceptions.SSLError):
+        m = re.search(r"\[SSL: [^\]]+\] ([^'\"(]+)", text)
+        detail = m.group(1).strip() if m else "handshake failed"
+        return f"SSL error with {url}: {detail} (a plain http server given an https URL?)"
+    m = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if m and m.group(1).strip().lower() == "connection refused":
+        return f"connection refused to {url}"
+    if m:
+        return f"cannot connect to {url}: {m.group(1).strip()}"
+    m = re.search(r"(Remote end closed connection without response|Connection reset by peer|"
+                  r"Connection aborted)", text)
+    if m:
+        return f"connection to {url} dropped: {m.group(1)}"
+    return f"connection error with {url}: " + re.sub(r" at 0x[0-9a-f]+", "", text)[:200]
 
 
 def request_body(messages: list, model: str, max_tokens: int) -> dict:
@@ -188,9 +265,16 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
     server sends it), timeouts, dropped connections, malformed JSON, and an empty answer cut at
     max_tokens (finish_reason "length"). Waits grow as backoff * 2^(attempt-1), capped at
     max_backoff, times a random factor in [0.5, 1] (jitter, so workers do not retry in step).
-    Returns {"answer", "finish_reason", "attempts"} on success, or {"error", "status",
+    Returns {"answer", "finish_reason", "attempts"} on success, or {"error", "reason", "status",
     "attempts"} for a failure (other 4xx at once, null content at once, retries exhausted,
-    or `stop` set while waiting). Raises AuthError on 401/403.
+    or `stop` set while waiting); "reason" is the cause alone, in words with the URL (the same
+    for every user that fails the same way), "error" adds how it ended ("gave up after ...").
+
+    Raises AuthError on 401/403 and SetupError on 404 and on a request that cannot be sent:
+    they are wrong for every user, so retrying or going on would only spend time. A 404 from
+    {base_url}/chat/completions means a wrong model name (OpenAI, vLLM and Ollama answer 404
+    "model ... not found/does not exist") or a base URL without the right path; it is never
+    about one user's prompt. Other 4xx (400 "context too long") can be, so they are recorded.
     """
     rng = rng or random.Random()
     url = cfg.base_url.rstrip("/") + "/chat/completions"
@@ -202,25 +286,34 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
         try:
             r = _session().post(url, json=body, headers=headers, timeout=cfg.timeout)
         except requests.Timeout:
-            reason, status = f"timeout after {cfg.timeout:g} s", None
+            reason, status = f"no reply from {url} within {cfg.timeout:g} s (timeout)", None
         except requests.ConnectionError as e:
-            reason, status = f"connection error: {str(e)[:120]}", None
+            reason, status = connection_reason(e, url), None
+        except (requests.RequestException, ValueError) as e:  # invalid URL or header: never sent
+            raise SetupError(f"cannot send a request to {url}: {e}") from None
         else:
             status = r.status_code
             if status in (401, 403):
-                raise AuthError(f"HTTP {status} from {url}: {r.text[:200]!r}. Check $OPENAI_API_KEY "
+                raise AuthError(f"HTTP {status} from {url}: {server_message(r)}. Check $OPENAI_API_KEY "
                                 f"and $OPENAI_BASE_URL.")
+            if status == 404:
+                raise SetupError(f"HTTP 404 from {url}: {server_message(r)}. Check the model name (--model "
+                                 f"or $LLM_MODEL, now {cfg.model!r}) and --base-url or $OPENAI_BASE_URL "
+                                 f"(usually ending in /v1).")
             if status == 429 or status >= 500:
-                reason, wait = f"HTTP {status}", retry_after_seconds(r.headers.get("Retry-After"))
+                reason, wait = f"HTTP {status} from {url}: {server_message(r)}", \
+                    retry_after_seconds(r.headers.get("Retry-After"))
             elif status >= 400:
-                return {"error": f"HTTP {status}: {r.text[:300]}", "status": status, "attempts": attempt}
+                reason = f"HTTP {status} from {url}: {server_message(r)}"
+                return {"error": reason, "reason": reason, "status": status, "attempts": attempt}
             else:
                 try:
                     content, finish, problem = parse_completion(r.json())
                 except ValueError:
-                    content, finish, problem = None, "", "malformed JSON in the response"
+                    start = " ".join(r.text.split())[:80]
+                    content, finish, problem = None, "", f"malformed JSON in the reply from {url}: {start!r}"
                 if problem.startswith("no content"):
-                    return {"error": problem, "status": status, "attempts": attempt}
+                    return {"error": problem, "reason": problem, "status": status, "attempts": attempt}
                 if not problem and not content.strip() and finish == "length":
                     problem = "empty answer cut at max_tokens (finish_reason length)"
                 if not problem:
@@ -231,11 +324,12 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
         if wait is None:
             wait = min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0)
         if stop is not None and stop.wait(wait):
-            return {"error": f"stopped while retrying ({reason})", "status": status, "attempts": attempt}
+            return {"error": f"stopped while retrying ({reason})", "reason": reason, "status": status,
+                    "attempts": attempt}
         if stop is None:
             time.sleep(wait)
-    return {"error": f"gave up after {cfg.max_attempts} attempts: {reason}", "status": status,
-            "attempts": cfg.max_attempts}
+    return {"error": f"gave up after {cfg.max_attempts} attempts: {reason}", "reason": reason,
+            "status": status, "attempts": cfg.max_attempts}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,6 +404,17 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def format_reasons(reasons: collections.Counter, top: int = 3) -> str:
+    """The most common failure reasons, for a summary: "3 x connection refused to URL; 1 x ..."
+    (the count is left out when there is one reason only), then how many other reasons."""
+    common = reasons.most_common(top)
+    if len(common) == 1:
+        return common[0][0]
+    text = "; ".join(f"{n} x {reason}" for reason, n in common)
+    others = len(reasons) - len(common)
+    return text + (f"; and {others} other reason(s)" if others else "")
+
+
 def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, workers: int = 8,
                   progress_every: float = 5.0) -> dict:
     """Ask the LLM for every job whose user is not yet in the answers file (Eq. 1 for all users).
@@ -318,22 +423,33 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
     items, answer, finish_reason, attempts, time) and failures to failures_path (user, model,
     error, status, attempts, time); a failed user is asked again by the next run. A progress
     line (done / failed / total, requests per second, ETA) goes to stderr every progress_every
-    seconds. Returns counts {"answered", "failed", "skipped", "total"}. Raises AuthError (after
-    stopping the other workers; what was written stays) and KeyboardInterrupt likewise.
+    seconds. Returns counts {"answered", "failed", "skipped", "total", "reasons"}: reasons is a
+    Counter of the failure causes (ask_llm's "reason") over the failed users.
+
+    Stops early, raising SetupError, when the first min(EARLY_STOP_USERS, users to ask) users
+    that finish have all failed and none was answered: the base URL, model or key is then almost
+    surely wrong, and going on would spend hours failing every user. Raises SetupError or
+    AuthError from ask_llm, and KeyboardInterrupt, likewise: the other workers are stopped first
+    and what was written stays. Raises InputError for a ClientConfig check_config rejects.
     """
+    check_config(cfg)
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
     answers_path, failures_path = Path(answers_path), Path(failures_path)
     answers_path.parent.mkdir(parents=True, exist_ok=True)
     repair_tail(answers_path)
     repair_tail(failures_path)
     done_users = set(read_answers(answers_path))
     todo = [j for j in jobs if j.user not in done_users]
-    counts = {"answered": 0, "failed": 0, "skipped": len(jobs) - len(todo), "total": len(todo)}
+    counts = {"answered": 0, "failed": 0, "skipped": len(jobs) - len(todo), "total": len(todo),
+              "reasons": collections.Counter()}
     if counts["skipped"]:
         say(f"resume: {counts['skipped']} users already in {answers_path}, {len(todo)} to ask")
     if not todo:
         return counts
     stop = threading.Event()
     start = last_report = time.time()
+    early_stop_after = min(EARLY_STOP_USERS, len(todo))
 
     def report(final=False):
         n = counts["answered"] + counts["failed"]
@@ -362,6 +478,14 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
                     else:
                         append_jsonl(failures, {**rec, "error": res["error"], "status": res["status"]})
                         counts["failed"] += 1
+                        counts["reasons"][res.get("reason") or res["error"]] += 1
+                if counts["answered"] == 0 and counts["failed"] >= early_stop_after:
+                    report(final=True)
+                    raise SetupError(f"the first {counts['failed']} users asked all failed and none was "
+                                     f"answered, so the settings are probably wrong: "
+                                     f"{format_reasons(counts['reasons'])}. Check --base-url or "
+                                     f"$OPENAI_BASE_URL (now {cfg.base_url}), --model or $LLM_MODEL (now "
+                                     f"{cfg.model}) and $OPENAI_API_KEY, then rerun the same command.")
                 if time.time() - last_report >= progress_every:
                     report()
                     last_report = time.time()
@@ -858,6 +982,27 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_args(args) -> None:
+    """Reject a numeric option the command cannot work with, in one line (InputError, exit code
+    2), before any data is loaded: counts below 1, a negative --limit (0 means all users) or
+    seed, a --progress-every that is not a positive number, cluster's --k/--max-share/--max-df
+    out of range. infer's client settings are checked by check_config."""
+    for name in ("workers", "max_attempts", "max_tokens", "n_init", "max_iter", "phrases", "users"):
+        if getattr(args, name, 1) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("limit", "split_seed", "seed"):
+        if getattr(args, name, 0) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    every = getattr(args, "progress_every", 1.0)
+    if not (math.isfinite(every) and every > 0):
+        raise InputError(f"--progress-every must be a positive number of seconds, got {every:g}")
+    if args.command == "bench" and args.k < 1:
+        raise InputError(f"--k must be at least 1, got {args.k}")
+    if args.command == "cluster" and (args.k < 0 or not 0 < args.max_share <= 1 or not 0 < args.max_df <= 1):
+        raise InputError(f"--k must be >= 1 (0: the dataset default), --max-share and --max-df in (0, 1]; "
+                         f"got {args.k}, {args.max_share}, {args.max_df}")
+
+
 def _load(args):
     dataset = cikgrec.load_dataset(Path(args.data_dir) / args.dataset, name=args.dataset)
     field = args.field or ITEM_WORD.get(args.dataset, "items")
@@ -869,27 +1014,31 @@ def _load(args):
 
 
 def main(argv=None) -> int:
+    """Run one command. Exit codes: 0 done; 1 `infer` finished but some users failed (the
+    summary says why; rerunning the same command asks only them again, and `make interests`
+    stops before `cluster`); 2 a bad option or input, or `infer` stopped at once because the
+    settings are wrong (HTTP 401/403/404, or its first users all failed); 130 interrupted."""
     args = parse_args(argv)
     try:
-        for name in ("workers", "max_attempts", "max_tokens", "n_init", "max_iter"):
-            if getattr(args, name, 1) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-        if args.command == "cluster" and (args.k < 0 or not 0 < args.max_share <= 1 or not 0 < args.max_df <= 1):
-            raise InputError(f"--k must be >= 1 (0: the dataset default), --max-share and --max-df in (0, 1]; "
-                             f"got {args.k}, {args.max_share}, {args.max_df}")
+        check_args(args)
+        if args.command == "infer":
+            cfg = ClientConfig(args.base_url, os.environ.get("OPENAI_API_KEY", "").strip(), args.model,
+                               args.max_tokens, args.timeout, args.max_attempts, args.backoff)
+            check_config(cfg)
         if args.command == "bench":
             bench(args.phrases, args.users, args.k, args.seed)
             return 0
         dataset, jobs, out = _load(args)
         answers, failures = out / "llm_answers.jsonl", out / "llm_failures.jsonl"
         if args.command == "infer":
-            cfg = ClientConfig(args.base_url, os.environ.get("OPENAI_API_KEY", ""), args.model, args.max_tokens,
-                               args.timeout, args.max_attempts, args.backoff)
             say(f"infer: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
             c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
-            say(f"infer summary: {c['answered']} answered now, {c['failed']} failed (in {failures.name}; a rerun "
-                f"asks them again), {c['skipped']} already answered, {len(read_answers(answers))} users in "
-                f"{answers}")
+            say(f"infer summary: {c['answered']} answered now, {c['failed']} failed, {c['skipped']} already "
+                f"answered, {len(read_answers(answers))} users in {answers}")
+            if c["failed"]:
+                say(f"infer: {c['failed']} users failed: {format_reasons(c['reasons'])} (details in {failures})")
+                say("infer: rerun the same command to ask the failed users again (answered users are kept)")
+                return 1
         elif args.command == "batch-export":
             path = Path(args.out) if args.out else out / "batch_input.jsonl"
             say(f"batch-export: {batch_export(jobs, path, args.model, args.max_tokens)} requests -> {path}")
@@ -912,7 +1061,7 @@ def main(argv=None) -> int:
         return 0
     except DataError as e:
         say(f"error: {e}")
-    except AuthError as e:
+    except SetupError as e:  # AuthError included
         say(f"error: stopped: {e} Answers written so far are kept.")
     except InputError as e:
         say(f"error: {e}")

@@ -252,7 +252,7 @@ def test_I2_429_with_retry_after_is_honoured_and_loses_no_user(tmp_path):
         t0 = time.time()
         counts = L.run_inference(jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl", config(srv.url), workers=3)
         waited = time.time() - t0
-    assert counts == {"answered": 3, "failed": 0, "skipped": 0, "total": 3}
+    assert counts == {"answered": 3, "failed": 0, "skipped": 0, "total": 3, "reasons": {}}
     assert [srv.calls_for(u) for u in range(3)] == [1, 3, 1]
     assert waited >= 2.0
     recs = {r["user"]: r for r in lines_of(tmp_path / "a.jsonl")}
@@ -273,11 +273,12 @@ def test_I2_retries_exhausted_give_an_explicit_failure_record(tmp_path):
     (fail,) = lines_of(tmp_path / "f.jsonl")
     assert fail["user"] == 2 and fail["status"] == 429 and fail["attempts"] == 3
     assert "gave up after 3 attempts" in fail["error"]
+    assert counts["reasons"] == {f"HTTP 429 from {srv.url}/chat/completions: {{}}": 1}
     assert sorted(r["user"] for r in lines_of(tmp_path / "a.jsonl")) == [0, 1]
     # the next run asks only the failed user again
     with FakeLLM(lambda msg, n: ok("drama")) as srv:
         counts = L.run_inference(jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl", config(srv.url))
-    assert counts == {"answered": 1, "failed": 0, "skipped": 2, "total": 1}
+    assert counts == {"answered": 1, "failed": 0, "skipped": 2, "total": 1, "reasons": {}}
     assert sum(srv.calls.values()) == 1
     assert sorted(r["user"] for r in lines_of(tmp_path / "a.jsonl")) == [0, 1, 2]
 
@@ -327,8 +328,112 @@ def test_401_stops_the_run_at_once_with_a_clear_message(tmp_path, capsys):
         n_calls = sum(srv.calls.values())
     err = capsys.readouterr().err
     assert rc == 2 and "HTTP 401" in err and "OPENAI_API_KEY" in err and "Traceback" not in err
+    assert "invalid api key" in err
     assert n_calls <= 3  # of 25 users: the workers stop at once
     assert not (tmp_path / "o" / "d" / "llm_answers.jsonl").read_text()
+
+
+def infer_args(tmp_path, url, *more):
+    """`infer` on the fixture "d" under tmp_path, with fast retries (2 attempts, 10 ms waits)."""
+    return ["infer", "--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"),
+            "--base-url", url, "--model", "fake", "--max-attempts", "2", "--backoff", "0.01", *more]
+
+
+def closed_port_url() -> str:
+    """A base URL on 127.0.0.1 where nothing listens (connection refused)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_404_wrong_model_stops_the_run_at_once_with_the_servers_message(tmp_path, capsys):
+    make_fixture(tmp_path / "d")
+    body = {"error": {"message": "model 'fake' not found", "type": "not_found_error"}}
+    with FakeLLM(lambda msg, n: http(404, body)) as srv:
+        rc = L.main(infer_args(tmp_path, srv.url, "--workers", "2"))
+        n_calls = sum(srv.calls.values())
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"HTTP 404 from {srv.url}/chat/completions: model 'fake' not found" in err
+    assert "--model" in err and "$LLM_MODEL" in err
+    assert n_calls <= 3  # no retry, no other user
+
+
+@pytest.mark.parametrize("case", ["unreachable", "not json", "HTTP 500"])
+def test_a_run_whose_first_users_all_fail_stops_early_naming_the_cause(tmp_path, capsys, case):
+    # 25 users, every request fails: the run stops after the first 8 finished users (plus what the
+    # 2 workers finished at the same time) with exit code 2 and the cause in full words
+    make_fixture(tmp_path / "d")
+    replies = {"not json": http(200, "<html>Welcome to nginx</html>"),
+               "HTTP 500": http(500, {"error": {"message": "model overloaded"}})}
+    with FakeLLM(lambda msg, n: replies.get(case, ok("x"))) as srv:
+        url = closed_port_url() if case == "unreachable" else srv.url
+        t0 = time.time()
+        rc = L.main(infer_args(tmp_path, url, "--workers", "2"))
+        took = time.time() - t0
+    err = capsys.readouterr().err
+    expected = {"unreachable": f"connection refused to {url}/chat/completions",
+                "not json": f"malformed JSON in the reply from {url}/chat/completions: '<html>Welcome to nginx</html>'",
+                "HTTP 500": f"HTTP 500 from {url}/chat/completions: model overloaded"}[case]
+    assert rc == 2 and "Traceback" not in err and took < 10
+    assert "error: stopped: the first" in err and "none was answered" in err and expected in err
+    assert "--base-url" in err and "rerun the same command" in err
+    failures = lines_of(tmp_path / "o" / "d" / "llm_failures.jsonl")
+    assert 8 <= len(failures) <= 9 and all(expected in f["error"] for f in failures)
+    assert not (tmp_path / "o" / "d" / "llm_answers.jsonl").read_text()
+
+
+def test_some_failed_users_exit_1_with_the_reasons_and_a_rerun_asks_only_them(tmp_path, capsys):
+    make_fixture(tmp_path / "d")
+
+    def script(msg, n):
+        if user_of(msg) in (3, 4):
+            return http(400, {"error": {"message": "context length exceeded"}})
+        if user_of(msg) == 5:
+            return http(200, "<html>proxy error</html>")
+        return ok(fixture_answer(msg))
+
+    with FakeLLM(script) as srv:
+        rc = L.main(infer_args(tmp_path, srv.url, "--workers", "2"))
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "22 answered now, 3 failed" in err
+    assert f"2 x HTTP 400 from {srv.url}/chat/completions: context length exceeded" in err
+    assert f"1 x malformed JSON in the reply from {srv.url}/chat/completions: '<html>proxy error</html>'" in err
+    assert "rerun the same command to ask the failed users again" in err
+    with FakeLLM() as srv:
+        assert L.main(infer_args(tmp_path, srv.url)) == 0
+        assert sorted(user_of(msg) for msg in srv.calls) == [3, 4, 5]
+    assert "0 failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--timeout", "0"], ["--timeout", "nan"], ["--base-url", "notaurl"],
+                                    ["--base-url", "http://host:port/v1"], ["--workers", "0"],
+                                    ["--max-attempts", "0"], ["--backoff", "-1"], ["--limit", "-1"],
+                                    ["--progress-every", "0"], ["--split-seed", "-1"], ["--model", " "]])
+def test_bad_infer_options_are_one_clear_message(tmp_path, capsys, option):
+    make_fixture(tmp_path / "d", n_users=3, extras=False)
+    rc = L.main(infer_args(tmp_path, "http://127.0.0.1:9/v1", *option))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and option[0] in err and err.startswith("error: ")
+    assert len(err.strip().splitlines()) == 1  # checked before the dataset is even loaded
+
+
+def test_bad_key_and_other_commands_options_are_one_clear_message(tmp_path, capsys, monkeypatch):
+    make_fixture(tmp_path / "d", n_users=3, extras=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abc def")
+    assert L.main(infer_args(tmp_path, "http://127.0.0.1:9/v1")) == 2
+    assert "$OPENAI_API_KEY contains spaces" in capsys.readouterr().err
+    common = ["--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    for argv, name in ((["cluster", *common, "--seed", "-1"], "--seed"), (["bench", "--k", "0"], "--k"),
+                       (["batch-export", *common, "--limit", "-2"], "--limit")):
+        assert L.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {name} must") and "Traceback" not in err
+    with pytest.raises(L.InputError, match="--timeout"):  # the library call checks too
+        L.run_inference([], tmp_path / "a.jsonl", tmp_path / "f.jsonl", config("http://127.0.0.1:9/v1", timeout=0))
 
 
 def test_retry_after_header_forms():
