@@ -1,11 +1,14 @@
 """CIKGRec: knowledge-aware recommendation with LLM-inferred user interests (AAAI 2025).
 
-One readable file, in the order the data flows:
-settings -> data -> validation split -> CIKG -> LightGCN -> losses -> training -> evaluation
--> command line. Equation numbers refer to the paper (Hu et al., AAAI 2025).
+One readable file, in the order the data flows: settings -> data -> validation split -> the CIKG
+-> LightGCN -> losses (Eqs. 3-12) -> sampling -> evaluation -> training -> benchmark -> download
+-> experiments (the paper's tables, Fig. 3, Fig. 4) -> command line. Equation, table and figure
+numbers refer to the paper (Hu et al., AAAI 2025).
 
     python cikgrec.py train --dataset book-crossing --data-dir ../shared/data
     python cikgrec.py bench --dataset book-crossing --data-dir ../shared/data
+    python cikgrec.py tables --table table1 --dataset book-crossing --seeds 5
+    python cikgrec.py explain --run runs/book-crossing-seed2024.json --user 2362
 """
 from __future__ import annotations
 
