@@ -579,18 +579,21 @@ def simgcl_noise(h: torch.Tensor, eps: float, r: torch.Tensor | None = None) -> 
 
 
 def propagate(x: torch.Tensor, adj: torch.Tensor, layers: int, eps: float = 0.0,
-              drop: float = 0.0) -> torch.Tensor:
+              drop: float = 0.0, rng: np.random.Generator | None = None) -> torch.Tensor:
     """LightGCN (He et al. 2020): mean of x, Ax, A^2 x, ..., A^l x.
 
     x: [n_nodes, D]; adj: normalised sparse [n_nodes, n_nodes]. eps > 0 adds SimGCL noise after
-    every layer (view 1 of Eq. 8); drop > 0 is message dropout on every layer's output. This is
-    f_G^l of the paper, shared by the BPR pass (Eq. 10), the views (Eq. 8) and the GMAE (Eq. 6).
+    every layer (view 1 of Eq. 8), its uniform draws from `rng` when given (numpy's generator
+    is twice as fast as torch's on a CPU) or else from torch; drop > 0 is message dropout on
+    every layer's output. This is f_G^l of the paper, shared by the BPR pass (Eq. 10), the views
+    (Eq. 8) and the GMAE (Eq. 6).
     """
     h, total = x, x
     for _ in range(layers):
         h = _SymmetricSpMM.apply(adj, h)
         if eps > 0.0:
-            h = h + simgcl_noise(h, eps)
+            r = None if rng is None else torch.from_numpy(rng.random(h.shape, dtype=np.float32))
+            h = h + simgcl_noise(h, eps, r)
         if drop > 0.0:
             h = F.dropout(h, drop)
         total = total + h
@@ -874,9 +877,10 @@ def evaluate_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.n
     """
     totals = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "precision", "hit")}
     count = 0
+    item_t = item_emb.t().contiguous()  # [D, n_items]: a third faster to multiply than a view
     for start in range(0, len(users), chunk):
         sel = torch.as_tensor(users[start:start + chunk], device=user_emb.device)
-        scores = user_emb[sel] @ item_emb.t()
+        scores = user_emb[sel] @ item_t
         sums, c = _metric_sums(scores, exclude[start:start + chunk], truth[start:start + chunk], ks)
         count += c
         for k, v in sums.items():
@@ -1001,8 +1005,10 @@ class Trainer:
         loss = s.lambda1 * bpr + s.l2 * reg
         parts = {"bpr": bpr.item()}
         if self.contrast:  # Eqs. 8-9
-            v1 = propagate(x, self.views[0].adjacency(), s.layers, eps=s.eps)
-            v2 = propagate(x, self.views[1].adjacency(), s.layers, eps=s.eps if s.model == "simgcl" else 0.0)
+            rng = self.rng if self.device.type == "cpu" else None
+            v1 = propagate(x, self.views[0].adjacency(), s.layers, eps=s.eps, rng=rng)
+            v2 = propagate(x, self.views[1].adjacency(), s.layers, eps=s.eps if s.model == "simgcl" else 0.0,
+                           rng=rng)
             v3 = v2 if s.model == "simgcl" else propagate(x, self.views[2].adjacency(), s.layers)
             n_item_rows = self.ds.n_items if s.variant == "paper" or s.model == "simgcl" else None
             items3 = v3[e0:e0 + n_item_rows] if n_item_rows else v3[e0:]
