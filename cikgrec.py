@@ -20,7 +20,6 @@ import json
 import math
 import os
 import platform
-import random
 import subprocess
 import sys
 import time
@@ -1207,7 +1206,6 @@ def fit(s: Settings) -> dict:
     ds, train_part, valid = prepare(s)  # bad input stops here, before anything is written
     out, best_path, ckpt_path = output_paths(s)
     torch.manual_seed(s.seed)
-    random.seed(s.seed)
     trainer = Trainer(s, ds, train_part, valid, device)
     for note in trainer.notes:
         log(f"note: {note}")
@@ -1262,8 +1260,6 @@ def fit(s: Settings) -> dict:
         log(f"epoch {epoch:4d} | {parts}{mask} | {sel} R@50 {metrics['recall@50']:.4f} "
             f"N@50 {metrics['ndcg@50']:.4f}{' *' if stopper.best_epoch == epoch else ''} | "
             f"{seconds:.1f}s + eval {eval_seconds:.2f}s")
-    if stopper.best_epoch < 0:
-        raise TrainingError("no epoch was trained (--epochs 0?)")
     trainer.model.load_state_dict(torch.load(best_path, weights_only=True))
     t1 = time.perf_counter()
     test = trainer.evaluate("test")  # the one and only look at test (valid selection)
