@@ -1210,7 +1210,7 @@ def fit(s: Settings) -> dict:
     for note in trainer.notes:
         log(f"note: {note}")
     sel = "valid" if s.select_on == "valid" else "test"
-    stopper, history, epoch_seconds, start = EarlyStopping(s.patience), [], [], 0
+    stopper, history, start = EarlyStopping(s.patience), [], 0
     data_sha256 = {p.name: _sha256(str(p)) for p in data_files(s, ds)}
     if s.dataset not in DATASET_DEFAULTS:
         log(f"note: no per-dataset defaults for {s.dataset!r}: the Settings defaults apply")
@@ -1224,7 +1224,7 @@ def fit(s: Settings) -> dict:
                                 f"({', '.join(sorted(changed))})")
         trainer.load_state(ck["trainer"])
         stopper.__dict__.update(ck["stopper"], patience=s.patience)
-        history, epoch_seconds, start = ck["history"], ck["epoch_seconds"], ck["epoch"] + 1
+        history, start = ck["history"], ck["epoch"] + 1
         log(f"resuming {ckpt_path} after epoch {ck['epoch']}")
     elif s.resume:
         log(f"note: --resume: no checkpoint at {ckpt_path}, starting afresh")
@@ -1247,12 +1247,11 @@ def fit(s: Settings) -> dict:
         eval_seconds = time.perf_counter() - t1
         if stopper.update(epoch, selection_score(metrics)):
             _save(trainer.model.state_dict(), best_path)
-        epoch_seconds.append(round(seconds, 3))
         history.append({"epoch": epoch, **losses, sel: metrics, "seconds": round(seconds, 3),
                         "eval_seconds": round(eval_seconds, 3)})
         _save({"trainer": trainer.state(), "stopper": {k: v for k, v in stopper.__dict__.items()
                                                       if k != "patience"},
-               "history": history, "epoch_seconds": epoch_seconds, "epoch": epoch,
+               "history": history, "epoch": epoch,
                "data_sha256": data_sha256,
                "settings": dataclasses.asdict(s)}, ckpt_path)
         parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "mask_rate" and v is not None)
@@ -1270,11 +1269,12 @@ def fit(s: Settings) -> dict:
         "split_seed": s.split_seed if sel == "valid" else None, "selected_on": sel,
         "best_epoch": stopper.best_epoch, "epochs_run": epoch + 1,
         "valid": best["valid"] if sel == "valid" else None, "test": test,
-        "epoch_seconds": epoch_seconds, "eval_seconds": round(eval_seconds, 4),
-        "minutes": round((sum(epoch_seconds) + sum(h.get("eval_seconds", 0) for h in history)) / 60, 2),
+        "epoch_seconds": [h["seconds"] for h in history], "eval_seconds": round(eval_seconds, 4),
+        "minutes": round(sum(h["seconds"] + h["eval_seconds"] for h in history) / 60, 2),
         "history": history, "notes": ds.warnings + trainer.notes,
         "provenance": {"data_sha256": data_sha256, "interest_file": ds.interest_file or None,
-                       "interest_sha256": _sha256(ds.interest_file), "git_commit": _git_commit(),
+                       "interest_sha256": data_sha256.get(Path(ds.interest_file).name) if ds.interest_file
+                       else None, "git_commit": _git_commit(),
                        "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "device": str(device), "python": platform.python_version()},
     }
