@@ -459,7 +459,13 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
             f"{rate:.1f} req/s | " + ("finished" if final else f"ETA {_fmt_seconds(eta)}"))
 
     def work(job):
-        return job, ask_llm(cfg, job.messages, stop, random.Random(job.user * 7919 + time.time_ns()))
+        if stop.is_set():  # another worker hit a setup error: send nothing more
+            return job, {"error": "stopped", "reason": "stopped", "status": None, "attempts": 0}
+        try:
+            return job, ask_llm(cfg, job.messages, stop, random.Random(job.user * 7919 + time.time_ns()))
+        except SetupError:
+            stop.set()  # at once, from the worker, not when the main thread gets to its result
+            raise
 
     with open(answers_path, "a", encoding="utf-8") as answers, \
             open(failures_path, "a", encoding="utf-8") as failures:
