@@ -1215,14 +1215,22 @@ def fit(s: Settings) -> dict:
     if s.dataset not in DATASET_DEFAULTS:
         log(f"note: no per-dataset defaults for {s.dataset!r}: the Settings defaults apply")
     if s.resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, weights_only=False)
+        try:
+            ck = torch.load(ckpt_path, weights_only=False)
+        except Exception as e:  # a truncated or foreign file: say which, not a traceback
+            raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
         free = ("epochs", "patience", "resume", "device", "threads", "out", "data_dir", "interests")
         changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
         changed |= {name for name, sha in ck.get("data_sha256", {}).items() if data_sha256.get(name) != sha}
         if changed:
             raise SettingsError(f"--resume: {ckpt_path} was made with other settings or data "
                                 f"({', '.join(sorted(changed))})")
-        trainer.load_state(ck["trainer"])
+        try:  # a checkpoint from older code carries no data hashes: the shapes still have to fit
+            trainer.load_state(ck["trainer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise SettingsError(f"--resume: {ckpt_path} does not fit this graph or model ({first}); "
+                                "was it made with other data or another interest file?") from None
         stopper.__dict__.update(ck["stopper"], patience=s.patience)
         history, start = ck["history"], ck["epoch"] + 1
         log(f"resuming {ckpt_path} after epoch {ck['epoch']}")

@@ -609,6 +609,24 @@ def test_settings_rejected(name, value, expect):
         C.check_settings(C.dataclasses.replace(C.Settings(), **{name: value}))
 
 
+def test_resume_refuses_a_checkpoint_that_does_not_fit(tmp_path):
+    """Found in use: a checkpoint from older code (no data hashes) resumed with another
+    interest file ended in a bare size-mismatch traceback."""
+    folder = small_dataset(tmp_path)
+    C.fit(tiny_settings(tmp_path, epochs=1))
+    _, _, ckpt = C.output_paths(tiny_settings(tmp_path))
+    ck = torch.load(ckpt, weights_only=False)
+    del ck["data_sha256"]
+    torch.save(ck, ckpt)
+    with open(folder / "user_interest_clustered.txt", "a") as f:
+        f.write("1 11\n")  # a fourth interest node: the embedding table grows by one row
+    with pytest.raises(C.SettingsError, match=r"does not fit this graph or model \(size mismatch"):
+        C.fit(tiny_settings(tmp_path, epochs=2, resume=True))
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(C.SettingsError, match="cannot read"):
+        C.fit(tiny_settings(tmp_path, epochs=2, resume=True))
+
+
 def test_resume_refuses_changed_data_and_unwritable_out(tmp_path):
     folder = small_dataset(tmp_path)
     C.fit(tiny_settings(tmp_path, epochs=1))
