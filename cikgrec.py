@@ -1496,17 +1496,21 @@ _NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch")
 
 
 def done_results(run: PlannedRun) -> Path | None:
-    """The results file of a planned run if it exists: its own, or that of the same run in
-    another table (SAME_RUN) when the settings agree (all but out, resume, device, threads,
-    eval_batch). None when the run is still to do."""
+    """The results file of a planned run if it exists: its own, or that of the same run made
+    elsewhere when the settings agree (all but out, resume, device, threads, eval_batch): in
+    another table (SAME_RUN), or by `train` at its default --out (runs/<dataset>-seed<seed>.json,
+    so `make train` counts as Table 1's CIKGRec row). None when the run is still to do."""
     if run.out.is_file():
         return run.out
+    runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
+    others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
     same = SAME_RUN.get((run.table, run.config))
     if same:
-        other = run.out.parent.parent / same[0] / f"{same[1]}-seed{run.seed}.json"
+        others.insert(0, run.out.parent.parent / same[0] / f"{same[1]}-seed{run.seed}.json")
+    mine = dataclasses.asdict(run.settings)
+    for other in others:
         if other.is_file():
             saved = json.loads(other.read_text()).get("settings", {})
-            mine = dataclasses.asdict(run.settings)
             if all(saved.get(k) == v for k, v in mine.items() if k not in _NOT_COMPARED):
                 return other
     return None

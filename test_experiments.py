@@ -110,6 +110,15 @@ def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch,
     assert C.done_results(abl[0]) == runs[0].out
     C.run_sweep(abl, dry_run=True)
     assert calls == []
+    # a `train` run at its default --out with the same settings is Table 1's CIKGRec row too
+    more = C.plan_runs("table1", base, 3, tmp_path / "runs")
+    assert C.done_results(more[2]) is None  # cikgrec seed 2026
+    plain = tmp_path / "runs" / "fx-seed2026.json"
+    fake_results(plain, metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(more[2].settings))
+    assert C.done_results(more[2]) == plain
+    fake_results(plain, metrics(0.1, 0.2, 0.1, 0.2),
+                 C.dataclasses.asdict(C.dataclasses.replace(more[2].settings, lr=0.5)))
+    assert C.done_results(more[2]) is None  # other settings: not the same run
 
 
 def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch):
