@@ -7,7 +7,7 @@ K        ?=
 ARGS     ?=
 INTERESTS = interests/$(DATASET)/user_interest_clustered.txt
 
-.PHONY: data train bench interests bench-interests test table1 ablation lightgcn-variants
+.PHONY: data train bench interests bench-interests test table1 ablation lightgcn-variants plots
 
 data:  ## download the three datasets (verified against upstream git blob ids)
 	$(PYTHON) cikgrec.py download --data-dir $(DATA_DIR)
@@ -40,6 +40,9 @@ ablation: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 3 (ablations) over SEEDS se
 lightgcn-variants: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 4 (LightGCN on CG/CIG/CKG/CIKG), SEEDS default 1
 	$(PYTHON) cikgrec.py tables --table lightgcn-variants --seeds $(or $(SEEDS),1) --dataset $(DATASET) \
 	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
+
+plots:  ## optional (needs matplotlib): Fig. 3 bars from results/<dataset>/groups.json, Eq. 3 curves
+	$(PYTHON) cikgrec.py plots --results-dir results
 
 test:  ## the test suite (reads the datasets from $$CIKGREC_DATA, default ../shared/data)
 	$(PYTHON) -m pytest -q test_cikgrec.py test_llm_interests.py test_experiments.py

@@ -269,6 +269,10 @@ def test_tables_end_to_end_on_the_fixture(tmp_path, capsys):
     groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
     assert all(f"| {m} (table1) | 1 |" in groups for m in ("CIKGRec", "LightGCN", "SimGCL"))
     assert "| SimGCL | 1 |" in (tmp_path / "res" / "fx" / "table1.md").read_text()
+    g = json.loads((tmp_path / "res" / "fx" / "groups.json").read_text())  # what make plots draws
+    cik = json.loads((runs / "cikgrec-seed2024.groups.json").read_text())["ndcg"]
+    assert g["rows"][0]["label"] == "CIKGRec (table1)" and g["rows"][0]["mean"] == pytest.approx(cik)
+    assert g["rows"][0]["std"] == [None] * len(cik) and len(g["groups"]) == len(cik)
     capsys.readouterr()
     (runs / "lightgcn-seed2024.pt").unlink()  # a results file without its model (and no cached
     (runs / "lightgcn-seed2024.groups.json").unlink()  # groups): left out of groups.md
@@ -276,3 +280,17 @@ def test_tables_end_to_end_on_the_fixture(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "3 of 3 runs already done; 0 to run" in err and "groups.md leaves out" in err
     assert "LightGCN (table1)" not in (tmp_path / "res" / "fx" / "groups.md").read_text()
+
+
+def test_plots_is_optional_and_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    real_import = __import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.__import__", no_matplotlib)
+    assert C.main(["plots", "--results-dir", str(tmp_path)]) == 2
+    assert "needs matplotlib, an optional extra: pip install matplotlib" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
