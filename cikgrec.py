@@ -1775,11 +1775,18 @@ def plots(datasets: list, results_dir="results") -> list:
 
 
 def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="results",
-           dry_run: bool = False) -> int:
-    """Run a table's sweep (unless dry_run), then write its .md/.csv and groups.md. Returns the
-    number of failed runs."""
+           dry_run: bool = False, only: str = "") -> int:
+    """Run a table's sweep (unless dry_run; only the configurations named in `only`, comma
+    separated, when given), then write its .md/.csv and groups.md from every results file there
+    is. Returns the number of failed runs. Raises SettingsError on an unknown configuration."""
     dataset = base.get("dataset") or Settings.dataset
-    failed = run_sweep(plan_runs(table, base, n_seeds, runs_dir), dry_run)
+    wanted = [c.strip() for c in only.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in TABLES[table]]
+    if unknown:
+        raise SettingsError(f"--only {','.join(unknown)}: {table} has the configurations "
+                            f"{', '.join(TABLES[table])}")
+    todo = [r for r in plan_runs(table, base, n_seeds, runs_dir) if not wanted or r.config in wanted]
+    failed = run_sweep(todo, dry_run)
     files = {}  # (table, config) -> results files found, for every table of the dataset
     for t in TABLES:
         for r in plan_runs(t, base, n_seeds, runs_dir):
@@ -1956,6 +1963,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(tp)  # e.g. --dataset, --data-dir, --interests, --device; not --seed/--out
     tp.add_argument("--table", required=True, choices=list(TABLES))
     tp.add_argument("--seeds", type=int, default=1, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
+    tp.add_argument("--only", default="", help="run only these configurations (comma separated; "
+                    "the tables still show every finished run)")
     tp.add_argument("--runs-dir", default="runs")
     tp.add_argument("--results-dir", default="results")
     tp.add_argument("--dry-run", "--aggregate-only", dest="dry_run", action="store_true",
@@ -1987,7 +1996,8 @@ def main(argv=None) -> int:
                     if getattr(args, f.name) is not None}
             if "seed" in base or "out" in base or args.seeds < 1:
                 raise SettingsError("tables sets --seed and --out itself; give --seeds N >= 1 instead")
-            return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run) else 0
+            return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run,
+                               args.only) else 0
         if args.command == "plots":
             for path in plots(args.dataset, args.results_dir):
                 log(f"wrote {path}")

@@ -139,6 +139,28 @@ def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch):
     assert C.main(["tables", "--table", "table1", "--dataset", "fx", "--seed", "1"]) == 2
 
 
+def test_tables_only_runs_the_named_configurations(tmp_path, monkeypatch, capsys):
+    small_dataset(tmp_path)
+    calls = []
+
+    def spy(s):
+        calls.append((s.model, s.seed))
+        fake_results(C.Path(s.out), metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(s))
+        return {}
+
+    monkeypatch.setattr(C, "fit", spy)
+    monkeypatch.setattr(C, "results_groups", lambda p, d=None: {"bounds": [(1, 9, 8, 20)], "ndcg": [0.1]})
+    args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "2",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
+    assert C.main(args + ["--only", "simgcl, lightgcn"]) == 0
+    assert calls == [("lightgcn", 2024), ("lightgcn", 2025), ("simgcl", 2024), ("simgcl", 2025)]
+    table = (tmp_path / "res" / "fx" / "table1.md").read_text()
+    assert "| LightGCN | 2 |" in table and "| CIKGRec | 0 |" in table  # the table shows every row
+    capsys.readouterr()
+    assert C.main(args + ["--only", "cikgrec,lightgnc"]) == 2 and len(calls) == 4
+    assert "--only lightgnc: table1 has the configurations cikgrec, lightgcn, simgcl" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # Each variant flag removes its component
 # ---------------------------------------------------------------------------------------------
