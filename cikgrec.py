@@ -1225,12 +1225,15 @@ def fit(s: Settings) -> dict:
         if changed:
             raise SettingsError(f"--resume: {ckpt_path} was made with other settings or data "
                                 f"({', '.join(sorted(changed))})")
-        try:  # a checkpoint from older code carries no data hashes: the shapes still have to fit
+        try:  # a checkpoint from older code may lack data hashes or keys: check before training
             trainer.load_state(ck["trainer"])
+            missing = {k for h in ck["history"] for k in ("seconds", "eval_seconds") if k not in h}
+            if missing:
+                raise KeyError(f"history without {', '.join(sorted(missing))}")
         except (RuntimeError, KeyError, ValueError) as e:
-            first = str(e).strip().splitlines()[-1].strip()
-            raise SettingsError(f"--resume: {ckpt_path} does not fit this graph or model ({first}); "
-                                "was it made with other data or another interest file?") from None
+            first = str(e).strip().strip("'").splitlines()[-1].strip()
+            raise SettingsError(f"--resume: {ckpt_path} does not fit this code, graph or model ({first}); "
+                                "was it made by older code, with other data or another interest file?") from None
         stopper.__dict__.update(ck["stopper"], patience=s.patience)
         history, start = ck["history"], ck["epoch"] + 1
         log(f"resuming {ckpt_path} after epoch {ck['epoch']}")

@@ -618,9 +618,16 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(tmp_path):
     ck = torch.load(ckpt, weights_only=False)
     del ck["data_sha256"]
     torch.save(ck, ckpt)
+    interests = (folder / "user_interest_clustered.txt").read_text()
     with open(folder / "user_interest_clustered.txt", "a") as f:
         f.write("1 11\n")  # a fourth interest node: the embedding table grows by one row
-    with pytest.raises(C.SettingsError, match=r"does not fit this graph or model \(size mismatch"):
+    with pytest.raises(C.SettingsError, match=r"does not fit this code, graph or model \(size mismatch"):
+        C.fit(tiny_settings(tmp_path, epochs=2, resume=True))
+    (folder / "user_interest_clustered.txt").write_text(interests)
+    ck = torch.load(ckpt, weights_only=False)  # found in use too: history made before per-epoch
+    del ck["history"][0]["seconds"]  # seconds were kept in it: the run crashed only at its end
+    torch.save(ck, ckpt)
+    with pytest.raises(C.SettingsError, match=r"older code.*\(history without seconds\)|\(history without seconds\)"):
         C.fit(tiny_settings(tmp_path, epochs=2, resume=True))
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(C.SettingsError, match="cannot read"):
