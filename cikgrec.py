@@ -1495,27 +1495,38 @@ def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
     return runs
 
 
-_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch")
+_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir")
+
+
+def settings_differ(path: Path, settings: Settings) -> list:
+    """The settings (names) in which the results file `path` differs from `settings`, leaving
+    out those that do not change a run's numbers (_NOT_COMPARED)."""
+    saved = json.loads(path.read_text()).get("settings", {})
+    return [k for k, v in dataclasses.asdict(settings).items() if k not in _NOT_COMPARED and saved.get(k) != v]
 
 
 def done_results(run: PlannedRun) -> Path | None:
     """The results file of a planned run if it exists: its own, or that of the same run made
-    elsewhere when the settings agree (all but out, resume, device, threads, eval_batch): in
-    another table (SAME_RUN), or by `train` at its default --out (runs/<dataset>-seed<seed>.json,
-    so `make train` counts as Table 1's CIKGRec row). None when the run is still to do."""
+    elsewhere when the settings agree (all but _NOT_COMPARED): in another table (SAME_RUN), or by
+    `train` at its default --out (runs/<dataset>-seed<seed>.json, so `make train` counts as
+    Table 1's CIKGRec row). None when the run is still to do. Raises SettingsError when the run's
+    own file was made with other settings (e.g. a quick --epochs 1 trial): it is neither reused
+    nor overwritten."""
     if run.out.is_file():
+        differ = settings_differ(run.out, run.settings)
+        if differ:
+            more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+            raise SettingsError(f"{run.out} was made with other settings ({', '.join(differ[:4])}{more}): "
+                                "delete it or give another --runs-dir")
         return run.out
     runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
     others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
     same = SAME_RUN.get((run.table, run.config))
     if same:
         others.insert(0, run.out.parent.parent / same[0] / f"{same[1]}-seed{run.seed}.json")
-    mine = dataclasses.asdict(run.settings)
     for other in others:
-        if other.is_file():
-            saved = json.loads(other.read_text()).get("settings", {})
-            if all(saved.get(k) == v for k, v in mine.items() if k not in _NOT_COMPARED):
-                return other
+        if other.is_file() and not settings_differ(other, run.settings):
+            return other
     return None
 
 
@@ -1716,6 +1727,7 @@ def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str
     path = folder / "groups.md"
     if bounds is None:
         path.write_text(f"# {dataset}: sparsity groups (Fig. 3)\n\nNo results yet.\n")
+        path.with_suffix(".json").write_text(json.dumps({"dataset": dataset, "groups": [], "rows": []}))
         return path
     heads = [f"{lo}-{hi} items ({u} users, {n} interactions)" for lo, hi, u, n in bounds]
     text = [f"# {dataset}: test NDCG@50 by user sparsity group (Fig. 3)", "",
@@ -1795,6 +1807,9 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
         for r in plan_runs(t, base, n_seeds, runs_dir):
             found = done_results(r)
             files.setdefault((t, r.config), []).extend([found] if found else [])
+    if not any(files.values()):  # e.g. --dry-run in a fresh clone: keep the committed tables
+        log(f"no results under {Path(runs_dir) / dataset} yet: {Path(results_dir) / dataset} left as it is")
+        return failed
     rows = aggregate_table(table, dataset, {c: p for (t, c), p in files.items() if t == table})
     md, csv_path = write_table(rows, table, dataset, results_dir)
     unique = {}  # groups: each results file once (SAME_RUN rows point to the same file)

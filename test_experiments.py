@@ -85,7 +85,7 @@ def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch,
     base = {"dataset": "fx", "data_dir": str(tmp_path), "epochs": 1}
     runs = C.plan_runs("table1", base, 2, tmp_path / "runs")
     done = runs[1]  # cikgrec seed 2025
-    fake_results(done.out, metrics(0.1, 0.2, 0.1, 0.2))
+    fake_results(done.out, metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(done.settings))
     half = runs[2]  # lightgcn seed 2024: interrupted, a checkpoint is left
     C.output_paths(half.settings)[2].write_text("checkpoint")
     calls = []
@@ -126,9 +126,9 @@ def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "fit", lambda s: pytest.fail("--aggregate-only must not train"))
     monkeypatch.setattr(C, "results_groups", lambda p, d=None: {"bounds": [(1, 3, 4, 8), (4, 9, 2, 8)],
                                                                   "ndcg": [0.1, 0.3]})
-    out = tmp_path / "runs" / "fx" / "table1"
-    fake_results(out / "cikgrec-seed2024.json", metrics(0.2, 0.3, 0.1, 0.2))
-    fake_results(out / "cikgrec-seed2025.json", metrics(0.4, 0.3, 0.1, 0.2))
+    planned = C.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path)}, 2, tmp_path / "runs")
+    for r, m in zip(planned[:2], (metrics(0.2, 0.3, 0.1, 0.2), metrics(0.4, 0.3, 0.1, 0.2))):
+        fake_results(r.out, m, C.dataclasses.asdict(r.settings))
     rc = C.main(["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3",
                  "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--aggregate-only"])
     assert rc == 0
@@ -137,6 +137,32 @@ def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch):
     groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
     assert "1-3 items (4 users, 8 interactions)" in groups and "| CIKGRec (table1) | 2 | 0.1000 ± 0.0000 |" in groups
     assert C.main(["tables", "--table", "table1", "--dataset", "fx", "--seed", "1"]) == 2
+
+
+def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys):
+    """Found in use: a quick --epochs 1 trial's files were later counted as the real sweep's."""
+    small_dataset(tmp_path)
+    args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
+    trial = C.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path), "epochs": 1}, 1, tmp_path / "runs")
+    fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(trial[0].settings))
+    assert C.main(args + ["--epochs", "1"]) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
+    assert C.main(args) == 2
+    err = capsys.readouterr().err
+    assert "cikgrec-seed2024.json was made with other settings (epochs): delete it or give another --runs-dir" in err
+    fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2))  # no settings at all
+    assert C.main(args) == 2 and " more): delete it" in capsys.readouterr().err
+
+
+def test_tables_without_any_results_leave_the_committed_tables(tmp_path, capsys):
+    small_dataset(tmp_path)
+    committed = tmp_path / "res" / "fx" / "table1.md"
+    fake_results(committed, {})  # stands for a table committed from earlier runs
+    before = committed.read_text()
+    assert C.main(["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3",
+                   "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]) == 0
+    assert committed.read_text() == before and sorted(p.name for p in committed.parent.iterdir()) == ["table1.md"]
+    assert "left as it is" in capsys.readouterr().err
 
 
 def test_tables_only_runs_the_named_configurations(tmp_path, monkeypatch, capsys):
