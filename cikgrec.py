@@ -13,6 +13,7 @@ numbers refer to the paper (Hu et al., AAAI 2025).
 from __future__ import annotations
 
 import argparse
+import csv
 import ctypes
 import dataclasses
 import hashlib
@@ -22,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -1158,6 +1160,23 @@ def output_paths(s: Settings) -> tuple[Path, Path, Path]:
     return out, out.with_suffix(".pt"), out.with_suffix(".ckpt.pt")
 
 
+def check_writable(out: Path, *beside: Path) -> None:
+    """Before any training: --out names a file (not a folder, not a .pt, which is where the model
+    goes) in a folder that exists or can be made and that takes a new file. Raises SettingsError."""
+    if out.suffix == ".pt":
+        raise SettingsError(f"--out {out}: give the results file (e.g. .json); the model is saved beside "
+                            "it as .pt")
+    for path in (out, *beside):
+        if path.is_dir():
+            raise SettingsError(f"--out {out}: {path} is a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as e:
+        raise SettingsError(f"--out {out}: cannot write in {out.parent} ({e.strerror})") from None
+
+
 def _sha256(path: str) -> str | None:
     if not path:
         return None
@@ -1239,10 +1258,7 @@ def fit(s: Settings) -> dict:
         log(f"resuming {ckpt_path} after epoch {ck['epoch']}")
     elif s.resume:
         log(f"note: --resume: no checkpoint at {ckpt_path}, starting afresh")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SettingsError(f"--out {out}: cannot create {out.parent} ({e.strerror})") from None
+    check_writable(out, best_path, ckpt_path)
     log(f"{s.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.n_entities} entities, "
         f"{ds.n_interests} interest nodes, {trainer.main.n_edges} undirected {s.graph.upper()} edges, "
         f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
@@ -1618,7 +1634,6 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results") -> 
         md.append("| " + " | ".join(cells) + " |")
     md_path, csv_path = folder / f"{table}.md", folder / f"{table}.csv"
     md_path.write_text("\n".join(md) + "\n")
-    import csv
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["config", "model", "n"] + [f"{m}_{k}" for m in TABLE_METRICS

@@ -642,5 +642,28 @@ def test_resume_refuses_changed_data_and_unwritable_out(tmp_path):
         C.fit(tiny_settings(tmp_path, epochs=2, resume=True))
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(C.SettingsError, match="cannot create"):
+    with pytest.raises(C.SettingsError, match="cannot write in"):
         C.fit(tiny_settings(tmp_path, out=str(blocker / "r.json")))
+
+
+@pytest.mark.parametrize("out, expect", [
+    ("adir", "adir is a folder"),  # found in use: trained, then IsADirectoryError at the end
+    ("model.pt", "give the results file"),  # found in use: the results JSON overwrote the model
+    ("ro/r.json", "cannot write in"),  # found in use: Permission denied after the first epoch
+])
+def test_bad_out_is_refused_before_training(tmp_path, monkeypatch, out, expect):
+    small_dataset(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "ro").mkdir()
+    real = C.tempfile.TemporaryFile
+
+    def read_only(dir=None, **kw):  # a folder we may not write in (the tests run as root)
+        if str(dir).endswith("ro"):
+            raise PermissionError(13, "Permission denied")
+        return real(dir=dir, **kw)
+
+    monkeypatch.setattr(C.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(C.Trainer, "train_epoch", lambda *a: pytest.fail("trained before checking --out"))
+    with pytest.raises(C.SettingsError, match=expect):
+        C.fit(tiny_settings(tmp_path, out=str(tmp_path / out)))
+    assert sorted(p.name for p in (tmp_path / "adir").iterdir()) == [] and not (tmp_path / "model.json").exists()
