@@ -88,13 +88,39 @@ def build_messages(titles: list, field: str) -> list:
             {"role": "user", "content": f"The {field} this user liked: {liked}"}]
 
 
+@dataclass
+class PromptData:
+    """What the prompts are made of (load_prompt_data): training item ids per user, item names."""
+    train: list
+    item_names: list
+
+
+def load_prompt_data(folder) -> PromptData:
+    """Read what the prompts need and nothing more: train.txt and item_list.txt of a dataset
+    folder, checked as cikgrec.load_dataset checks them (item ids against item_list.txt, user
+    ids against user_list.txt). kg_final.txt, test.txt and user_interest_clustered.txt are not
+    read, so a broken one does not stop `infer` or the batch commands (which regenerate the
+    interest file). Raises DataError naming the file, also when item_list.txt is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
+    names_path = folder / "item_list.txt"
+    if not names_path.is_file():
+        raise DataError(names_path, 0, ("is a folder, not a file" if names_path.is_dir() else "not found") +
+                        ": the prompts name each user's items by the titles this file holds")
+    names = cikgrec.read_item_names(names_path)
+    train = cikgrec.read_user_items(folder / "train.txt", len(names), cikgrec.list_size(folder / "user_list.txt"))
+    return PromptData([np.array(train.get(u, []), dtype=np.int64) for u in range(1 + max(train))], names)
+
+
 def make_jobs(dataset, field: str, split_seed: int = 0, n_last: int = N_LAST_ITEMS):
     """One Job per user with at least one named training item, in user id order.
 
     The prompt holds the names of the user's last `n_last` training items in train.txt order,
     counted after the validation items are removed (cikgrec.split_validation, same seed as
     training, so no validation or test item ever reaches the LLM) and after items without a
-    name are dropped. Returns (jobs, skipped): skipped lists the users with no named item.
+    name are dropped. dataset: a PromptData or a cikgrec.Dataset (.train and .item_names are
+    read). Returns (jobs, skipped): skipped lists the users with no named item.
     """
     train_part, _ = cikgrec.split_validation(dataset.train, split_seed)
     titles = [cikgrec.item_title(n) for n in dataset.item_names]
@@ -1009,14 +1035,19 @@ def check_args(args) -> None:
                          f"got {args.k}, {args.max_share}, {args.max_df}")
 
 
-def _load(args):
-    dataset = cikgrec.load_dataset(Path(args.data_dir) / args.dataset, name=args.dataset)
-    field = args.field or ITEM_WORD.get(args.dataset, "items")
-    jobs, skipped = make_jobs(dataset, field, args.split_seed)
+def prompt_jobs(args) -> list:
+    """The jobs of infer, batch-export and batch-import (--limit applied), from train.txt and
+    item_list.txt alone. Raises DataError when no user has a prompt (nothing to ask)."""
+    folder = Path(args.data_dir) / args.dataset
+    jobs, skipped = make_jobs(load_prompt_data(folder), args.field or ITEM_WORD.get(args.dataset, "items"),
+                              args.split_seed)
+    if not jobs:
+        raise DataError(folder / "item_list.txt", 0, f"none of the {len(skipped)} users of train.txt has a "
+                                                     "training item with a name here, so no prompt can be built")
     if getattr(args, "limit", 0):
         jobs = jobs[:args.limit]
     say(f"{args.dataset}: {len(jobs)} users with a prompt, {len(skipped)} without a named item (skipped)")
-    return dataset, jobs, Path(args.out_dir) / args.dataset
+    return jobs
 
 
 def main(argv=None) -> int:
@@ -1034,8 +1065,10 @@ def main(argv=None) -> int:
         if args.command == "bench":
             bench(args.phrases, args.users, args.k, args.seed)
             return 0
-        dataset, jobs, out = _load(args)
+        out = Path(args.out_dir) / args.dataset
         answers, failures = out / "llm_answers.jsonl", out / "llm_failures.jsonl"
+        if args.command != "cluster":
+            jobs = prompt_jobs(args)
         if args.command == "infer":
             say(f"infer: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
             c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
@@ -1054,6 +1087,9 @@ def main(argv=None) -> int:
                 f"{c['skipped']} already answered -> {answers}")
         elif args.command == "cluster":
             k = args.k or DEFAULT_K.get(args.dataset, 350)
+            # with_interests=False: the dataset's interest file is what cluster replaces, broken or not
+            dataset = cikgrec.load_dataset(Path(args.data_dir) / args.dataset, name=args.dataset,
+                                           with_interests=False)
             recs = read_answers(answers, dataset.n_users)
             if not recs:
                 raise DataError(answers, 0, "no answers: run `llm_interests.py infer` (or batch-import) first")

@@ -714,6 +714,48 @@ def test_missing_or_malformed_dataset_is_one_clear_message(tmp_path, capsys):
     assert rc == 2 and "no answers" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["infer", "batch-export"])
+def test_no_item_names_is_an_error_not_zero_prompts(tmp_path, capsys, command):
+    # was: exit code 0 with "0 users with a prompt"
+    folder = make_fixture(tmp_path / "d", n_users=3, extras=False)
+    (folder / "item_list.txt").unlink()
+    argv = infer_args(tmp_path, "http://127.0.0.1:9/v1") if command == "infer" else \
+        ["batch-export", "--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    assert L.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {folder / 'item_list.txt'}: not found: the prompts name each user's items by the " \
+                  "titles this file holds\n"
+    (folder / "item_list.txt").write_text("org_id remap_id item_name\n" + "".join(f"x{i} {i} None\n" for i in range(15)))
+    assert L.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {folder / 'item_list.txt'}: none of the 3 users") and "no prompt" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_infer_and_batch_export_read_only_train_and_item_list(tmp_path, capsys):
+    # a broken kg_final.txt, test.txt or published interest file must not block regenerating it
+    folder = make_fixture(tmp_path / "d", n_users=24, extras=False)
+    kept = {name: (folder / name).read_text() for name in ("kg_final.txt", "test.txt")}
+    for name in ("kg_final.txt", "test.txt", "user_interest_clustered.txt"):
+        (folder / name).write_text("0 x\n")
+    common = ["--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    assert L.main(["batch-export", *common]) == 0
+    assert len(lines_of(tmp_path / "o" / "d" / "batch_input.jsonl")) == 24
+    with FakeLLM() as srv:
+        assert L.main(["infer", *common, "--base-url", srv.url, "--model", "fake"]) == 0
+    assert len(lines_of(tmp_path / "o" / "d" / "llm_answers.jsonl")) == 24
+    assert "Traceback" not in capsys.readouterr().err
+    # cluster needs test.txt and the KG (interest ids follow the entity ids), not the interest
+    # file it replaces
+    (folder / "test.txt").write_text(kept["test.txt"])
+    assert L.main(["cluster", *common, "--k", "12"]) == 2
+    assert f"{folder / 'kg_final.txt'}, line 1: expected 3 fields" in capsys.readouterr().err
+    (folder / "kg_final.txt").write_text(kept["kg_final.txt"])
+    assert L.main(["cluster", *common, "--k", "12"]) == 0
+    assert "12 interest nodes kept" in capsys.readouterr().err
+    assert (folder / "user_interest_clustered.txt").read_text() == "0 x\n"
+
+
 def test_end_to_end_infer_cluster_then_cikgrec_loads_and_trains(tmp_path, capsys):
     folder = make_fixture(tmp_path / "fx")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
