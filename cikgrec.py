@@ -202,32 +202,45 @@ class DataError(Exception):
         super().__init__(f"{where}: {message}")
 
 
+MAX_ID = 2**31 - 2  # the sparse adjacency indexes nodes with int32
+
+
+def _open_text(path: Path):
+    """open() for reading, with DataError (not a traceback) on a folder, a missing or an
+    unreadable file."""
+    if path.is_dir():
+        raise DataError(path, 0, "is a folder, not a file")
+    try:
+        return open(path, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise DataError(path, 0, "file not found") from None
+    except OSError as e:
+        raise DataError(path, 0, f"cannot read it ({e.strerror})") from None
+
+
 def _int_rows(path: Path, width: int | None = None):
     """Yield (line number, list of ints) for each non-blank line of a whitespace-separated file.
 
     width: the exact number of fields required (None: at least one). Raises DataError naming the
-    file, line and offending value on a non-integer or negative field, a wrong field count, or a
-    file with no data lines.
+    file, line and offending value on a field that is not a plain id (ASCII digits, 0..MAX_ID), a
+    wrong field count, an unreadable file or one with no data lines.
     """
-    if path.is_dir():
-        raise DataError(path, 0, "is a folder, not a file")
-    if not path.is_file():
-        raise DataError(path, 0, "file not found")
     seen_data = False
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with _open_text(path) as f:
         for no, line in enumerate(f, 1):
             fields = line.split()
             if not fields:
                 continue
             if width is not None and len(fields) != width:
                 raise DataError(path, no, f"expected {width} fields, got {len(fields)}: {line.strip()[:80]!r}")
-            try:
-                values = [int(x) for x in fields]
-            except ValueError:
-                bad = next(x for x in fields if not x.lstrip("-").isdigit())
-                raise DataError(path, no, f"expected integer ids, got {bad!r}") from None
-            if min(values) < 0:
-                raise DataError(path, no, f"ids must be >= 0, got {min(values)}")
+            for x in fields:
+                if not (x.isascii() and x.isdigit()):  # int() would also take '+5', '1_0', '٣'
+                    negative = x[:1] == "-" and x[1:].isascii() and x[1:].isdigit()
+                    raise DataError(path, no, f"ids must be >= 0, got {x}" if negative
+                                    else f"expected integer ids, got {x!r}")
+            values = [int(x) for x in fields]
+            if max(values) > MAX_ID:
+                raise DataError(path, no, f"id {max(values)} is too large (at most {MAX_ID})")
             seen_data = True
             yield no, values
     if not seen_data:
@@ -270,9 +283,9 @@ def list_size(path) -> int | None:
     """Rows of an id list (user_list.txt, entity_list.txt, relation_list.txt): the non-blank lines
     after the header. None when the file does not exist."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return None
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with _open_text(path) as f:
         return max(0, sum(1 for line in f if line.strip()) - 1)
 
 
@@ -285,7 +298,7 @@ def read_item_names(path) -> list[str]:
     """
     path = Path(path)
     names: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with _open_text(path) as f:
         for no, line in enumerate(f, 1):
             if no == 1 or not line.strip():
                 continue
@@ -336,6 +349,13 @@ class Dataset:
     warnings: list = field(default_factory=list)
 
 
+def _check_dense(path: Path, what: str, ids: set) -> None:
+    """Ids are numbered 0, 1, 2, ...: one far above the number of distinct ids is a DataError."""
+    if ids and max(ids) + 1 > 2 * len(ids) + 1000:
+        raise DataError(path, 0, f"{what} id {max(ids)} but only {len(ids)} distinct {what} ids: ids must be "
+                                 f"numbered 0, 1, 2, ... without large gaps (or list them in {what}_list.txt)")
+
+
 def load_dataset(folder, interests_file=None, name: str = "", with_interests: bool = True) -> Dataset:
     """Read a dataset folder: train.txt, test.txt (required), item_list.txt, kg_final.txt,
     user_interest_clustered.txt (optional: each missing one is noted in `warnings`).
@@ -351,7 +371,7 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
     notes = []
     if not folder.is_dir():
         raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
-    names = read_item_names(folder / "item_list.txt") if (folder / "item_list.txt").is_file() else []
+    names = read_item_names(folder / "item_list.txt") if (folder / "item_list.txt").exists() else []
     n_items = len(names) or None
     listed_users, listed_entities, listed_relations = (
         list_size(folder / f) for f in ("user_list.txt", "entity_list.txt", "relation_list.txt"))
@@ -360,13 +380,20 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
     if n_items is None:
         n_items = 1 + max(max((max(v) for v in d.values() if v), default=-1) for d in (train, test))
     n_users = 1 + max(max(train), max(test))
+    for what, listed in (("user", listed_users), ("item", names)):
+        if listed:
+            continue
+        ids = {f: set(d) if what == "user" else {i for v in d.values() for i in v}
+               for f, d in (("train.txt", train), ("test.txt", test))}
+        worst = max(ids, key=lambda f: max(ids[f], default=-1))  # the file with the largest id
+        _check_dense(folder / worst, what, ids["train.txt"] | ids["test.txt"])
     overlap = sum(len(set(test[u]) & set(train.get(u, ()))) for u in test)
     if overlap:
         notes.append(f"{overlap} test items are also training items of the same user: they are "
                      "excluded from ranking and can never be hit")
 
     kg_path = folder / "kg_final.txt"
-    if kg_path.is_file():
+    if kg_path.exists():
         rows = []
         for no, (h, r, t) in _int_rows(kg_path, 3):
             if listed_entities is not None and max(h, t) >= listed_entities:
@@ -380,6 +407,8 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
     else:
         notes.append(f"{kg_path} not found: running without item-side knowledge (no KG edges)")
         kg = np.zeros((0, 3), dtype=np.int64)
+    if listed_entities is None and len(kg):
+        _check_dense(kg_path, "entity", set(kg[:, [0, 2]].ravel().tolist()) | set(range(n_items)))
     n_entities = max(n_items, int(kg[:, [0, 2]].max()) + 1 if len(kg) else 0)
     n_relations = int(kg[:, 1].max()) + 1 if len(kg) else 0
 
@@ -388,7 +417,7 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
     raw_ids = np.zeros(0, dtype=np.int64)
     if not with_interests:
         pass
-    elif int_path.is_file() or interests_file:
+    elif int_path.exists() or interests_file:
         rows = []
         for no, (u, j) in _int_rows(int_path, 2):
             if u >= n_users:

@@ -56,6 +56,7 @@ DEFAULT_MODEL = "gpt-3.5-turbo-0125"  # the authors' model; --model or $LLM_MODE
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_ANSWER_CHARS = 600  # an answer longer than this is not "at most five short interests"
 MIN_PHRASE_CHARS, MAX_PHRASE_CHARS = 2, 50  # cleaned phrases outside this range are dropped
+CLUSTER_FILES = ("user_interest_clustered.txt", "interest_clusters.tsv")  # what `cluster` writes
 EARLY_STOP_USERS = 8  # infer stops when its first min(8, to ask) finished users all failed
 
 SYSTEM_PROMPT = (
@@ -914,7 +915,7 @@ def write_outputs(result: dict, out_dir) -> tuple[Path, Path]:
     temporary name and renamed, so an interruption never leaves half a file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    edges_path, tsv_path = out_dir / "user_interest_clustered.txt", out_dir / "interest_clusters.tsv"
+    edges_path, tsv_path = (out_dir / name for name in CLUSTER_FILES)
     lines = [f"{u} {j}\n" for u, j in result["edges"]]
     tsv = ["cluster\tusers\tinterest_id\ttop_terms\texample_phrases\n"]
     tsv += [f"{c}\t{n}\t{status}\t{', '.join(top)}\t{' | '.join(ex)}\n" for c, n, status, top, ex in result["clusters"]]
@@ -1035,6 +1036,28 @@ def check_args(args) -> None:
                          f"got {args.k}, {args.max_share}, {args.max_df}")
 
 
+def check_outputs(paths, dataset_folder) -> None:
+    """Raise InputError (one line naming the path) unless every path can be written as a file,
+    before any data is read or any request sent; creates nothing. Refused: a folder, a path
+    under a file, a read-only file or folder, and a file in the dataset folder itself (never
+    written: --out-dir equal to --data-dir would overwrite its user_interest_clustered.txt)."""
+    for path in map(Path, paths):
+        parent = path.parent
+        while not parent.exists():  # the nearest existing folder above (or a file in the way)
+            parent = parent.parent
+        if path.is_dir():
+            problem = "it is a folder, not a file"
+        elif not parent.is_dir():
+            problem = f"{parent} is a file, not a folder"
+        elif not (os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)):
+            problem = "permission denied"
+        elif path.resolve().parent == Path(dataset_folder).resolve():
+            problem = "it is in the dataset folder, which is never written: give another --out-dir"
+        else:
+            continue
+        raise InputError(f"cannot write {path}: {problem}")
+
+
 def prompt_jobs(args) -> list:
     """The jobs of infer, batch-export and batch-import (--limit applied), from train.txt and
     item_list.txt alone. Raises DataError when no user has a prompt (nothing to ask)."""
@@ -1067,6 +1090,11 @@ def main(argv=None) -> int:
             return 0
         out = Path(args.out_dir) / args.dataset
         answers, failures = out / "llm_answers.jsonl", out / "llm_failures.jsonl"
+        batch_input = Path(args.out) if getattr(args, "out", "") else out / "batch_input.jsonl"
+        check_outputs({"infer": [answers, failures], "batch-import": [answers, failures],
+                       "batch-export": [batch_input],  # and cluster's files with their temporary names:
+                       "cluster": [out / (n + t) for n in CLUSTER_FILES for t in ("", ".tmp")]}[args.command],
+                      Path(args.data_dir) / args.dataset)
         if args.command != "cluster":
             jobs = prompt_jobs(args)
         if args.command == "infer":
@@ -1079,8 +1107,8 @@ def main(argv=None) -> int:
                 say("infer: rerun the same command to ask the failed users again (answered users are kept)")
                 return 1
         elif args.command == "batch-export":
-            path = Path(args.out) if args.out else out / "batch_input.jsonl"
-            say(f"batch-export: {batch_export(jobs, path, args.model, args.max_tokens)} requests -> {path}")
+            say(f"batch-export: {batch_export(jobs, batch_input, args.model, args.max_tokens)} requests -> "
+                f"{batch_input}")
         elif args.command == "batch-import":
             c = batch_import(args.file, jobs, answers, failures)
             say(f"batch-import summary: {c['imported']} imported, {c['failed']} errors (in {failures.name}), "
@@ -1107,6 +1135,8 @@ def main(argv=None) -> int:
         say(f"error: stopped: {e} Answers written so far are kept.")
     except InputError as e:
         say(f"error: {e}")
+    except OSError as e:  # what check_outputs cannot foresee (a full disk, a race): still one line
+        say(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}")
     except KeyboardInterrupt:
         say("interrupted: answers written so far are kept; rerun the same command to resume")
         return 130

@@ -569,8 +569,17 @@ def write_lists(folder, users, entities, relations):
     ("entity", "kg_final.txt, line 2: entity id 9 out of range: entity_list.txt has 5 entities"),
     ("relation", "kg_final.txt, line 1: relation id 3 out of range: relation_list.txt has 2 relations"),
     ("folder", "test.txt: is a folder, not a file"),
+    # found by a fresh user (each was a traceback or a misleading note):
+    ("superscript", "train.txt, line 2: expected integer ids, got '²'"),
+    ("double_minus", "train.txt, line 2: expected integer ids, got '--5'"),
+    ("huge", "user_interest_clustered.txt, line 1: id 99999999999999999999 is too large"),
+    ("kg_folder", "kg_final.txt: is a folder, not a file"),
+    ("unreadable", "train.txt: cannot read it (Permission denied)"),
+    ("sparse_items", "test.txt: item id 50000000 but only 4 distinct item ids: ids must be numbered"),
+    ("sparse_users", "train.txt: user id 9999999 but only 3 distinct user ids"),
+    ("sparse_entities", "kg_final.txt: entity id 7000000 but only"),
 ])
-def test_ids_checked_against_list_files(tmp_path, case, expect):
+def test_ids_checked_against_list_files(tmp_path, monkeypatch, case, expect):
     folder = write_dataset(tmp_path / "fx", ["0 0 1", "1 1 2"], ["0 2", "1 0"], kg=["0 0 4", "1 1 3"],
                            n_items=3)
     write_lists(folder, 2, 5, 2)
@@ -583,6 +592,26 @@ def test_ids_checked_against_list_files(tmp_path, case, expect):
     elif case == "folder":
         (folder / "test.txt").unlink()
         (folder / "test.txt").mkdir()
+    elif case in ("superscript", "double_minus"):
+        (folder / "train.txt").write_text(f"0 0 1\n1 {'²' if case == 'superscript' else '--5'} 2\n")
+    elif case == "huge":
+        (folder / "user_interest_clustered.txt").write_text("0 99999999999999999999\n")
+    elif case == "kg_folder":
+        (folder / "kg_final.txt").unlink()
+        (folder / "kg_final.txt").mkdir()
+    elif case == "unreadable":  # the tests run as root, who reads anything: make open() refuse
+        real_open = open
+        monkeypatch.setattr("builtins.open", lambda f, *a, **k: (_ for _ in ()).throw(
+            PermissionError(13, "Permission denied")) if str(f).endswith("train.txt") else real_open(f, *a, **k))
+    elif case.startswith("sparse"):
+        for name in ("user_list.txt", "entity_list.txt", "item_list.txt"):
+            (folder / name).unlink(missing_ok=True)
+        if case == "sparse_items":
+            (folder / "test.txt").write_text("0 2\n1 50000000\n")
+        elif case == "sparse_users":
+            (folder / "train.txt").write_text("0 0 1\n1 1 2\n9999999 0\n")
+        else:
+            (folder / "kg_final.txt").write_text("0 0 4\n1 1 7000000\n")
     with pytest.raises(C.DataError) as e:
         C.load_dataset(folder)
     assert expect in str(e.value)
