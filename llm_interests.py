@@ -1052,7 +1052,7 @@ def check_outputs(paths, dataset_folder) -> None:
         elif not (os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)):
             problem = "permission denied"
         elif path.resolve().parent == Path(dataset_folder).resolve():
-            problem = "it is in the dataset folder, which is never written: give another --out-dir"
+            problem = "it is in the dataset folder, which is never written (see --out-dir)"
         else:
             continue
         raise InputError(f"cannot write {path}: {problem}")
@@ -1088,13 +1088,13 @@ def main(argv=None) -> int:
         if args.command == "bench":
             bench(args.phrases, args.users, args.k, args.seed)
             return 0
-        out = Path(args.out_dir) / args.dataset
+        folder, out = Path(args.data_dir) / args.dataset, Path(args.out_dir) / args.dataset
         answers, failures = out / "llm_answers.jsonl", out / "llm_failures.jsonl"
         batch_input = Path(args.out) if getattr(args, "out", "") else out / "batch_input.jsonl"
         check_outputs({"infer": [answers, failures], "batch-import": [answers, failures],
                        "batch-export": [batch_input],  # and cluster's files with their temporary names:
                        "cluster": [out / (n + t) for n in CLUSTER_FILES for t in ("", ".tmp")]}[args.command],
-                      Path(args.data_dir) / args.dataset)
+                      folder)
         if args.command != "cluster":
             jobs = prompt_jobs(args)
         if args.command == "infer":
@@ -1116,8 +1116,7 @@ def main(argv=None) -> int:
         elif args.command == "cluster":
             k = args.k or DEFAULT_K.get(args.dataset, 350)
             # with_interests=False: the dataset's interest file is what cluster replaces, broken or not
-            dataset = cikgrec.load_dataset(Path(args.data_dir) / args.dataset, name=args.dataset,
-                                           with_interests=False)
+            dataset = cikgrec.load_dataset(folder, name=args.dataset, with_interests=False)
             recs = read_answers(answers, dataset.n_users)
             if not recs:
                 raise DataError(answers, 0, "no answers: run `llm_interests.py infer` (or batch-import) first")

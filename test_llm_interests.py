@@ -756,6 +756,85 @@ def test_infer_and_batch_export_read_only_train_and_item_list(tmp_path, capsys):
     assert (folder / "user_interest_clustered.txt").read_text() == "0 x\n"
 
 
+def tree(root: Path) -> dict:
+    """Every path under root: file contents (None for a folder), to check that nothing was written."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", ["infer out-dir is a file", "infer failures file is a folder",
+                                  "batch-export out is a folder", "batch-export out under a file",
+                                  "batch-import out-dir is a file", "cluster tsv is a folder",
+                                  "cluster temporary file is a folder", "infer out-dir is the data dir"])
+def test_an_output_path_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys, case):
+    # was: NotADirectoryError, IsADirectoryError, FileExistsError tracebacks (after the requests, for infer)
+    make_fixture(tmp_path / "d", n_users=3, extras=False)
+    file, o = tmp_path / "file", tmp_path / "o" / "d"
+    file.write_text("keep me\n")
+    (o / "sub").mkdir(parents=True)
+    (o / "llm_answers.jsonl").write_text('{"user": 0, "answer": "poetry"}\n')
+    (tmp_path / "out.jsonl").write_text('{"custom_id": "0"}\n')
+    made_folder = {"infer failures file is a folder": o / "llm_failures.jsonl",
+                   "cluster tsv is a folder": o / "interest_clusters.tsv",
+                   "cluster temporary file is a folder": o / "user_interest_clustered.txt.tmp"}.get(case)
+    if made_folder:
+        made_folder.mkdir()
+    common = ["--dataset", "d", "--data-dir", str(tmp_path), "--out-dir"]
+    folder_problem = "it is a folder, not a file"
+    argv, path, problem = {
+        "infer out-dir is a file": (["infer", *common, str(file)], file / "d" / "llm_answers.jsonl",
+                                    f"{file} is a file, not a folder"),
+        "infer failures file is a folder": (["infer", *common, str(tmp_path / "o")], made_folder, folder_problem),
+        "batch-export out is a folder": (["batch-export", *common, str(o), "--out", str(o / "sub")], o / "sub",
+                                         folder_problem),
+        "batch-export out under a file": (["batch-export", *common, str(o), "--out", str(file / "x.jsonl")],
+                                          file / "x.jsonl", f"{file} is a file, not a folder"),
+        "batch-import out-dir is a file": (["batch-import", str(tmp_path / "out.jsonl"), *common, str(file)],
+                                           file / "d" / "llm_answers.jsonl", f"{file} is a file, not a folder"),
+        "cluster tsv is a folder": (["cluster", *common, str(tmp_path / "o")], made_folder, folder_problem),
+        "cluster temporary file is a folder": (["cluster", *common, str(tmp_path / "o")], made_folder,
+                                               folder_problem),
+        "infer out-dir is the data dir": (["infer", *common, str(tmp_path)], tmp_path / "d" / "llm_answers.jsonl",
+                                          "it is in the dataset folder, which is never written (see --out-dir)"),
+    }[case]
+    before = tree(tmp_path)
+    with FakeLLM() as srv:
+        rc = L.main(argv + (["--base-url", srv.url, "--model", "fake"] if argv[0] == "infer" else []))
+    assert rc == 2 and capsys.readouterr().err == f"error: cannot write {path}: {problem}\n"
+    assert tree(tmp_path) == before and not srv.calls  # nothing written, no request sent
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_a_read_only_output_folder_is_one_line_before_any_work(tmp_path, capsys):
+    make_fixture(tmp_path / "d", n_users=3, extras=False)
+    (tmp_path / "ro").mkdir(mode=0o500)
+    try:
+        rc = L.main(["batch-export", "--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "ro")])
+        assert rc == 2 and capsys.readouterr().err == \
+            f"error: cannot write {tmp_path / 'ro' / 'd' / 'batch_input.jsonl'}: permission denied\n"
+        assert not list((tmp_path / "ro").iterdir())
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+
+
+@pytest.mark.parametrize("how", ["same folder", "through a link"])
+def test_cluster_never_overwrites_the_datasets_own_interest_file(tmp_path, capsys, how):
+    # was: `cluster --data-dir X --out-dir X` replaced X/<dataset>/user_interest_clustered.txt
+    folder = make_fixture(tmp_path / "d", n_users=24, extras=False)
+    (folder / "user_interest_clustered.txt").write_text("0 200\n1 200\n")
+    (folder / "llm_answers.jsonl").write_text("".join(json.dumps({"user": u, "answer": fixture_answer(
+        f"[Title {PER_USER * u}]")}) + "\n" for u in range(24)))
+    out_dir = tmp_path
+    if how == "through a link":
+        out_dir = tmp_path / "link"
+        out_dir.symlink_to(tmp_path)
+    before = tree(folder)
+    rc = L.main(["cluster", "--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(out_dir), "--k", "12"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: cannot write {out_dir / 'd' / 'user_interest_clustered.txt'}: it is in the " \
+                              "dataset folder, which is never written (see --out-dir)\n"
+    assert tree(folder) == before
+
+
 def test_end_to_end_infer_cluster_then_cikgrec_loads_and_trains(tmp_path, capsys):
     folder = make_fixture(tmp_path / "fx")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
