@@ -1677,17 +1677,28 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu")
     """The Trainer of a finished run with its selected model: settings from the results JSON
     (fields this version does not know are ignored), the best model state from <results>.pt
     (saved by fit beside the JSON). data_dir overrides the saved data folder."""
-    for path in (Path(results_path), Path(results_path).with_suffix(".pt")):
+    results_path = Path(results_path)
+    if results_path.suffix == ".pt":
+        raise DataError(results_path, 0, "give the run's results JSON; its model .pt is found beside it")
+    for path in (results_path, results_path.with_suffix(".pt")):
         if not path.is_file():
             raise DataError(path, 0, "not found (a finished run writes <out>.json and <out>.pt)")
-    results = json.loads(Path(results_path).read_text())
-    known = {f.name for f in dataclasses.fields(Settings)}
-    s = Settings(**{k: v for k, v in results["settings"].items() if k in known})
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        saved = results["settings"]
+        known = {f.name for f in dataclasses.fields(Settings)}
+        s = Settings(**{k: v for k, v in saved.items() if k in known})
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(results_path, 0, f"not the results JSON of a run ({type(e).__name__}: {e})") from None
     s = dataclasses.replace(s, resume=False, device=device, **({"data_dir": data_dir} if data_dir else {}))
     ds, train_part, valid = prepare(s)
     trainer = Trainer(s, ds, train_part, valid, pick_device(device))
-    state = torch.load(Path(results_path).with_suffix(".pt"), map_location=trainer.device, weights_only=True)
-    trainer.model.load_state_dict(state)
+    try:
+        state = torch.load(results_path.with_suffix(".pt"), map_location=trainer.device, weights_only=True)
+        trainer.model.load_state_dict(state)
+    except Exception as e:  # truncated, foreign, or made for another graph (e.g. other interests)
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise DataError(results_path.with_suffix(".pt"), 0, f"cannot load the model for this data ({first})") from None
     return trainer, results
 
 
@@ -1870,7 +1881,7 @@ def read_cluster_terms(path) -> dict:
     """interest_clusters.tsv (llm_interests.py cluster) -> {interest id: "top terms"} of the kept
     clusters (rows whose interest_id column is a number)."""
     terms = {}
-    with open(path, encoding="utf-8") as f:
+    with _open_text(Path(path)) as f:
         next(f, None)  # header: cluster users interest_id top_terms example_phrases
         for line in f:
             cols = line.rstrip("\n").split("\t")
@@ -1955,7 +1966,9 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
     """`explain`: load the run's model and print the case study for one user. The answers and
     clusters files default to those beside the run's interest file (interests/<dataset>/), since
     cluster terms only fit the interest file they were made with; the answers default falls back
-    to interests/<dataset>/llm_answers.jsonl."""
+    to interests/<dataset>/llm_answers.jsonl. Raises DataError, SettingsError."""
+    if top < 1:
+        raise SettingsError(f"--top must be at least 1, got {top}")
     trainer, results = load_trained(run, data_dir)
     s = trainer.s
     folder = Path(s.interests).parent if s.interests else None
@@ -1966,13 +1979,15 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
         clusters_path = str(folder / "interest_clusters.tsv")
     answers = {}
     if answers_path:
-        for line in Path(answers_path).read_text(encoding="utf-8", errors="replace").splitlines():
+        with _open_text(Path(answers_path)) as f:
+            lines = f.read().splitlines()
+        for line in lines:
             try:
                 rec = json.loads(line)
                 answers.setdefault(int(rec["user"]), rec.get("answer"))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn or foreign line: this is only a display
-    terms = read_cluster_terms(clusters_path) if clusters_path else {}
+    terms = read_cluster_terms(Path(clusters_path)) if clusters_path else {}
     if terms and set(terms) != set(int(j) for j in trainer.ds.interest_ids):
         log(f"warning: {clusters_path} does not describe the run's interest nodes; terms may not match")
     ex = explain(trainer, user, top, answers, terms)

@@ -299,6 +299,38 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
         C.explain(trainer, 99)
     assert r["test"]  # the run is a real tiny training, not a mock
     assert C.main(["explain", "--run", str(tmp_path / "none.json"), "--user", "0"]) == 2
+    # found by a fresh user: each of these was a traceback
+    run = C.Path(s.out)
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    (tmp_path / "bad.pt").write_bytes(run.with_suffix(".pt").read_bytes())
+    no_settings = tmp_path / "nos.json"
+    no_settings.write_text("{}")
+    (tmp_path / "nos.pt").write_bytes(b"")
+    truncated = tmp_path / "cut.json"
+    truncated.write_text(run.read_text())
+    (tmp_path / "cut.pt").write_bytes(run.with_suffix(".pt").read_bytes()[:100])
+    other = tmp_path / "other"  # the same data without its interest file: the model does not fit
+    other.mkdir()
+    import shutil
+    shutil.copytree(folder, other / "fx")
+    cases = [(["--run", str(run.with_suffix(".pt"))], "give the run's results JSON"),
+             (["--run", str(bad_json)], "not the results JSON of a run (JSONDecodeError"),
+             (["--run", str(no_settings)], "not the results JSON of a run (KeyError"),
+             (["--run", str(truncated)], "cut.pt: cannot load the model for this data"),
+             (["--run", str(run), "--answers", str(tmp_path / "missing.jsonl")], "missing.jsonl: file not found"),
+             (["--run", str(run), "--answers", str(tmp_path)], "is a folder, not a file"),
+             (["--run", str(run), "--clusters", str(tmp_path / "missing.tsv")], "missing.tsv: file not found"),
+             (["--run", str(run), "--top", "-3"], "--top must be at least 1, got -3")]
+    s_no = C.dataclasses.replace(s, interests="", out=str(tmp_path / "noint.json"))
+    C.fit(s_no)
+    (other / "fx" / "user_interest_clustered.txt").unlink()
+    cases.append((["--run", s_no.out, "--data-dir", str(other)], "noint.pt: cannot load the model for this data (copying a param"))
+    for args, expect in cases:
+        capsys.readouterr()
+        assert C.main(["explain", "--user", "0"] + args) == 2, args
+        err = capsys.readouterr().err
+        assert expect in err and err.count("\n") <= 2, (args, err)
 
 
 def test_tables_end_to_end_on_the_fixture(tmp_path, capsys):
