@@ -106,11 +106,13 @@ def load_prompt_data(folder) -> PromptData:
     if not folder.is_dir():
         raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
     names_path = folder / "item_list.txt"
-    if not names_path.is_file():
-        raise DataError(names_path, 0, ("is a folder, not a file" if names_path.is_dir() else "not found") +
-                        ": the prompts name each user's items by the titles this file holds")
+    if not names_path.exists():
+        raise DataError(names_path, 0, "not found: the prompts name each user's items by the titles this file holds")
     names = cikgrec.read_item_names(names_path)
-    train = cikgrec.read_user_items(folder / "train.txt", len(names), cikgrec.list_size(folder / "user_list.txt"))
+    listed_users = cikgrec.list_size(folder / "user_list.txt")
+    train = cikgrec.read_user_items(folder / "train.txt", len(names), listed_users)
+    if listed_users is None:  # a stray huge user id would make a huge list below
+        cikgrec._check_dense(folder / "train.txt", "user", set(train))
     return PromptData([np.array(train.get(u, []), dtype=np.int64) for u in range(1 + max(train))], names)
 
 

@@ -732,6 +732,23 @@ def test_no_item_names_is_an_error_not_zero_prompts(tmp_path, capsys, command):
     assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
+def test_prompt_data_is_checked_as_load_dataset_checks_it(tmp_path):
+    folder = make_fixture(tmp_path / "d", n_users=3, extras=False)
+    (folder / "train.txt").write_text("0 0 1\n2000000000 2\n")  # a stray huge user id: no huge list
+    with pytest.raises(L.DataError, match=r"train.txt: user id 2000000000 but only 2 distinct user ids"):
+        L.load_prompt_data(folder)
+    (folder / "user_list.txt").write_text("org_id remap_id\nu0 0\nu1 1\n")
+    with pytest.raises(L.DataError, match=r"train.txt, line 2: user id 2000000000 out of range"):
+        L.load_prompt_data(folder)
+    (folder / "train.txt").write_text("0 0 1\n1 99\n")
+    with pytest.raises(L.DataError, match=r"train.txt, line 2: item id 99 out of range"):
+        L.load_prompt_data(folder)
+    (folder / "item_list.txt").unlink()
+    (folder / "item_list.txt").mkdir()
+    with pytest.raises(L.DataError, match=r"item_list.txt: is a folder, not a file"):
+        L.load_prompt_data(folder)
+
+
 def test_infer_and_batch_export_read_only_train_and_item_list(tmp_path, capsys):
     # a broken kg_final.txt, test.txt or published interest file must not block regenerating it
     folder = make_fixture(tmp_path / "d", n_users=24, extras=False)
