@@ -369,9 +369,12 @@ def read_answers(path, n_users: int | None = None) -> dict:
 
     A torn last line (the process was killed while writing it) is ignored with a note; any other
     unreadable line, a record without an integer "user", or a user id >= n_users raises DataError
-    naming the file and line. A user found twice keeps its first record. A missing file is {}.
+    naming the file and line, and so does a folder in its place. A user found twice keeps its
+    first record. A missing file is {}.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, 0, "is a folder, not a file")
     if not path.is_file():
         return {}
     records = {}
@@ -555,11 +558,11 @@ def batch_import(batch_output, jobs: list, answers_path, failures_path) -> dict:
     A line that cannot be read, an unknown custom_id, a non-200 response or an unusable body is
     counted and written to failures_path (with the output file's line number), never fatal.
     Users already in the answers file are skipped. Returns {"imported", "failed", "skipped"}.
-    Raises DataError if batch_output does not exist.
+    Raises DataError if batch_output does not exist or is a folder.
     """
     batch_output, answers_path = Path(batch_output), Path(answers_path)
     if not batch_output.is_file():
-        raise DataError(batch_output, 0, "file not found")
+        raise DataError(batch_output, 0, "is a folder, not a file" if batch_output.is_dir() else "file not found")
     by_user = {j.user: j for j in jobs}
     answers_path.parent.mkdir(parents=True, exist_ok=True)
     repair_tail(answers_path)

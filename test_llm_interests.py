@@ -833,6 +833,19 @@ def test_a_read_only_output_folder_is_one_line_before_any_work(tmp_path, capsys)
         (tmp_path / "ro").chmod(0o700)
 
 
+def test_an_input_folder_where_a_file_goes_is_named_as_a_folder(tmp_path, capsys):
+    # was: batch-import of a folder said "file not found"; cluster with a folder for answers said "no answers"
+    make_fixture(tmp_path / "d", n_users=3, extras=False)
+    (tmp_path / "o" / "d" / "llm_answers.jsonl").mkdir(parents=True)
+    before = tree(tmp_path)
+    common = ["--dataset", "d", "--data-dir", str(tmp_path), "--out-dir"]
+    assert L.main(["batch-import", str(tmp_path / "d"), *common, str(tmp_path / "new")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'd'}: is a folder, not a file\n"
+    assert L.main(["cluster", *common, str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'o' / 'd' / 'llm_answers.jsonl'}: is a folder, not a file\n"
+    assert tree(tmp_path) == before
+
+
 @pytest.mark.parametrize("how", ["same folder", "through a link"])
 def test_cluster_never_overwrites_the_datasets_own_interest_file(tmp_path, capsys, how):
     # was: `cluster --data-dir X --out-dir X` replaced X/<dataset>/user_interest_clustered.txt
