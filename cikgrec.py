@@ -164,6 +164,9 @@ def check_settings(s: Settings) -> Settings:
                  "lambda1", "lambda2", "lambda3", "eps"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{opt(name)} must be >= 0, got {getattr(s, name)}")
+    for name in ("seed", "split_seed"):
+        if getattr(s, name) >= 2**32:  # what numpy's and torch's generators all accept
+            raise SettingsError(f"{opt(name)} must be < 2**32, got {getattr(s, name)}")
     for name in ("lr", "transe_lr"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{opt(name)} must be > 0, got {getattr(s, name)}")
@@ -1076,8 +1079,8 @@ class Trainer:
             u, i, j = (torch.from_numpy(a[sl]).to(self.device) for a in (users, items, negs))
             loss, parts = self.step_loss(u, i, j, rate)
             if not math.isfinite(loss.item()):
-                raise TrainingError(f"non-finite loss at epoch {epoch}, batch {b + 1}/{n_batches}: "
-                                    + ", ".join(f"{k} {v:.4g}" for k, v in parts.items()))
+                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b + 1}/{n_batches}; "
+                                    "its parts before the lambdas: " + ", ".join(f"{k} {v:.4g}" for k, v in parts.items()))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -1296,7 +1299,12 @@ def fit(s: Settings) -> dict:
     while epoch + 1 < s.epochs and not stopper.stop:
         epoch += 1
         t0 = time.perf_counter()
-        losses = trainer.train_epoch(epoch)
+        try:
+            losses = trainer.train_epoch(epoch)
+        except TrainingError as e:
+            kept = (f"the checkpoint of epoch {epoch - 1} is kept ({ckpt_path}); --resume continues from it"
+                    if ckpt_path.is_file() else "no epoch finished, so there is no checkpoint")
+            raise TrainingError(f"{e}; {kept}") from None
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         metrics = trainer.evaluate(sel)
@@ -1348,10 +1356,15 @@ def bench(s: Settings, epochs: int = 3, evals: int = 5) -> dict:
     propagation: every sparse product, forward and backward, of every pass; contrastive: the
     dense InfoNCE products (forward and backward); reconstruction: the GMAE forward outside its
     propagation; transe: the TransE step; rest: everything else (BPR, optimiser, sampling,
-    adjacency builds, autograd bookkeeping). Does not train to the end; writes nothing.
+    adjacency builds, autograd bookkeeping). Does not train to the end. Prints the figures and
+    writes them to runs/<dataset>-bench.json. Raises SettingsError, DataError.
     """
     import resource
     check_settings(s)
+    if epochs < 1:
+        raise SettingsError(f"--bench-epochs must be at least 1, got {epochs}")
+    out = Path("runs") / f"{s.dataset}-bench.json"
+    check_writable(out)
     device = pick_device(s.device)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -1388,6 +1401,8 @@ def bench(s: Settings, epochs: int = 3, evals: int = 5) -> dict:
           + f"\n{s.dataset}: {result['eval_seconds']:.3f} s per full evaluation (median of {evals})"
           + f"\n{s.dataset}: peak resident memory {result['peak_rss_mb']:.0f} MB"
           + f" ({result['threads']} threads, {device})")
+    out.write_text(json.dumps({**result, "epochs_seconds": rows, "settings": dataclasses.asdict(s)}, indent=1))
+    log(f"wrote {out}")
     return result
 
 
@@ -1850,12 +1865,18 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
     separated, when given), then write its .md/.csv and groups.md from every results file there
     is. Returns the number of failed runs. Raises SettingsError on an unknown configuration."""
     dataset = base.get("dataset") or Settings.dataset
+    planned = plan_runs(table, base, n_seeds, runs_dir)
+    for r in planned:
+        check_settings(r.settings)
+    folder = Path(planned[0].settings.data_dir) / dataset
+    if not folder.is_dir():
+        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
     wanted = [c.strip() for c in only.split(",") if c.strip()]
     unknown = [c for c in wanted if c not in TABLES[table]]
     if unknown:
         raise SettingsError(f"--only {','.join(unknown)}: {table} has the configurations "
                             f"{', '.join(TABLES[table])}")
-    todo = [r for r in plan_runs(table, base, n_seeds, runs_dir) if not wanted or r.config in wanted]
+    todo = [r for r in planned if not wanted or r.config in wanted]
     failed = run_sweep(todo, dry_run)
     files = {}  # (table, config) -> results files found, for every table of the dataset
     for t in TABLES:
@@ -1998,9 +2019,12 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
-def add_settings_arguments(p: argparse.ArgumentParser) -> None:
-    """One option per Settings field (default None: the dataset's defaults then apply)."""
+def add_settings_arguments(p: argparse.ArgumentParser, skip=()) -> None:
+    """One option per Settings field but those in `skip` (default None: the dataset's defaults
+    then apply)."""
     for f in dataclasses.fields(Settings):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
@@ -2028,16 +2052,16 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: train, bench, download, tables, explain, plots."""
-    p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train, select on validation, evaluate on test"),
                        ("bench", "time a few training epochs and evaluations")):
-        sp = sub.add_parser(name, help=text)
-        add_settings_arguments(sp)
+        sp = sub.add_parser(name, allow_abbrev=False, help=text)
+        add_settings_arguments(sp, skip=("out", "resume", "epochs", "patience") if name == "bench" else ())
         if name == "bench":
             sp.add_argument("--bench-epochs", type=int, default=3)
-    tp = sub.add_parser("tables", help="run a paper table's configurations over seeds, write results/<dataset>/")
-    add_settings_arguments(tp)  # e.g. --dataset, --data-dir, --interests, --device; not --seed/--out
+    tp = sub.add_parser("tables", allow_abbrev=False, help="run a paper table's configurations over seeds, write results/<dataset>/")
+    add_settings_arguments(tp, skip=("seed", "out", "resume"))  # the sweep sets these itself
     tp.add_argument("--table", required=True, choices=list(TABLES))
     tp.add_argument("--seeds", type=int, default=1, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
     tp.add_argument("--only", default="", help="run only these configurations (comma separated; "
@@ -2046,18 +2070,18 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--results-dir", default="results")
     tp.add_argument("--dry-run", "--aggregate-only", dest="dry_run", action="store_true",
                     help="train nothing: list the runs still to do, aggregate the existing results")
-    ep = sub.add_parser("explain", help="case study (Fig. 4): a user's interests, recommendations, paths")
+    ep = sub.add_parser("explain", allow_abbrev=False, help="case study (Fig. 4): a user's interests, recommendations, paths")
     ep.add_argument("--run", required=True, help="results JSON of a finished run (its .pt beside it)")
     ep.add_argument("--user", type=int, required=True)
     ep.add_argument("--answers", default=None, help="llm_answers.jsonl (default: beside the run's interests)")
     ep.add_argument("--clusters", default=None, help="interest_clusters.tsv (default: beside the run's interests)")
     ep.add_argument("--data-dir", default=None, help="default: the run's")
     ep.add_argument("--top", type=int, default=10)
-    pp = sub.add_parser("plots", help="Fig. 3 bars and the Eq. 3 mask-rate curves as PNG (needs matplotlib)")
+    pp = sub.add_parser("plots", allow_abbrev=False, help="Fig. 3 bars and the Eq. 3 mask-rate curves as PNG (needs matplotlib)")
     pp.add_argument("--dataset", nargs="+", default=list(DATASETS))
     pp.add_argument("--results-dir", default="results")
-    dp = sub.add_parser("download", help="fetch datasets from the authors' repository (verified)")
-    dp.add_argument("--dataset", nargs="+", default=list(DATASETS))
+    dp = sub.add_parser("download", allow_abbrev=False, help="fetch datasets from the authors' repository (verified)")
+    dp.add_argument("--dataset", nargs="+", default=list(DATASETS), choices=DATASETS)
     dp.add_argument("--data-dir", default="data")
     return p
 
@@ -2070,9 +2094,9 @@ def main(argv=None) -> int:
             return 0
         if args.command == "tables":
             base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
-                    if getattr(args, f.name) is not None}
-            if "seed" in base or "out" in base or args.seeds < 1:
-                raise SettingsError("tables sets --seed and --out itself; give --seeds N >= 1 instead")
+                    if getattr(args, f.name, None) is not None}
+            if args.seeds < 1:
+                raise SettingsError(f"--seeds must be at least 1, got {args.seeds}")
             return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run,
                                args.only) else 0
         if args.command == "plots":
@@ -2094,7 +2118,7 @@ def main(argv=None) -> int:
         log(f"error: {e}")
         return 2
     except TrainingError as e:
-        log(f"error: {e}. The last good checkpoint is kept; --resume continues from it.")
+        log(f"error: {e}")
         return 1
     except KeyboardInterrupt:
         log("interrupted: every finished epoch is in the checkpoint; the same command with --resume "

@@ -434,11 +434,22 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch, capsy
         return real(pos, neg) * (float("nan") if calls["n"] > 6 else 1.0)  # epoch 0 has 6 batches
 
     monkeypatch.setattr(C, "bpr_loss", exploding)
-    with pytest.raises(C.TrainingError, match="non-finite loss at epoch 1"):
+    with pytest.raises(C.TrainingError, match=r"non-finite loss \(nan\) at epoch 1.*checkpoint of epoch 0 is kept"):
         C.fit(s)
     ck = torch.load(tmp_path / "runs" / "fx.ckpt.pt", weights_only=False)
     assert ck["epoch"] == 0
     assert not (tmp_path / "runs" / "fx.json").exists()
+
+
+def test_non_finite_loss_in_the_first_epoch_says_there_is_no_checkpoint(tmp_path, capsys):
+    """Found by a fresh user: --lambda1 1e308 overflowed the weighted loss while every printed
+    part was finite, and the message promised a checkpoint that did not exist."""
+    small_dataset(tmp_path)
+    s = tiny_settings(tmp_path, lambda1=1e308, lambda3=1e308)
+    with pytest.raises(C.TrainingError, match=r"non-finite loss \(inf\) at epoch 0, batch 1/6; its parts "
+                                              r"before the lambdas: bpr .*no epoch finished, so there is no checkpoint"):
+        C.fit(s)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch,
     assert C.done_results(more[2]) is None  # other settings: not the same run
 
 
-def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch):
+def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch, capsys):
     small_dataset(tmp_path)
     monkeypatch.setattr(C, "fit", lambda s: pytest.fail("--aggregate-only must not train"))
     monkeypatch.setattr(C, "results_groups", lambda p, d=None: {"bounds": [(1, 3, 4, 8), (4, 9, 2, 8)],
@@ -136,7 +136,17 @@ def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch):
     assert "| CIKGRec | 2 | 0.3000 ± 0.1414 |" in text
     groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
     assert "1-3 items (4 users, 8 interactions)" in groups and "| CIKGRec (table1) | 2 | 0.1000 ± 0.0000 |" in groups
-    assert C.main(["tables", "--table", "table1", "--dataset", "fx", "--seed", "1"]) == 2
+    with pytest.raises(SystemExit):  # the sweep sets --seed and --out itself: not options of tables
+        C.main(["tables", "--table", "table1", "--dataset", "fx", "--seed", "1"])
+    capsys.readouterr()
+    # found by a fresh user: a --dry-run took any setting and any dataset name, and made results/nosuch/
+    base = ["tables", "--table", "table1", "--data-dir", str(tmp_path), "--results-dir", str(tmp_path / "res2"),
+            "--dry-run"]
+    assert C.main(base + ["--dataset", "fx", "--lr", "nan"]) == 2
+    assert "--lr must be a finite number" in capsys.readouterr().err
+    assert C.main(base + ["--dataset", "nosuch"]) == 2
+    assert "nosuch: dataset folder not found" in capsys.readouterr().err
+    assert C.main(base + ["--dataset", "fx", "--seeds", "0"]) == 2 and not (tmp_path / "res2").exists()
 
 
 def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys):
