@@ -352,7 +352,7 @@ class Dataset:
     warnings: list = field(default_factory=list)
 
 
-def _check_dense(path: Path, what: str, ids: set) -> None:
+def check_dense(path: Path, what: str, ids: set) -> None:
     """Ids are numbered 0, 1, 2, ...: one far above the number of distinct ids is a DataError."""
     if ids and max(ids) + 1 > 2 * len(ids) + 1000:
         raise DataError(path, 0, f"{what} id {max(ids)} but only {len(ids)} distinct {what} ids: ids must be "
@@ -389,7 +389,7 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
         ids = {f: set(d) if what == "user" else {i for v in d.values() for i in v}
                for f, d in (("train.txt", train), ("test.txt", test))}
         worst = max(ids, key=lambda f: max(ids[f], default=-1))  # the file with the largest id
-        _check_dense(folder / worst, what, ids["train.txt"] | ids["test.txt"])
+        check_dense(folder / worst, what, ids["train.txt"] | ids["test.txt"])
     overlap = sum(len(set(test[u]) & set(train.get(u, ()))) for u in test)
     if overlap:
         notes.append(f"{overlap} test items are also training items of the same user: they are "
@@ -411,7 +411,7 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
         notes.append(f"{kg_path} not found: running without item-side knowledge (no KG edges)")
         kg = np.zeros((0, 3), dtype=np.int64)
     if listed_entities is None and len(kg):
-        _check_dense(kg_path, "entity", set(kg[:, [0, 2]].ravel().tolist()) | set(range(n_items)))
+        check_dense(kg_path, "entity", set(kg[:, [0, 2]].ravel().tolist()) | set(range(n_items)))
     n_entities = max(n_items, int(kg[:, [0, 2]].max()) + 1 if len(kg) else 0)
     n_relations = int(kg[:, 1].max()) + 1 if len(kg) else 0
 

@@ -112,7 +112,7 @@ def load_prompt_data(folder) -> PromptData:
     listed_users = cikgrec.list_size(folder / "user_list.txt")
     train = cikgrec.read_user_items(folder / "train.txt", len(names), listed_users)
     if listed_users is None:  # a stray huge user id would make a huge list below
-        cikgrec._check_dense(folder / "train.txt", "user", set(train))
+        cikgrec.check_dense(folder / "train.txt", "user", set(train))
     return PromptData([np.array(train.get(u, []), dtype=np.int64) for u in range(1 + max(train))], names)
 
 
@@ -965,7 +965,7 @@ def bench(n_phrases: int = 33000, n_users: int = 6616, k: int = 350, seed: int =
 # Command line
 # ----------------------------------------------------------------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Infer user interests with an LLM (Eq. 1) and cluster "
+    p = argparse.ArgumentParser(allow_abbrev=False, description="Infer user interests with an LLM (Eq. 1) and cluster "
                                             "them into interest nodes (Eq. 2).")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -982,7 +982,7 @@ def parse_args(argv=None):
         sp_.add_argument("--max-tokens", type=int, default=1000)
         sp_.add_argument("--limit", type=int, default=0, help="only the first N users with a prompt")
 
-    q = sub.add_parser("infer", help="ask the LLM for every user (resumes an interrupted run)")
+    q = sub.add_parser("infer", allow_abbrev=False, help="ask the LLM for every user (resumes an interrupted run)")
     common(q)
     llm(q)
     q.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
@@ -993,16 +993,16 @@ def parse_args(argv=None):
     q.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
     q.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
 
-    q = sub.add_parser("batch-export", help="write an OpenAI Batch API input file")
+    q = sub.add_parser("batch-export", allow_abbrev=False, help="write an OpenAI Batch API input file")
     common(q)
     llm(q)
     q.add_argument("--out", default="", help="default OUT_DIR/<dataset>/batch_input.jsonl")
 
-    q = sub.add_parser("batch-import", help="read a Batch API output file into the answers file")
+    q = sub.add_parser("batch-import", allow_abbrev=False, help="read a Batch API output file into the answers file")
     q.add_argument("file")
     common(q)
 
-    q = sub.add_parser("cluster", help="answers -> user_interest_clustered.txt (Eq. 2)")
+    q = sub.add_parser("cluster", allow_abbrev=False, help="answers -> user_interest_clustered.txt (Eq. 2)")
     common(q)
     q.add_argument("--k", type=int, default=0, help="clusters kappa (default per dataset: " +
                    ", ".join(f"{d} {k}" for d, k in DEFAULT_K.items()) + "; others 350)")
@@ -1012,7 +1012,7 @@ def parse_args(argv=None):
     q.add_argument("--max-df", type=float, default=0.8)
     q.add_argument("--max-share", type=float, default=0.2, help="drop clusters held by this share of users")
 
-    q = sub.add_parser("bench", help="time TF-IDF and k-means on a synthetic corpus")
+    q = sub.add_parser("bench", allow_abbrev=False, help="time TF-IDF and k-means on a synthetic corpus")
     q.add_argument("--phrases", type=int, default=33000)
     q.add_argument("--users", type=int, default=6616)
     q.add_argument("--k", type=int, default=350)
