@@ -1820,7 +1820,7 @@ def plots(datasets: list, results_dir="results") -> list:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SettingsError("make plots needs matplotlib, an optional extra: pip install matplotlib") from None
+        raise SettingsError("plots needs matplotlib, an optional extra: pip install matplotlib") from None
     written = []
     fig, ax = plt.subplots(figsize=(5, 3.5))
     q = np.arange(0, 301)
@@ -2019,6 +2019,11 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
+HELP = {"interests": "default: <data-dir>/<dataset>/user_interest_clustered.txt",
+        "out": "results JSON; default runs/<dataset>[-model-graph-...]-seed<seed>.json (model and "
+               "checkpoint beside it)"}
+
+
 def add_settings_arguments(p: argparse.ArgumentParser, skip=()) -> None:
     """One option per Settings field but those in `skip` (default None: the dataset's defaults
     then apply)."""
@@ -2031,8 +2036,8 @@ def add_settings_arguments(p: argparse.ArgumentParser, skip=()) -> None:
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             p.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
-                           help=f"default {f.default}" if f.name not in DATASET_DEFAULTS["ml1m"]
-                           else "default: the dataset's")
+                           help=HELP.get(f.name) or (f"default {f.default}" if f.name not in DATASET_DEFAULTS["ml1m"]
+                                                     else "default: the dataset's"))
 
 
 def resolve_settings(args: argparse.Namespace) -> Settings:
