@@ -1401,7 +1401,7 @@ def bench(s: Settings, epochs: int = 3, evals: int = 5) -> dict:
           + f"\n{s.dataset}: {result['eval_seconds']:.3f} s per full evaluation (median of {evals})"
           + f"\n{s.dataset}: peak resident memory {result['peak_rss_mb']:.0f} MB"
           + f" ({result['threads']} threads, {device})")
-    out.write_text(json.dumps({**result, "epochs_seconds": rows, "settings": dataclasses.asdict(s)}, indent=1))
+    out.write_text(json.dumps({**result, "per_epoch_seconds": rows, "settings": dataclasses.asdict(s)}, indent=1))
     log(f"wrote {out}")
     return result
 
