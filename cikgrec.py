@@ -853,24 +853,31 @@ def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def _metric_sums(scores: torch.Tensor, exclude, truth, ks) -> tuple[dict, int]:
+def id_pairs(lists, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """List of item-id lists (one per row) -> the unique (row, item) pairs as two int64 arrays,
+    sorted by row: `5 7 7 9` on row 0 -> (0, 7), (0, 9). Done once per evaluation set."""
+    rows, cols = _flatten(lists)
+    keys = np.unique(rows * n_items + cols)
+    return keys // n_items, keys % n_items
+
+
+def _metric_sums(scores: torch.Tensor, exclude: tuple, truth: tuple, ks) -> tuple[dict, int]:
     """Sums over users (not means) of each metric, and the number of users with a truth item.
 
     scores: float [n, n_items] (modified in place: excluded items get -inf); exclude and truth:
-    lists of item-id lists, one per row. Sums let chunked evaluation average over users (T1).
+    id_pairs (rows 0..n-1). An excluded item is never a hit, even when K reaches past the items
+    left to rank. Sums let chunked evaluation average over users (T1).
     """
     n, n_items = scores.shape
     dev = scores.device
-    rows, cols = _flatten(exclude)
-    scores[torch.as_tensor(rows, device=dev), torch.as_tensor(cols, device=dev)] = float("-inf")
-    truth = [np.unique(np.asarray(t, dtype=np.int64)) for t in truth]  # `5 7 7 9` -> {7, 9}
-    n_truth = torch.tensor([len(t) for t in truth], dtype=torch.float32, device=dev)
+    as_t = lambda a: torch.as_tensor(a, device=dev)
+    scores[as_t(exclude[0]), as_t(exclude[1])] = float("-inf")
+    n_truth = as_t(np.bincount(truth[0], minlength=n)).float()
     relevant = torch.zeros(n, n_items, dtype=torch.bool, device=dev)
-    rows, cols = _flatten(truth)
-    relevant[torch.as_tensor(rows, device=dev), torch.as_tensor(cols, device=dev)] = True
+    relevant[as_t(truth[0]), as_t(truth[1])] = True
     k_max = max(ks)
-    top = torch.topk(scores, min(k_max, n_items), dim=1).indices
-    hit = relevant.gather(1, top).float()
+    top_scores, top = torch.topk(scores, min(k_max, n_items), dim=1)
+    hit = (relevant.gather(1, top) & (top_scores > float("-inf"))).float()
     if hit.shape[1] < k_max:  # fewer items than K: the missing ranks are misses
         hit = F.pad(hit, (0, k_max - hit.shape[1]))
     discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float32, device=dev))
@@ -897,7 +904,8 @@ def ranking_metrics(scores: torch.Tensor, exclude, truth, ks=(20, 50, 100)) -> d
     top K / |truth|; NDCG@K = DCG@K / ideal DCG with min(|truth|, K) hits; Precision@K = hits / K;
     HitRatio@K = 1 if any hit. Duplicate truth ids count once.
     """
-    sums, count = _metric_sums(scores.clone(), exclude, truth, list(ks))
+    n_items = scores.shape[1]
+    sums, count = _metric_sums(scores.clone(), id_pairs(exclude, n_items), id_pairs(truth, n_items), list(ks))
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
@@ -906,15 +914,22 @@ def evaluate_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.n
     """ranking_metrics over many users, scored in chunks of `chunk` users (scores = u . i).
 
     user_emb [n_users, D], item_emb [n_items, D]; users: the rows to evaluate; exclude, truth:
-    lists aligned with `users`. Averages over users, never over chunks (case T1).
+    lists aligned with `users`, or their id_pairs (what Trainer keeps, so that no evaluation
+    loops over users in Python). Averages over users, never over chunks (case T1).
     """
+    n_items = item_emb.shape[0]
+    paired = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], np.ndarray)
+    ex = exclude if paired(exclude) else id_pairs(exclude, n_items)
+    tr = truth if paired(truth) else id_pairs(truth, n_items)
     totals = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "precision", "hit")}
     count = 0
     item_t = item_emb.t().contiguous()  # [D, n_items]: a third faster to multiply than a view
     for start in range(0, len(users), chunk):
         sel = torch.as_tensor(users[start:start + chunk], device=user_emb.device)
         scores = user_emb[sel] @ item_t
-        sums, c = _metric_sums(scores, exclude[start:start + chunk], truth[start:start + chunk], ks)
+        (e0, e1), (t0, t1) = (np.searchsorted(p[0], [start, start + chunk]) for p in (ex, tr))
+        sums, c = _metric_sums(scores, (ex[0][e0:e1] - start, ex[1][e0:e1]),
+                               (tr[0][t0:t1] - start, tr[1][t0:t1]), ks)
         count += c
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + v
@@ -1011,7 +1026,7 @@ class Trainer:
         if no_train.any():
             self.notes.append(f"{int(no_train.sum())} users have no training items: left out of BPR "
                               "and evaluation")
-        self.eval_sets = {}
+        self.eval_sets, self.eval_pairs = {}, {}
         for name, truth, exclude in (("valid", valid, train_part),
                                      ("test", ds.test, ds.train)):
             if truth is None:
@@ -1019,6 +1034,7 @@ class Trainer:
             users = np.array([u for u in range(ds.n_users) if len(truth[u]) and not no_train[u]],
                              dtype=np.int64)
             self.eval_sets[name] = (users, [exclude[u] for u in users], [truth[u] for u in users])
+            self.eval_pairs[name] = tuple(id_pairs(x, ds.n_items) for x in self.eval_sets[name][1:])
         if valid is not None and not len(self.eval_sets["valid"][0]):
             raise DataError(Path(s.data_dir) / s.dataset / "train.txt", 0,
                             "no user has enough training items for a validation split (4 or more);"
@@ -1130,10 +1146,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
         """Metrics on "valid" (training items excluded) or "test" (train.txt items excluded)."""
-        users, exclude, truth = self.eval_sets[split]
+        users = self.eval_sets[split][0]
         ue, ie = self.embeddings()
         ks = sorted(set(parse_ks(self.s.ks)) | {50})
-        return evaluate_ranking(ue, ie, users, exclude, truth, ks, self.s.eval_batch)
+        return evaluate_ranking(ue, ie, users, *self.eval_pairs[split], ks, self.s.eval_batch)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict:

@@ -105,6 +105,23 @@ def test_t1_recall_averaged_over_users_not_chunks(tmp_path):
     assert m["recall@2"] == pytest.approx(0.5)  # |truth| = 2 after removing the duplicate
 
 
+def test_an_excluded_item_is_never_a_hit_even_when_k_reaches_it():
+    """Found by a fresh user: with K >= the items left, top-k picked the -inf excluded items too,
+    and an excluded truth item counted as a hit."""
+    m = C.ranking_metrics(torch.tensor([[5.0, 4, 3, 2, 1]]), [[0, 1, 2]], [[0]], [5])
+    assert m["recall@5"] == 0.0 and m["hit@5"] == 0.0 and m["ndcg@5"] == 0.0
+    m = C.ranking_metrics(torch.tensor([[5.0, 4, 3, 2, 1]]), [[0, 1, 2]], [[0, 4]], [5])
+    assert m["recall@5"] == pytest.approx(0.5)  # item 4 (rank 2 of the two left) is a hit
+    assert m["ndcg@5"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    pairs = C.id_pairs([[3, 1, 3], [], [2]], 5)
+    assert pairs[0].tolist() == [0, 0, 2] and pairs[1].tolist() == [1, 3, 2]
+    ue, ie = torch.randn(3, 4), torch.randn(5, 4)
+    lists = C.evaluate_ranking(ue, ie, np.arange(3), [[0], [1, 2], []], [[1], [3], [4]], [2, 5], chunk=2)
+    paired = C.evaluate_ranking(ue, ie, np.arange(3), C.id_pairs([[0], [1, 2], []], 5),
+                                C.id_pairs([[1], [3], [4]], 5), [2, 5], chunk=2)
+    assert lists == paired
+
+
 # ---------------------------------------------------------------------------------------------
 # Mask schedules (Eq. 3, Eq. 4)
 # ---------------------------------------------------------------------------------------------
