@@ -157,10 +157,10 @@ def check_settings(s: Settings) -> Settings:
         if f.type in ("float", float) and not math.isfinite(getattr(s, f.name)):
             raise SettingsError(f"{opt(f.name)} must be a finite number, got {getattr(s, f.name)}")
     for name in ("dim", "layers", "dec_layers", "batch_size", "eval_batch", "transe_batch",
-                 "mask_epochs", "epochs"):
+                 "mask_epochs", "epochs", "patience"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{opt(name)} must be at least 1, got {getattr(s, name)}")
-    for name in ("enc_layers", "patience", "threads", "seed", "split_seed", "l2", "transe_l2",
+    for name in ("enc_layers", "threads", "seed", "split_seed", "l2", "transe_l2",
                  "lambda1", "lambda2", "lambda3", "eps"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{opt(name)} must be >= 0, got {getattr(s, name)}")
@@ -1166,10 +1166,10 @@ class Trainer:
         self.opt.load_state_dict(st["opt"])
         if self.transe:
             self.opt_transe.load_state_dict(st["opt_transe"])
-        torch.set_rng_state(st["torch_rng"])
+        torch.set_rng_state(st["torch_rng"].cpu())
         self.rng.bit_generator.state = st["numpy_rng"]
         if "cuda_rng" in st and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(st["cuda_rng"])
+            torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda_rng"]])
 
 
 def _save(obj, path: Path) -> None:
@@ -1283,7 +1283,7 @@ def fit(s: Settings) -> dict:
         log(f"note: no per-dataset defaults for {s.dataset!r}: the Settings defaults apply")
     if s.resume and ckpt_path.is_file():
         try:
-            ck = torch.load(ckpt_path, weights_only=False)
+            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         except Exception as e:  # a truncated or foreign file: say which, not a traceback
             raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
         free = ("epochs", "patience", "resume", "device", "threads", "out", "data_dir", "interests")
@@ -1311,16 +1311,18 @@ def fit(s: Settings) -> dict:
         f"{ds.n_interests} interest nodes, {trainer.main.n_edges} undirected {s.graph.upper()} edges, "
         f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
         f"selection on {sel}, device {device}")
-    epoch = start - 1
+    epoch, failure = start - 1, None
     while epoch + 1 < s.epochs and not stopper.stop:
         epoch += 1
         t0 = time.perf_counter()
         try:
             losses = trainer.train_epoch(epoch)
         except TrainingError as e:
-            kept = (f"the checkpoint of epoch {epoch - 1} is kept ({ckpt_path}); --resume continues from it"
-                    if ckpt_path.is_file() else "no epoch finished, so there is no checkpoint")
-            raise TrainingError(f"{e}; {kept}") from None
+            if not history:
+                raise TrainingError(f"{e}; no epoch finished, so there is no checkpoint and no result") from None
+            failure = f"{e}; the checkpoint of epoch {epoch - 1} is kept ({ckpt_path})"
+            epoch -= 1
+            break
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         metrics = trainer.evaluate(sel)
@@ -1339,7 +1341,7 @@ def fit(s: Settings) -> dict:
         log(f"epoch {epoch:4d} | {parts}{mask} | {sel} R@50 {metrics['recall@50']:.4f} "
             f"N@50 {metrics['ndcg@50']:.4f}{' *' if stopper.best_epoch == epoch else ''} | "
             f"{seconds:.1f}s + eval {eval_seconds:.2f}s")
-    trainer.model.load_state_dict(torch.load(best_path, weights_only=True))
+    trainer.model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     t1 = time.perf_counter()
     test = trainer.evaluate("test")  # the one and only look at test (valid selection)
     eval_seconds = time.perf_counter() - t1
@@ -1351,7 +1353,7 @@ def fit(s: Settings) -> dict:
         "valid": best["valid"] if sel == "valid" else None, "test": test,
         "epoch_seconds": [h["seconds"] for h in history], "eval_seconds": round(eval_seconds, 4),
         "minutes": round(sum(h["seconds"] + h["eval_seconds"] for h in history) / 60, 2),
-        "history": history, "notes": ds.warnings + trainer.notes,
+        "history": history, "notes": ds.warnings + trainer.notes, "stopped_by": failure,
         "provenance": {"data_sha256": data_sha256, "interest_file": ds.interest_file or None,
                        "interest_sha256": data_sha256.get(Path(ds.interest_file).name) if ds.interest_file
                        else None, "git_commit": _git_commit(),
@@ -1360,6 +1362,8 @@ def fit(s: Settings) -> dict:
     }
     _write_json(results, out)
     log(f"selected epoch {stopper.best_epoch} on {sel}; results in {out}, model in {best_path}")
+    if failure:  # the results of the epochs before the failure are written; the run still failed
+        raise TrainingError(f"{failure}; the results of the best epoch before it ({stopper.best_epoch}) are in {out}")
     return results
 
 

@@ -451,11 +451,14 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch, capsy
         return real(pos, neg) * (float("nan") if calls["n"] > 6 else 1.0)  # epoch 0 has 6 batches
 
     monkeypatch.setattr(C, "bpr_loss", exploding)
-    with pytest.raises(C.TrainingError, match=r"non-finite loss \(nan\) at epoch 1.*checkpoint of epoch 0 is kept"):
+    with pytest.raises(C.TrainingError, match=r"non-finite loss \(nan\) at epoch 1.*checkpoint of epoch 0 is kept"
+                                              r".*results of the best epoch before it \(0\) are in .*fx.json"):
         C.fit(s)
     ck = torch.load(tmp_path / "runs" / "fx.ckpt.pt", weights_only=False)
     assert ck["epoch"] == 0
-    assert not (tmp_path / "runs" / "fx.json").exists()
+    r = json.loads((tmp_path / "runs" / "fx.json").read_text())  # the issue: keeps checkpoint and results
+    assert r["best_epoch"] == 0 and r["epochs_run"] == 1 and "non-finite loss" in r["stopped_by"]
+    assert all(math.isfinite(v) for v in r["test"].values())
 
 
 def test_non_finite_loss_in_the_first_epoch_says_there_is_no_checkpoint(tmp_path, capsys):
@@ -464,7 +467,7 @@ def test_non_finite_loss_in_the_first_epoch_says_there_is_no_checkpoint(tmp_path
     small_dataset(tmp_path)
     s = tiny_settings(tmp_path, lambda1=1e308, lambda3=1e308)
     with pytest.raises(C.TrainingError, match=r"non-finite loss \(inf\) at epoch 0, batch 1/6; its parts "
-                                              r"before the lambdas: bpr .*no epoch finished, so there is no checkpoint"):
+                                              r"before the lambdas: bpr .*no epoch finished, so there is no checkpoint and no result"):
         C.fit(s)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
@@ -660,6 +663,8 @@ def test_data_notes_overlap_and_merged_lines(tmp_path):
     ("epochs", 0, "--epochs must be at least 1"), ("dec_layers", 0, "--dec-layers must be at least 1"),
     ("lambda2", float("nan"), "--lambda2 must be a finite number"), ("l2", -1.0, "--l2 must be >= 0"),
     ("transe_lr", -1.0, "--transe-lr must be > 0"),
+    ("patience", 0, "--patience must be at least 1"),  # was accepted, then a traceback (no epoch ran)
+    ("seed", 2**64, "--seed must be < 2\\*\\*32"),  # was a torch overflow traceback
 ])
 def test_settings_rejected(name, value, expect):
     with pytest.raises(C.SettingsError, match=expect):
