@@ -353,10 +353,13 @@ class Dataset:
 
 
 def check_dense(path: Path, what: str, ids: set) -> None:
-    """Ids are numbered 0, 1, 2, ...: one far above the number of distinct ids is a DataError."""
+    """Ids are numbered 0, 1, 2, ...: one far above the number of distinct ids is a DataError
+    naming the first line of `path` that holds it."""
     if ids and max(ids) + 1 > 2 * len(ids) + 1000:
-        raise DataError(path, 0, f"{what} id {max(ids)} but only {len(ids)} distinct {what} ids: ids must be "
-                                 f"numbered 0, 1, 2, ... without large gaps (or list them in {what}_list.txt)")
+        with _open_text(path) as f:
+            line = next((no for no, text in enumerate(f, 1) if str(max(ids)) in text.split()), 0)
+        raise DataError(path, line, f"{what} id {max(ids)} but only {len(ids)} distinct {what} ids: ids must be "
+                                    f"numbered 0, 1, 2, ... without large gaps (or list them in {what}_list.txt)")
 
 
 def load_dataset(folder, interests_file=None, name: str = "", with_interests: bool = True) -> Dataset:
@@ -1020,6 +1023,8 @@ class Trainer:
             self.notes.append(f"{int(full.sum())} users have every item: left out of BPR (no negative)")
         keep = ~full[users]
         self.pair_u, self.pair_i = users[keep], items[keep]
+        if not len(self.pair_u):
+            raise DataError(Path(s.data_dir) / s.dataset / "train.txt", 0, "no (user, item) pair to train on")
         self.pos_keys = pair_keys(users, items, ds.n_items)
         # evaluation sets: users with held-out items and at least one training item (case T4)
         no_train = np.array([len(x) == 0 for x in ds.train])
@@ -1232,9 +1237,12 @@ def _sha256(path: str) -> str | None:
 
 
 def _git_commit() -> str | None:
+    """HEAD of the code's repository, with "+changes" when its tracked files differ from it."""
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, timeout=5,
+                                    cwd=Path(__file__).parent).stdout.strip()
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
+        head = git("rev-parse", "HEAD")
+        return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "") if head else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -1383,12 +1391,12 @@ def bench(s: Settings, epochs: int = 3, evals: int = 5) -> dict:
     check_settings(s)
     if epochs < 1:
         raise SettingsError(f"--bench-epochs must be at least 1, got {epochs}")
-    out = Path("runs") / f"{s.dataset}-bench.json"
-    check_writable(out)
     device = pick_device(s.device)
     if s.threads:
         torch.set_num_threads(s.threads)
     ds, train_part, valid = prepare(s)
+    out = Path("runs") / f"{s.dataset}-bench.json"
+    check_writable(out)
     torch.manual_seed(s.seed)
     trainer = Trainer(s, ds, train_part, valid, device)
     rows = []
@@ -1458,7 +1466,8 @@ def download(datasets, data_dir, blobs_file=Path(__file__).parent / "data" / "GI
                 with urllib.request.urlopen(url, timeout=60) as r:
                     data = r.read()
             except OSError as e:
-                raise DataError(path, 0, f"cannot download {url} ({getattr(e, 'reason', e)}); "
+                present = (f"present but not the upstream file (git blob {blob}), and " if path.is_file() else "")
+                raise DataError(path, 0, f"{present}cannot download {url} ({getattr(e, 'reason', e)}); "
                                          "without network, set DATA_DIR to a folder that has the "
                                          "files, e.g. make train DATA_DIR=../shared/data") from None
             if git_blob_id(data) != blob:
@@ -2052,7 +2061,9 @@ def add_settings_arguments(p: argparse.ArgumentParser, skip=()) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"default {'on' if f.default else 'off'}" if f.name not in DATASET_DEFAULTS["ml1m"]
+                           else "default: the dataset's")
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             p.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),

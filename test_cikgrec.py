@@ -539,6 +539,9 @@ def test_download_without_network_is_one_clear_line(tmp_path, monkeypatch):
     (tmp_path / "data" / "fx").mkdir(parents=True)
     (tmp_path / "data" / "fx" / "train.txt").write_bytes(b"")  # empty file: blob e69de29...
     C.download(["fx"], tmp_path / "data", blobs)  # present and verified: no network needed
+    (tmp_path / "data" / "fx" / "train.txt").write_bytes(b"0 1\n")  # e.g. a local rebuild
+    with pytest.raises(C.DataError, match=r"train.txt: present but not the upstream file \(git blob e69de29"):
+        C.download(["fx"], tmp_path / "data", blobs)
     assert C.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
 
 
@@ -606,9 +609,9 @@ def write_lists(folder, users, entities, relations):
     ("huge", "user_interest_clustered.txt, line 1: id 99999999999999999999 is too large"),
     ("kg_folder", "kg_final.txt: is a folder, not a file"),
     ("unreadable", "train.txt: cannot read it (Permission denied)"),
-    ("sparse_items", "test.txt: item id 50000000 but only 4 distinct item ids: ids must be numbered"),
-    ("sparse_users", "train.txt: user id 9999999 but only 3 distinct user ids"),
-    ("sparse_entities", "kg_final.txt: entity id 7000000 but only"),
+    ("sparse_items", "test.txt, line 2: item id 50000000 but only 4 distinct item ids: ids must be numbered"),
+    ("sparse_users", "train.txt, line 3: user id 9999999 but only 3 distinct user ids"),
+    ("sparse_entities", "kg_final.txt, line 2: entity id 7000000 but only"),
 ])
 def test_ids_checked_against_list_files(tmp_path, monkeypatch, case, expect):
     folder = write_dataset(tmp_path / "fx", ["0 0 1", "1 1 2"], ["0 2", "1 0"], kg=["0 0 4", "1 1 3"],
@@ -669,6 +672,14 @@ def test_data_notes_overlap_and_merged_lines(tmp_path):
 def test_settings_rejected(name, value, expect):
     with pytest.raises(C.SettingsError, match=expect):
         C.check_settings(C.dataclasses.replace(C.Settings(), **{name: value}))
+
+
+def test_no_training_pair_is_a_data_error(tmp_path):
+    """Found by a fresh user: train.txt with bare user ids and --select-on test trained on nothing
+    and reported zeros."""
+    folder = write_dataset(tmp_path / "fx", ["0", "1"], ["0 2", "1 0"], n_items=3)
+    with pytest.raises(C.DataError, match="train.txt: no \\(user, item\\) pair to train on"):
+        C.fit(tiny_settings(tmp_path, select_on="test"))
 
 
 def test_resume_refuses_a_checkpoint_that_does_not_fit(tmp_path):
