@@ -1658,17 +1658,21 @@ def _mean_std(values: list) -> tuple[float, float | None]:
 
 
 def aggregate_table(table: str, dataset: str, files: dict) -> list:
-    """One row per configuration of the table: {"config", "label", "n", "files", and for each
-    metric m of TABLE_METRICS: m (mean), m+"_std" (sample std, None when n < 2), m+"_paper"
-    (None where the paper has no value) and m+"_diff" (100 (ours - paper) / paper)}.
+    """One row per configuration of the table: {"config", "label", "n", "files", "minutes" (mean
+    minutes per run; None without runs), and for each metric m of TABLE_METRICS: m (mean),
+    m+"_std" (sample std, None when n < 2), m+"_paper" (None where the paper has no value) and
+    m+"_diff" (100 (ours - paper) / paper)}.
 
     files: {config: [results JSON paths]} (test metrics are read from each file's "test")."""
     paper = PAPER.get(table, {}).get(dataset, {})
     rows = []
     for config, (label, _) in TABLES[table].items():
         paths = files.get(config, [])
-        tests = [json.loads(Path(p).read_text())["test"] for p in paths]
-        row = {"config": config, "label": label, "n": len(tests), "files": [str(p) for p in paths]}
+        runs = [json.loads(Path(p).read_text()) for p in paths]
+        tests = [r["test"] for r in runs]
+        minutes = [r["minutes"] for r in runs if r.get("minutes") is not None]
+        row = {"config": config, "label": label, "n": len(tests), "files": [str(p) for p in paths],
+               "minutes": _mean_std(minutes)[0] if minutes else None}
         for m in TABLE_METRICS:
             mean, std = _mean_std([t[m] for t in tests]) if tests else (None, None)
             ref = paper.get(config, {}).get(m)
@@ -1692,14 +1696,16 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results") -> 
     folder = Path(results_dir) / dataset
     folder.mkdir(parents=True, exist_ok=True)
     num = lambda x, fmt: "" if x is None else format(x, fmt)
-    header = ["model", "n"] + [h for m in TABLE_METRICS for h in (METRIC_NAMES[m], "paper", "diff %")]
+    header = ["model", "n", "min/run"] + [h for m in TABLE_METRICS for h in (METRIC_NAMES[m], "paper", "diff %")]
     md = [f"# {dataset}: {_TABLE_TITLES[table]}", "",
           "Ours: test metrics of the epoch selected on validation, mean ± sample std over n seeds "
           f"({FIRST_SEED}, {FIRST_SEED + 1}, ...; std '-' when n = 1). Paper: selected on test, "
-          "mean of 10 seeds. diff % = 100 (ours - paper) / paper." + _TABLE_NOTES.get(table, ""), "",
+          "mean of 10 seeds. diff % = 100 (ours - paper) / paper. min/run: mean minutes of training and "
+          "evaluation per run (each results file's provenance names the device and threads)."
+          + _TABLE_NOTES.get(table, ""), "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["label"], str(r["n"])]
+        cells = [r["label"], str(r["n"]), num(r["minutes"], ".0f")]
         for m in TABLE_METRICS:
             ours = "" if r[m] is None else f"{r[m]:.4f} ± " + ("-" if r[m + "_std"] is None else f"{r[m + '_std']:.4f}")
             diff = "" if r[m + "_diff"] is None else f"{r[m + '_diff']:+.1f}"
@@ -1709,11 +1715,11 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results") -> 
     md_path.write_text("\n".join(md) + "\n")
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["config", "model", "n"] + [f"{m}_{k}" for m in TABLE_METRICS
-                                              for k in ("mean", "std", "paper", "diff_pct")])
+        w.writerow(["config", "model", "n", "minutes_per_run"] + [f"{m}_{k}" for m in TABLE_METRICS
+                                                                  for k in ("mean", "std", "paper", "diff_pct")])
         for r in rows:
-            w.writerow([r["config"], r["label"], r["n"]] + [num(r[m + s], ".6g") for m in TABLE_METRICS
-                                                            for s in ("", "_std", "_paper", "_diff")])
+            w.writerow([r["config"], r["label"], r["n"], num(r["minutes"], ".4g")]
+                       + [num(r[m + s], ".6g") for m in TABLE_METRICS for s in ("", "_std", "_paper", "_diff")])
     return md_path, csv_path
 
 

@@ -14,9 +14,9 @@ import cikgrec as C
 from test_cikgrec import small_dataset, tiny_settings
 
 
-def fake_results(path, test, settings=None):
+def fake_results(path, test, settings=None, minutes=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"test": test, "settings": settings or {}}))
+    path.write_text(json.dumps({"test": test, "settings": settings or {}, "minutes": minutes}))
     return path
 
 
@@ -29,7 +29,7 @@ def metrics(r50, r100, n50, n100):
 # ---------------------------------------------------------------------------------------------
 def test_table_aggregation_mean_sample_std_and_paper(tmp_path):
     r50 = [0.17, 0.18, 0.19]
-    files = {"cikgrec": [fake_results(tmp_path / f"c{i}.json", metrics(v, 0.25, 0.09, 0.10))
+    files = {"cikgrec": [fake_results(tmp_path / f"c{i}.json", metrics(v, 0.25, 0.09, 0.10), minutes=60 + 10 * i)
                          for i, v in enumerate(r50)],
              "lightgcn": [fake_results(tmp_path / "l.json", metrics(0.16, 0.22, 0.08, 0.09))]}
     rows = {r["config"]: r for r in C.aggregate_table("table1", "book-crossing", files)}
@@ -44,11 +44,13 @@ def test_table_aggregation_mean_sample_std_and_paper(tmp_path):
     assert rows["simgcl"]["n"] == 0 and rows["simgcl"]["recall@50"] is None
     md, csv_path = C.write_table(list(rows.values()), "table1", "book-crossing", tmp_path / "results")
     text = md.read_text()
-    assert "| CIKGRec | 3 | 0.1800 ± 0.0100 | 0.1791 | +0.5 |" in text
-    assert "| LightGCN | 1 | 0.1600 ± - | 0.1607 | -0.4 |" in text
+    assert c["minutes"] == pytest.approx(70) and rows["lightgcn"]["minutes"] is None
+    assert "| CIKGRec | 3 | 70 | 0.1800 ± 0.0100 | 0.1791 | +0.5 |" in text
+    assert "| LightGCN | 1 |  | 0.1600 ± - | 0.1607 | -0.4 |" in text
     lines = csv_path.read_text().splitlines()
-    assert lines[0].startswith("config,model,n,recall@50_mean,recall@50_std,recall@50_paper,recall@50_diff_pct")
-    assert lines[1].startswith("cikgrec,CIKGRec,3,0.18,0.01,0.1791,")
+    assert lines[0].startswith("config,model,n,minutes_per_run,recall@50_mean,recall@50_std,recall@50_paper,"
+                               "recall@50_diff_pct")
+    assert lines[1].startswith("cikgrec,CIKGRec,3,70,0.18,0.01,0.1791,")
 
 
 def test_ablation_and_variant_tables_have_the_papers_values():
@@ -133,7 +135,7 @@ def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch, 
                  "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--aggregate-only"])
     assert rc == 0
     text = (tmp_path / "res" / "fx" / "table1.md").read_text()
-    assert "| CIKGRec | 2 | 0.3000 ± 0.1414 |" in text
+    assert "| CIKGRec | 2 |  | 0.3000 ± 0.1414 |" in text
     groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
     assert "1-3 items (4 users, 8 interactions)" in groups and "| CIKGRec (table1) | 2 | 0.1000 ± 0.0000 |" in groups
     with pytest.raises(SystemExit):  # the sweep sets --seed and --out itself: not options of tables
