@@ -735,7 +735,7 @@ def test_no_item_names_is_an_error_not_zero_prompts(tmp_path, capsys, command):
 def test_prompt_data_is_checked_as_load_dataset_checks_it(tmp_path):
     folder = make_fixture(tmp_path / "d", n_users=3, extras=False)
     (folder / "train.txt").write_text("0 0 1\n2000000000 2\n")  # a stray huge user id: no huge list
-    with pytest.raises(L.DataError, match=r"train.txt: user id 2000000000 but only 2 distinct user ids"):
+    with pytest.raises(L.DataError, match=r"train.txt, line 2: user id 2000000000 but only 2 distinct user ids"):
         L.load_prompt_data(folder)
     (folder / "user_list.txt").write_text("org_id remap_id\nu0 0\nu1 1\n")
     with pytest.raises(L.DataError, match=r"train.txt, line 2: user id 2000000000 out of range"):
