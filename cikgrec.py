@@ -82,6 +82,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     epochs: int = 2000  # maximum epochs
     patience: int = 10  # evaluations without improvement before stopping
+    min_epochs: int = 0  # no early stop before this many epochs (0: the authors' protocol)
     resume: bool = False  # continue from the checkpoint beside --out
     ks: str = "20,50,100"  # cut-offs K of Recall@K, NDCG@K, Precision@K, HitRatio@K
     # encoder and BPR (Eq. 10)
@@ -160,7 +161,7 @@ def check_settings(s: Settings) -> Settings:
                  "mask_epochs", "epochs", "patience"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{opt(name)} must be at least 1, got {getattr(s, name)}")
-    for name in ("enc_layers", "threads", "seed", "split_seed", "l2", "transe_l2",
+    for name in ("enc_layers", "min_epochs", "threads", "seed", "split_seed", "l2", "transe_l2",
                  "lambda1", "lambda2", "lambda3", "eps"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{opt(name)} must be >= 0, got {getattr(s, name)}")
@@ -1294,7 +1295,7 @@ def fit(s: Settings) -> dict:
             ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         except Exception as e:  # a truncated or foreign file: say which, not a traceback
             raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
-        free = ("epochs", "patience", "resume", "device", "threads", "out", "data_dir", "interests")
+        free = ("epochs", "patience", "min_epochs", "resume", "device", "threads", "out", "data_dir", "interests")
         changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
         changed |= {name for name, sha in ck.get("data_sha256", {}).items() if data_sha256.get(name) != sha}
         if changed:
@@ -1320,7 +1321,7 @@ def fit(s: Settings) -> dict:
         f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
         f"selection on {sel}, device {device}")
     epoch, failure = start - 1, None
-    while epoch + 1 < s.epochs and not stopper.stop:
+    while epoch + 1 < s.epochs and not (stopper.stop and epoch + 1 >= s.min_epochs):
         epoch += 1
         t0 = time.perf_counter()
         try:
@@ -1591,6 +1592,8 @@ def settings_differ(path: Path, settings: Settings) -> list:
     """The settings (names) in which the results file `path` differs from `settings`, leaving
     out those that do not change a run's numbers (_NOT_COMPARED)."""
     saved = json.loads(path.read_text()).get("settings", {})
+    if saved:  # a setting newer than the file counts as its default, which keeps the old behaviour
+        saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **saved}
     return [k for k, v in dataclasses.asdict(settings).items() if k not in _NOT_COMPARED and saved.get(k) != v]
 
 

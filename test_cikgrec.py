@@ -674,6 +674,19 @@ def test_settings_rejected(name, value, expect):
         C.check_settings(C.dataclasses.replace(C.Settings(), **{name: value}))
 
 
+def test_min_epochs_holds_off_early_stopping(tmp_path, monkeypatch):
+    """Found in the Table 4 sweep: LightGCN on dbbook2014's CKG scored best at epoch 0 (a random
+    model ranks by popularity), dipped, and stopped at epoch 10 just before recovering."""
+    small_dataset(tmp_path)
+    scores = iter([1.0, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    monkeypatch.setattr(C, "selection_score", lambda m: next(scores))
+    r = C.fit(tiny_settings(tmp_path, epochs=10, patience=2))
+    assert r["epochs_run"] == 3 and r["best_epoch"] == 0  # epoch 0, then 2 without improvement
+    scores = iter([1.0, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    r = C.fit(tiny_settings(tmp_path, epochs=10, patience=2, min_epochs=5, out=str(tmp_path / "m.json")))
+    assert r["epochs_run"] == 5 and r["best_epoch"] == 0 and r["settings"]["min_epochs"] == 5
+
+
 def test_no_training_pair_is_a_data_error(tmp_path):
     """Found by a fresh user: train.txt with bare user ids and --select-on test trained on nothing
     and reported zeros."""

@@ -164,6 +164,12 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     assert "cikgrec-seed2024.json was made with other settings (epochs): delete it or give another --runs-dir" in err
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2))  # no settings at all
     assert C.main(args) == 2 and " more): delete it" in capsys.readouterr().err
+    older = C.dataclasses.asdict(C.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path)}, 1,
+                                             tmp_path / "runs")[0].settings)
+    del older["min_epochs"]  # made before --min-epochs existed: counts as its default, 0
+    fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), older)
+    assert C.main(args) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
+    assert C.main(args + ["--min-epochs", "30"]) == 2 and "other settings (min_epochs)" in capsys.readouterr().err
 
 
 def test_tables_without_any_results_leave_the_committed_tables(tmp_path, capsys):
