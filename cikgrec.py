@@ -1919,7 +1919,12 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
     files = {}  # (table, config) -> results files found, for every table of the dataset
     for t in TABLES:
         for r in plan_runs(t, base, n_seeds, runs_dir):
-            found = done_results(r)
+            try:
+                found = done_results(r)
+            except SettingsError:  # another table's run with other settings (e.g. no --min-epochs):
+                if t == table:     # not one of these runs; only this table's own files must agree
+                    raise
+                found = None
             files.setdefault((t, r.config), []).extend([found] if found else [])
     if not any(files.values()):  # e.g. --dry-run in a fresh clone: keep the committed tables
         log(f"no results under {Path(runs_dir) / dataset} yet: {Path(results_dir) / dataset} left as it is")

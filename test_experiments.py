@@ -170,6 +170,10 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), older)
     assert C.main(args) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
     assert C.main(args + ["--min-epochs", "30"]) == 2 and "other settings (min_epochs)" in capsys.readouterr().err
+    # another table run with other settings is only aggregated without that file, not refused
+    other = ["tables", "--table", "lightgcn-variants", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
+             "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
+    assert C.main(other + ["--min-epochs", "30"]) == 0 and "0 of 4 runs already done" in capsys.readouterr().err
 
 
 def test_tables_without_any_results_leave_the_committed_tables(tmp_path, capsys):
