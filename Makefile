@@ -42,7 +42,7 @@ lightgcn-variants: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 4 (LightGCN on CG/
 	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
 
 plots:  ## optional (needs matplotlib): Fig. 3 bars from results/<dataset>/groups.json, Eq. 3 curves
-	$(PYTHON) cikgrec.py plots --results-dir results
+	$(PYTHON) plots.py --results-dir results
 
 test:  ## the test suite (reads the datasets from $$CIKGREC_DATA, default ../shared/data)
 	$(PYTHON) -m pytest -q test_cikgrec.py test_llm_interests.py test_experiments.py

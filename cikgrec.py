@@ -1847,56 +1847,6 @@ def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str
     return path
 
 
-def plots(datasets: list, results_dir="results") -> list:
-    """make plots (optional, needs matplotlib): Fig. 3 as bars from each results/<dataset>/groups.json
-    (test NDCG@50 per sparsity group, one bar per model, sample std as error bars) and the mask
-    rate curves of Eq. 3 (exp and lin, alpha in {0.02, 0.1, 0.3}, omega 0.95, Lambda 150; the
-    appendix's Fig. 6) in results/mask_schedules.png. Returns the PNG paths written. Raises
-    SettingsError when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SettingsError("plots needs matplotlib, an optional extra: pip install matplotlib") from None
-    written = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    q = np.arange(0, 301)
-    for alpha, color in ((0.02, "C0"), (0.1, "C1"), (0.3, "C2")):
-        for schedule, style in (("exp", "-"), ("lin", "--")):
-            ax.plot(q, [mask_rate(int(t), schedule, alpha, 0.95, 150) for t in q], style, color=color,
-                    label=f"{schedule}, alpha={alpha}")
-    ax.set(xlabel="epoch q", ylabel="mask rate p^q (Eq. 3)", title="Mask rate schedules (omega 0.95, Lambda 150)")
-    ax.legend(fontsize=7)
-    path = Path(results_dir) / "mask_schedules.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
-    for dataset in datasets:
-        src = Path(results_dir) / dataset / "groups.json"
-        if not src.is_file():
-            log(f"note: no {src} (run a table first): no Fig. 3 for {dataset}")
-            continue
-        g = json.loads(src.read_text())
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        width = 0.8 / max(len(g["rows"]), 1)
-        for n, row in enumerate(g["rows"]):
-            x = np.arange(len(g["groups"])) + (n - (len(g["rows"]) - 1) / 2) * width
-            err = [e or 0.0 for e in row["std"]]
-            ax.bar(x, row["mean"], width, yerr=err, label=f"{row['label']}, n={row['n']}")
-        ax.set_xticks(np.arange(len(g["groups"])), [h.split(" (")[0] for h in g["groups"]])
-        ax.set(xlabel="training items per user", ylabel="test NDCG@50", title=f"{dataset}: sparsity groups (Fig. 3)")
-        ax.legend(fontsize=7)
-        path = Path(results_dir) / dataset / "groups.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
 def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="results",
            dry_run: bool = False, only: str = "") -> int:
     """Run a table's sweep (unless dry_run; only the configurations named in `only`, comma
@@ -2101,7 +2051,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: train, bench, download, tables, explain, plots."""
+    """The command line: train, bench, download, tables, explain."""
     p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train, select on validation, evaluate on test"),
@@ -2127,9 +2077,6 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--clusters", default=None, help="interest_clusters.tsv (default: beside the run's interests)")
     ep.add_argument("--data-dir", default=None, help="default: the run's")
     ep.add_argument("--top", type=int, default=10)
-    pp = sub.add_parser("plots", allow_abbrev=False, help="Fig. 3 bars and the Eq. 3 mask-rate curves as PNG (needs matplotlib)")
-    pp.add_argument("--dataset", nargs="+", default=list(DATASETS))
-    pp.add_argument("--results-dir", default="results")
     dp = sub.add_parser("download", allow_abbrev=False, help="fetch datasets from the authors' repository (verified)")
     dp.add_argument("--dataset", nargs="+", default=list(DATASETS), choices=DATASETS)
     dp.add_argument("--data-dir", default="data")
@@ -2149,10 +2096,6 @@ def main(argv=None) -> int:
                 raise SettingsError(f"--seeds must be at least 1, got {args.seeds}")
             return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run,
                                args.only) else 0
-        if args.command == "plots":
-            for path in plots(args.dataset, args.results_dir):
-                log(f"wrote {path}")
-            return 0
         if args.command == "explain":
             explain_command(args.run, args.user, args.answers, args.clusters, args.data_dir, args.top)
             return 0
