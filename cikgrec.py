@@ -363,6 +363,14 @@ def check_dense(path: Path, what: str, ids: set) -> None:
                                     f"numbered 0, 1, 2, ... without large gaps (or list them in {what}_list.txt)")
 
 
+def dataset_folder(folder) -> Path:
+    """The dataset folder as a Path; DataError when it does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
+    return folder
+
+
 def load_dataset(folder, interests_file=None, name: str = "", with_interests: bool = True) -> Dataset:
     """Read a dataset folder: train.txt, test.txt (required), item_list.txt, kg_final.txt,
     user_interest_clustered.txt (optional: each missing one is noted in `warnings`).
@@ -374,10 +382,8 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
     (with_interests=False: the interest file is not read). Raises DataError naming file, line
     and value.
     """
-    folder = Path(folder)
+    folder = dataset_folder(folder)
     notes = []
-    if not folder.is_dir():
-        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
     names = read_item_names(folder / "item_list.txt") if (folder / "item_list.txt").exists() else []
     n_items = len(names) or None
     listed_users, listed_entities, listed_relations = (
@@ -1856,9 +1862,7 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
     planned = plan_runs(table, base, n_seeds, runs_dir)
     for r in planned:
         check_settings(r.settings)
-    folder = Path(planned[0].settings.data_dir) / dataset
-    if not folder.is_dir():
-        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
+    dataset_folder(Path(planned[0].settings.data_dir) / dataset)
     wanted = [c.strip() for c in only.split(",") if c.strip()]
     unknown = [c for c in wanted if c not in TABLES[table]]
     if unknown:

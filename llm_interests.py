@@ -102,9 +102,7 @@ def load_prompt_data(folder) -> PromptData:
     ids against user_list.txt). kg_final.txt, test.txt and user_interest_clustered.txt are not
     read, so a broken one does not stop `infer` or the batch commands (which regenerate the
     interest file). Raises DataError naming the file, also when item_list.txt is missing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
+    folder = cikgrec.dataset_folder(folder)
     names_path = folder / "item_list.txt"
     if not names_path.exists():
         raise DataError(names_path, 0, "not found: the prompts name each user's items by the titles this file holds")
