@@ -83,6 +83,7 @@ class Settings:
     epochs: int = 2000  # maximum epochs
     patience: int = 10  # evaluations without improvement before stopping
     min_epochs: int = 0  # no early stop before this many epochs (0: the authors' protocol)
+    max_minutes: float = 0.0  # stop after the epoch in which this many minutes passed (0: no limit)
     resume: bool = False  # continue from the checkpoint beside --out
     ks: str = "20,50,100"  # cut-offs K of Recall@K, NDCG@K, Precision@K, HitRatio@K
     # encoder and BPR (Eq. 10)
@@ -161,7 +162,7 @@ def check_settings(s: Settings) -> Settings:
                  "mask_epochs", "epochs", "patience"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{opt(name)} must be at least 1, got {getattr(s, name)}")
-    for name in ("enc_layers", "min_epochs", "threads", "seed", "split_seed", "l2", "transe_l2",
+    for name in ("enc_layers", "min_epochs", "max_minutes", "threads", "seed", "split_seed", "l2", "transe_l2",
                  "lambda1", "lambda2", "lambda3", "eps"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{opt(name)} must be >= 0, got {getattr(s, name)}")
@@ -1278,7 +1279,10 @@ def fit(s: Settings) -> dict:
     on test once, write the results JSON and the best model's state. With select_on="test"
     (the authors' protocol) there is no validation split and epochs are selected on test.
 
-    A checkpoint after every epoch lets resume=True continue exactly. Raises DataError,
+    A checkpoint after every epoch lets resume=True continue exactly. With max_minutes, training
+    stops after the epoch in which that many minutes (wall clock, this call) have passed; the
+    results of the best epoch so far are written with stopped_by "time limit: ..." (a sweep counts
+    such a run as unfinished and resumes it). Raises DataError,
     SettingsError, TrainingError.
     """
     check_settings(s)
@@ -1301,7 +1305,7 @@ def fit(s: Settings) -> dict:
             ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         except Exception as e:  # a truncated or foreign file: say which, not a traceback
             raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
-        free = ("epochs", "patience", "min_epochs", "resume", "device", "threads", "out", "data_dir", "interests")
+        free = ("epochs", "patience", "min_epochs", "max_minutes", "resume", "device", "threads", "out", "data_dir", "interests")
         changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
         changed |= {name for name, sha in ck.get("data_sha256", {}).items() if data_sha256.get(name) != sha}
         if changed:
@@ -1326,8 +1330,10 @@ def fit(s: Settings) -> dict:
         f"{ds.n_interests} interest nodes, {trainer.main.n_edges} undirected {s.graph.upper()} edges, "
         f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
         f"selection on {sel}, device {device}")
-    epoch, failure = start - 1, None
-    while epoch + 1 < s.epochs and not (stopper.stop and epoch + 1 >= s.min_epochs):
+    epoch, failure, limit = start - 1, None, None
+    started = time.perf_counter()
+    going_on = lambda e: e + 1 < s.epochs and not (stopper.stop and e + 1 >= s.min_epochs)
+    while going_on(epoch):
         epoch += 1
         t0 = time.perf_counter()
         try:
@@ -1356,6 +1362,11 @@ def fit(s: Settings) -> dict:
         log(f"epoch {epoch:4d} | {parts}{mask} | {sel} R@50 {metrics['recall@50']:.4f} "
             f"N@50 {metrics['ndcg@50']:.4f}{' *' if stopper.best_epoch == epoch else ''} | "
             f"{seconds:.1f}s + eval {eval_seconds:.2f}s")
+        if s.max_minutes and time.perf_counter() - started >= 60 * s.max_minutes and going_on(epoch):
+            limit = (f"time limit: --max-minutes {s.max_minutes:g} reached after epoch {epoch}, before early "
+                     f"stopping; the same command with --resume continues from {ckpt_path}")
+            log(limit)
+            break
     trainer.model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     t1 = time.perf_counter()
     test = trainer.evaluate("test")  # the one and only look at test (valid selection)
@@ -1368,7 +1379,7 @@ def fit(s: Settings) -> dict:
         "valid": best["valid"] if sel == "valid" else None, "test": test,
         "epoch_seconds": [h["seconds"] for h in history], "eval_seconds": round(eval_seconds, 4),
         "minutes": round(sum(h["seconds"] + h["eval_seconds"] for h in history) / 60, 2),
-        "history": history, "notes": ds.warnings + trainer.notes, "stopped_by": failure,
+        "history": history, "notes": ds.warnings + trainer.notes, "stopped_by": failure or limit,
         "provenance": {"data_sha256": data_sha256, "interest_file": ds.interest_file or None,
                        "interest_sha256": data_sha256.get(Path(ds.interest_file).name) if ds.interest_file
                        else None, "git_commit": _git_commit(),
@@ -1591,7 +1602,12 @@ def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
     return runs
 
 
-_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir")
+_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes")
+
+
+def time_limited(path: Path) -> bool:
+    """True when the results file is that of a run stopped by --max-minutes before early stopping."""
+    return str(json.loads(path.read_text()).get("stopped_by") or "").startswith("time limit")
 
 
 def settings_differ(path: Path, settings: Settings) -> list:
@@ -1609,21 +1625,21 @@ def done_results(run: PlannedRun) -> Path | None:
     `train` at its default --out (runs/<dataset>-seed<seed>.json, so `make train` counts as
     Table 1's CIKGRec row). None when the run is still to do. Raises SettingsError when the run's
     own file was made with other settings (e.g. a quick --epochs 1 trial): it is neither reused
-    nor overwritten."""
+    nor overwritten. A run stopped by --max-minutes is not done (the sweep resumes it)."""
     if run.out.is_file():
         differ = settings_differ(run.out, run.settings)
         if differ:
             more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
             raise SettingsError(f"{run.out} was made with other settings ({', '.join(differ[:4])}{more}): "
                                 "delete it or give another --runs-dir")
-        return run.out
+        return None if time_limited(run.out) else run.out
     runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
     others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
     same = SAME_RUN.get((run.table, run.config))
     if same:
         others.insert(0, run.out.parent.parent / same[0] / f"{same[1]}-seed{run.seed}.json")
     for other in others:
-        if other.is_file() and not settings_differ(other, run.settings):
+        if other.is_file() and not settings_differ(other, run.settings) and not time_limited(other):
             return other
     return None
 

@@ -425,6 +425,23 @@ def test_fit_resume_is_exact(tmp_path):
         C.fit(tiny_settings(tmp_path, epochs=4, out=str(tmp_path / "b.json"), lr=0.5, resume=True))
 
 
+def test_max_minutes_stops_writes_the_best_so_far_and_resumes(tmp_path):
+    """A run cut by --max-minutes (e.g. a lent GPU's short lease) keeps what it measured."""
+    small_dataset(tmp_path)
+    straight = C.fit(tiny_settings(tmp_path, epochs=3, out=str(tmp_path / "a.json")))
+    assert straight["stopped_by"] is None
+    cut = C.fit(tiny_settings(tmp_path, epochs=3, out=str(tmp_path / "b.json"), max_minutes=1e-9))
+    assert cut["epochs_run"] == 1 and cut["best_epoch"] == 0
+    assert cut["stopped_by"].startswith("time limit: --max-minutes 1e-09 reached after epoch 0")
+    assert json.loads((tmp_path / "b.json").read_text())["stopped_by"] == cut["stopped_by"]
+    resumed = C.fit(tiny_settings(tmp_path, epochs=3, out=str(tmp_path / "b.json"), resume=True))
+    assert resumed["stopped_by"] is None and resumed["epochs_run"] == 3
+    assert [h["bpr"] for h in resumed["history"]] == [h["bpr"] for h in straight["history"]]
+    assert resumed["test"] == straight["test"]
+    with pytest.raises(C.SettingsError, match="--max-minutes must be >= 0, got -1"):
+        C.check_settings(tiny_settings(tmp_path, max_minutes=-1))
+
+
 def test_results_json_and_outputs(tmp_path):
     small_dataset(tmp_path)
     r = C.fit(tiny_settings(tmp_path, epochs=2))

@@ -118,6 +118,13 @@ def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch,
     plain = tmp_path / "runs" / "fx-seed2026.json"
     fake_results(plain, metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(more[2].settings))
     assert C.done_results(more[2]) == plain
+    # a run stopped by --max-minutes is not done (the sweep resumes it); its limit is no setting
+    cut = {**C.dataclasses.asdict(more[2].settings), "max_minutes": 8.0}
+    plain.write_text(json.dumps({"test": metrics(0.1, 0.2, 0.1, 0.2), "settings": cut,
+                                 "stopped_by": "time limit: --max-minutes 8 reached after epoch 3"}))
+    assert C.done_results(more[2]) is None
+    fake_results(plain, metrics(0.1, 0.2, 0.1, 0.2), cut)  # finished within the limit: done
+    assert C.done_results(more[2]) == plain
     fake_results(plain, metrics(0.1, 0.2, 0.1, 0.2),
                  C.dataclasses.asdict(C.dataclasses.replace(more[2].settings, lr=0.5)))
     assert C.done_results(more[2]) is None  # other settings: not the same run
