@@ -1371,12 +1371,13 @@ def fit(s: Settings) -> dict:
     t1 = time.perf_counter()
     test = trainer.evaluate("test")  # the one and only look at test (valid selection)
     eval_seconds = time.perf_counter() - t1
+    groups = group_ndcg(trainer)  # Fig. 3, kept in the results so tables need no model file
     best = next(h for h in history if h["epoch"] == stopper.best_epoch)
     results = {
         "dataset": s.dataset, "settings": dataclasses.asdict(s), "seed": s.seed,
         "split_seed": s.split_seed if sel == "valid" else None, "selected_on": sel,
         "best_epoch": stopper.best_epoch, "epochs_run": epoch + 1,
-        "valid": best["valid"] if sel == "valid" else None, "test": test,
+        "valid": best["valid"] if sel == "valid" else None, "test": test, "groups": groups,
         "epoch_seconds": [h["seconds"] for h in history], "eval_seconds": round(eval_seconds, 4),
         "minutes": round(sum(h["seconds"] + h["eval_seconds"] for h in history) / 60, 2),
         "history": history, "notes": ds.warnings + trainer.notes, "stopped_by": failure or limit,
@@ -1684,7 +1685,8 @@ def _mean_std(values: list) -> tuple[float, float | None]:
 
 def aggregate_table(table: str, dataset: str, files: dict) -> list:
     """One row per configuration of the table: {"config", "label", "n", "files", "minutes" (mean
-    minutes per run; None without runs), and for each metric m of TABLE_METRICS: m (mean),
+    minutes per run; None without runs), "minutes_by_device" ({"cpu": mean, "cuda": mean} from
+    each file's provenance), and for each metric m of TABLE_METRICS: m (mean),
     m+"_std" (sample std, None when n < 2), m+"_paper" (None where the paper has no value) and
     m+"_diff" (100 (ours - paper) / paper)}.
 
@@ -1696,8 +1698,13 @@ def aggregate_table(table: str, dataset: str, files: dict) -> list:
         runs = [json.loads(Path(p).read_text()) for p in paths]
         tests = [r["test"] for r in runs]
         minutes = [r["minutes"] for r in runs if r.get("minutes") is not None]
+        by_device = {}  # runs made on different machines (e.g. a lent GPU) are timed apart
+        for r in runs:
+            if r.get("minutes") is not None:
+                by_device.setdefault(r.get("provenance", {}).get("device", "?"), []).append(r["minutes"])
         row = {"config": config, "label": label, "n": len(tests), "files": [str(p) for p in paths],
-               "minutes": _mean_std(minutes)[0] if minutes else None}
+               "minutes": _mean_std(minutes)[0] if minutes else None,
+               "minutes_by_device": {d: _mean_std(v)[0] for d, v in sorted(by_device.items())}}
         for m in TABLE_METRICS:
             mean, std = _mean_std([t[m] for t in tests]) if tests else (None, None)
             ref = paper.get(config, {}).get(m)
@@ -1716,6 +1723,11 @@ _TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, 
                 "table1": " Our LightGCN and SimGCL rows are trained by this code with the dataset's settings."}
 
 
+def _device_minutes(row: dict) -> str:
+    """The min/run cell: '114 (cpu)', or '138 (cpu), 6 (cuda)' when the seeds ran on different machines."""
+    return ", ".join(f"{v:.0f} ({d})" for d, v in row.get("minutes_by_device", {}).items())
+
+
 def write_table(rows: list, table: str, dataset: str, results_dir="results") -> tuple[Path, Path]:
     """results/<dataset>/<table>.md and .csv from aggregate_table's rows."""
     folder = Path(results_dir) / dataset
@@ -1726,11 +1738,12 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results") -> 
           "Ours: test metrics of the epoch selected on validation, mean ± sample std over n seeds "
           f"({FIRST_SEED}, {FIRST_SEED + 1}, ...; std '-' when n = 1). Paper: selected on test, "
           "mean of 10 seeds. diff % = 100 (ours - paper) / paper. min/run: mean minutes of training and "
-          "evaluation per run (each results file's provenance names the device and threads)."
+          "evaluation per run, by device (each results file's provenance names the device and threads; "
+          "the README says which machines and how many runs shared them)."
           + _TABLE_NOTES.get(table, ""), "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["label"], str(r["n"]), num(r["minutes"], ".0f")]
+        cells = [r["label"], str(r["n"]), _device_minutes(r)]
         for m in TABLE_METRICS:
             ours = "" if r[m] is None else f"{r[m]:.4f} ± " + ("-" if r[m + "_std"] is None else f"{r[m + '_std']:.4f}")
             diff = "" if r[m + "_diff"] is None else f"{r[m + '_diff']:+.1f}"
@@ -1740,10 +1753,11 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results") -> 
     md_path.write_text("\n".join(md) + "\n")
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["config", "model", "n", "minutes_per_run"] + [f"{m}_{k}" for m in TABLE_METRICS
-                                                                  for k in ("mean", "std", "paper", "diff_pct")])
+        w.writerow(["config", "model", "n", "minutes_per_run", "minutes_per_run_by_device"]
+                   + [f"{m}_{k}" for m in TABLE_METRICS for k in ("mean", "std", "paper", "diff_pct")])
         for r in rows:
-            w.writerow([r["config"], r["label"], r["n"], num(r["minutes"], ".4g")]
+            w.writerow([r["config"], r["label"], r["n"], num(r["minutes"], ".4g"),
+                        ";".join(f"{d}:{v:.4g}" for d, v in r.get("minutes_by_device", {}).items())]
                        + [num(r[m + s], ".6g") for m in TABLE_METRICS for s in ("", "_std", "_paper", "_diff")])
     return md_path, csv_path
 
@@ -1816,9 +1830,13 @@ def group_ndcg(trainer: Trainer, k: int = 50, n_groups: int = 4) -> dict:
 
 
 def results_groups(results_path, data_dir: str | None = None) -> dict:
-    """group_ndcg of a results file, cached in <results>.groups.json (redone when the model
-    file <results>.pt is newer than the cache). Raises DataError without model and cache."""
+    """group_ndcg of a results file: its "groups" (written by fit), else computed from the model
+    file <results>.pt and cached in <results>.groups.json (redone when the model is newer than
+    the cache). Raises DataError for an older results file with neither model nor cache."""
     results_path = Path(results_path)
+    saved = json.loads(results_path.read_text(encoding="utf-8")).get("groups") if results_path.is_file() else None
+    if saved:
+        return saved
     cache, model = results_path.with_suffix(".groups.json"), results_path.with_suffix(".pt")
     if cache.is_file() and (not model.is_file() or cache.stat().st_mtime_ns >= model.stat().st_mtime_ns):
         return json.loads(cache.read_text())

@@ -14,9 +14,10 @@ import cikgrec as C
 from test_cikgrec import small_dataset, tiny_settings
 
 
-def fake_results(path, test, settings=None, minutes=None):
+def fake_results(path, test, settings=None, minutes=None, device="cpu"):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"test": test, "settings": settings or {}, "minutes": minutes}))
+    path.write_text(json.dumps({"test": test, "settings": settings or {}, "minutes": minutes,
+                                "provenance": {"device": device}}))
     return path
 
 
@@ -29,8 +30,8 @@ def metrics(r50, r100, n50, n100):
 # ---------------------------------------------------------------------------------------------
 def test_table_aggregation_mean_sample_std_and_paper(tmp_path):
     r50 = [0.17, 0.18, 0.19]
-    files = {"cikgrec": [fake_results(tmp_path / f"c{i}.json", metrics(v, 0.25, 0.09, 0.10), minutes=60 + 10 * i)
-                         for i, v in enumerate(r50)],
+    files = {"cikgrec": [fake_results(tmp_path / f"c{i}.json", metrics(v, 0.25, 0.09, 0.10), minutes=60 + 10 * i,
+                                      device="cuda" if i == 2 else "cpu") for i, v in enumerate(r50)],
              "lightgcn": [fake_results(tmp_path / "l.json", metrics(0.16, 0.22, 0.08, 0.09))]}
     rows = {r["config"]: r for r in C.aggregate_table("table1", "book-crossing", files)}
     c = rows["cikgrec"]
@@ -45,12 +46,13 @@ def test_table_aggregation_mean_sample_std_and_paper(tmp_path):
     md, csv_path = C.write_table(list(rows.values()), "table1", "book-crossing", tmp_path / "results")
     text = md.read_text()
     assert c["minutes"] == pytest.approx(70) and rows["lightgcn"]["minutes"] is None
-    assert "| CIKGRec | 3 | 70 | 0.1800 ± 0.0100 | 0.1791 | +0.5 |" in text
+    assert c["minutes_by_device"] == {"cpu": pytest.approx(65), "cuda": pytest.approx(80)}
+    assert "| CIKGRec | 3 | 65 (cpu), 80 (cuda) | 0.1800 ± 0.0100 | 0.1791 | +0.5 |" in text
     assert "| LightGCN | 1 |  | 0.1600 ± - | 0.1607 | -0.4 |" in text
     lines = csv_path.read_text().splitlines()
-    assert lines[0].startswith("config,model,n,minutes_per_run,recall@50_mean,recall@50_std,recall@50_paper,"
-                               "recall@50_diff_pct")
-    assert lines[1].startswith("cikgrec,CIKGRec,3,70,0.18,0.01,0.1791,")
+    assert lines[0].startswith("config,model,n,minutes_per_run,minutes_per_run_by_device,recall@50_mean,"
+                               "recall@50_std,recall@50_paper,recall@50_diff_pct")
+    assert lines[1].startswith("cikgrec,CIKGRec,3,70,cpu:65;cuda:80,0.18,0.01,0.1791,")
 
 
 def test_ablation_and_variant_tables_have_the_papers_values():
@@ -374,21 +376,27 @@ def test_tables_end_to_end_on_the_fixture(tmp_path, capsys):
         "cikgrec-seed2024.json", "lightgcn-seed2024.json", "simgcl-seed2024.json"]
     saved = json.loads((runs / "simgcl-seed2024.json").read_text())["settings"]
     assert (saved["model"], saved["graph"], saved["dim"], saved["seed"]) == ("simgcl", "cg", 8, 2024)
-    assert (runs / "cikgrec-seed2024.groups.json").is_file()
+    cik_results = json.loads((runs / "cikgrec-seed2024.json").read_text())
+    assert [b[2] for b in cik_results["groups"]["bounds"]]  # fit keeps Fig. 3's groups in the results
     groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
     assert all(f"| {m} (table1) | 1 |" in groups for m in ("CIKGRec", "LightGCN", "SimGCL"))
     assert "| SimGCL | 1 |" in (tmp_path / "res" / "fx" / "table1.md").read_text()
     g = json.loads((tmp_path / "res" / "fx" / "groups.json").read_text())  # what make plots draws
-    cik = json.loads((runs / "cikgrec-seed2024.groups.json").read_text())["ndcg"]
+    cik = cik_results["groups"]["ndcg"]
     assert g["rows"][0]["label"] == "CIKGRec (table1)" and g["rows"][0]["mean"] == pytest.approx(cik)
     assert g["rows"][0]["std"] == [None] * len(cik) and len(g["groups"]) == len(cik)
     capsys.readouterr()
-    (runs / "lightgcn-seed2024.pt").unlink()  # a results file without its model (and no cached
-    (runs / "lightgcn-seed2024.groups.json").unlink()  # groups): left out of groups.md
+    older = json.loads((runs / "lightgcn-seed2024.json").read_text())  # an older results file
+    del older["groups"]  # (no groups in it), copied without its model: left out of groups.md
+    (runs / "lightgcn-seed2024.json").write_text(json.dumps(older))
+    (runs / "lightgcn-seed2024.pt").unlink()
+    assert not (runs / "lightgcn-seed2024.groups.json").exists()
+    (runs / "cikgrec-seed2024.pt").unlink()  # a new one without its model (e.g. from a GPU lease) keeps its groups
     assert C.main(args) == 0  # everything done: nothing is trained again
     err = capsys.readouterr().err
     assert "3 of 3 runs already done; 0 to run" in err and "groups.md leaves out" in err
-    assert "LightGCN (table1)" not in (tmp_path / "res" / "fx" / "groups.md").read_text()
+    groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
+    assert "LightGCN (table1)" not in groups and "| CIKGRec (table1) | 1 |" in groups
 
 
 def test_plots_is_optional_and_says_how_to_get_it(tmp_path, monkeypatch, capsys):
