@@ -1364,7 +1364,7 @@ def fit(s: Settings) -> dict:
             f"{seconds:.1f}s + eval {eval_seconds:.2f}s")
         if s.max_minutes and time.perf_counter() - started >= 60 * s.max_minutes and going_on(epoch):
             limit = (f"time limit: --max-minutes {s.max_minutes:g} reached after epoch {epoch}, before early "
-                     f"stopping; the same command with --resume continues from {ckpt_path}")
+                     f"stopping; --resume (in a sweep: the same tables command) continues from {ckpt_path}")
             log(limit)
             break
     trainer.model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
@@ -1606,15 +1606,35 @@ def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
 _NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes")
 
 
+def read_results(path) -> dict:
+    """A run's results JSON, checked: an object with a "test" dict of finite numbers and, where
+    present, a "settings" dict. Raises DataError naming the file (a torn, foreign or hand-edited
+    file must not become a traceback or a wrong number in a table)."""
+    path = Path(path)
+    try:
+        with _open_text(path) as f:
+            r = json.loads(f.read())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataError(path, 0, f"not a results JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(r, dict) or not isinstance(r.get("test"), dict):
+        raise DataError(path, 0, "not the results JSON of a run (no \"test\" metrics)")
+    bad = [k for k, v in r["test"].items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not math.isfinite(v)]
+    if bad or not isinstance(r.get("settings", {}), dict):
+        what = f"test {bad[0]} = {r['test'][bad[0]]!r} is not a finite number" if bad else "settings is not an object"
+        raise DataError(path, 0, what)
+    return r
+
+
 def time_limited(path: Path) -> bool:
     """True when the results file is that of a run stopped by --max-minutes before early stopping."""
-    return str(json.loads(path.read_text()).get("stopped_by") or "").startswith("time limit")
+    return str(read_results(path).get("stopped_by") or "").startswith("time limit")
 
 
 def settings_differ(path: Path, settings: Settings) -> list:
     """The settings (names) in which the results file `path` differs from `settings`, leaving
     out those that do not change a run's numbers (_NOT_COMPARED)."""
-    saved = json.loads(path.read_text()).get("settings", {})
+    saved = read_results(path).get("settings", {})
     if saved:  # a setting newer than the file counts as its default, which keeps the old behaviour
         saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **saved}
     return [k for k, v in dataclasses.asdict(settings).items() if k not in _NOT_COMPARED and saved.get(k) != v]
@@ -1695,7 +1715,7 @@ def aggregate_table(table: str, dataset: str, files: dict) -> list:
     rows = []
     for config, (label, _) in TABLES[table].items():
         paths = files.get(config, [])
-        runs = [json.loads(Path(p).read_text()) for p in paths]
+        runs = [read_results(p) for p in paths]
         tests = [r["test"] for r in runs]
         minutes = [r["minutes"] for r in runs if r.get("minutes") is not None]
         by_device = {}  # runs made on different machines (e.g. a lent GPU) are timed apart
@@ -1724,12 +1744,25 @@ _TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, 
 
 
 def _device_minutes(row: dict) -> str:
-    """The min/run cell: '114 (cpu)', or '138 (cpu), 6 (cuda)' when the seeds ran on different machines."""
-    return ", ".join(f"{v:.0f} ({d})" for d, v in row.get("minutes_by_device", {}).items())
+    """The min/run cell: '114 (cpu)', or '138 (cpu), 6.4 (cuda)' when the seeds ran on different machines."""
+    return ", ".join(f"{v:.0f} ({d})" if v >= 10 else f"{v:.1f} ({d})"
+                     for d, v in row.get("minutes_by_device", {}).items())
 
 
-def write_table(rows: list, table: str, dataset: str, results_dir="results") -> tuple[Path, Path]:
-    """results/<dataset>/<table>.md and .csv from aggregate_table's rows."""
+def _non_defaults(base: dict) -> str:
+    """The options a tables command gave beyond the dataset and the run-independent ones, e.g.
+    "--min-epochs 30", so a table says what it was made with."""
+    skip = ("dataset",) + _NOT_COMPARED
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(base.items()) if k not in skip and v is not None)
+
+
+def _made_with(given: str) -> list:
+    return [f"Made with `{given}` on top of the dataset's settings.", ""] if given else []
+
+
+def write_table(rows: list, table: str, dataset: str, results_dir="results", given: str = "") -> tuple[Path, Path]:
+    """results/<dataset>/<table>.md and .csv from aggregate_table's rows; `given`: the options the
+    runs were made with beyond the dataset's settings (_non_defaults), stated under the title."""
     folder = Path(results_dir) / dataset
     folder.mkdir(parents=True, exist_ok=True)
     num = lambda x, fmt: "" if x is None else format(x, fmt)
@@ -1740,7 +1773,7 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results") -> 
           "mean of 10 seeds. diff % = 100 (ours - paper) / paper. min/run: mean minutes of training and "
           "evaluation per run, by device (each results file's provenance names the device and threads; "
           "the README says which machines and how many runs shared them)."
-          + _TABLE_NOTES.get(table, ""), "",
+          + _TABLE_NOTES.get(table, ""), ""] + _made_with(given) + [
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["label"], str(r["n"]), _device_minutes(r)]
@@ -1834,7 +1867,7 @@ def results_groups(results_path, data_dir: str | None = None) -> dict:
     file <results>.pt and cached in <results>.groups.json (redone when the model is newer than
     the cache). Raises DataError for an older results file with neither model nor cache."""
     results_path = Path(results_path)
-    saved = json.loads(results_path.read_text(encoding="utf-8")).get("groups") if results_path.is_file() else None
+    saved = read_results(results_path).get("groups") if results_path.is_file() else None
     if saved:
         return saved
     cache, model = results_path.with_suffix(".groups.json"), results_path.with_suffix(".pt")
@@ -1846,9 +1879,11 @@ def results_groups(results_path, data_dir: str | None = None) -> dict:
     return out
 
 
-def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str | None = None) -> Path:
+def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str | None = None,
+                 given: str = "") -> Path:
     """results/<dataset>/groups.md: Fig. 3 as a table, test NDCG@50 of each user group (sparse to
-    dense) for every configuration with results, mean ± sample std over seeds.
+    dense) for every configuration with results, mean ± sample std over seeds; `given` as in
+    write_table.
 
     files: {(table, config): [results paths]}."""
     rows, bounds, data = [], None, []
@@ -1881,7 +1916,8 @@ def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str
     text = [f"# {dataset}: test NDCG@50 by user sparsity group (Fig. 3)", "",
             "Test users split by their number of train.txt interactions into groups holding about the "
             "same total number of interactions (KGAT's protocol), sparse to dense. Mean ± sample std "
-            "over n seeds.", "", "| model | n | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 2)]
+            "over n seeds. Each run once, in the first row it belongs to.", ""] + _made_with(given)
+    text += ["| model | n | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 2)]
     path.write_text("\n".join(text + rows) + "\n")
     path.with_suffix(".json").write_text(json.dumps({"dataset": dataset, "groups": heads, "rows": data}, indent=1))
     return path
@@ -1903,6 +1939,13 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
         raise SettingsError(f"--only {','.join(unknown)}: {table} has the configurations "
                             f"{', '.join(TABLES[table])}")
     todo = [r for r in planned if not wanted or r.config in wanted]
+    out_folder = Path(results_dir) / dataset  # checked before hours of training, not after
+    try:
+        out_folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SettingsError(f"--results-dir {results_dir}: cannot make the folder {out_folder} ({e.strerror})") from None
+    if not os.access(out_folder, os.W_OK):
+        raise SettingsError(f"--results-dir {results_dir}: cannot write into {out_folder}")
     failed = run_sweep(todo, dry_run)
     files = {}  # (table, config) -> results files found, for every table of the dataset
     for t in TABLES:
@@ -1918,12 +1961,14 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
         log(f"no results under {Path(runs_dir) / dataset} yet: {Path(results_dir) / dataset} left as it is")
         return failed
     rows = aggregate_table(table, dataset, {c: p for (t, c), p in files.items() if t == table})
-    md, csv_path = write_table(rows, table, dataset, results_dir)
-    unique = {}  # groups: each results file once (SAME_RUN rows point to the same file)
-    for key, paths in files.items():
-        if paths and tuple(paths) not in unique.values():
-            unique[key] = tuple(paths)
-    groups = write_groups(dataset, {k: list(v) for k, v in unique.items()}, results_dir, base.get("data_dir"))
+    md, csv_path = write_table(rows, table, dataset, results_dir, _non_defaults(base))
+    unique, seen = {}, set()  # groups: each results file once, in its first row (SAME_RUN rows
+    for key, paths in files.items():  # share files: Table 4's CG seeds are Table 1's LightGCN)
+        mine = [p for p in paths if p not in seen]
+        seen.update(mine)
+        if mine:
+            unique[key] = mine
+    groups = write_groups(dataset, unique, results_dir, base.get("data_dir"), _non_defaults(base))
     print(md.read_text())
     log(f"wrote {md}, {csv_path}, {groups}")
     return failed
@@ -1970,6 +2015,8 @@ def explain(trainer: Trainer, user: int, top: int = 10, answers: dict | None = N
            "answer": (answers or {}).get(user), "recommendations": [],
            "graph_has_interests": "uj" in MAIN_PARTS[trainer.s.graph]}
     share = edges[np.isin(edges[:, 1], mine) & (edges[:, 0] != user)]  # (other user, shared interest)
+    if not out["graph_has_interests"]:  # the interest embeddings of such a model were never trained
+        share = share[:0]
     has_item = np.zeros((ds.n_users, ds.n_items), dtype=bool) if len(share) else None
     if has_item is not None:
         rows, cols = _flatten(trainer.train)
@@ -2009,6 +2056,8 @@ def print_explain(ex: dict) -> None:
         if rec["path"]:
             j_idx, j, v, s = rec["path"]
             print(f"      path: user {u} -> interest {j} -> user {v} -> item {rec['item']} (strength {s:.3f})")
+        elif not ex["graph_has_interests"]:
+            print("      no path: this model's graph has no interest nodes")
         else:
             print("      no path through a shared interest")
 
@@ -2017,16 +2066,15 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
                     data_dir: str | None = None, top: int = 10) -> dict:
     """`explain`: load the run's model and print the case study for one user. The answers and
     clusters files default to those beside the run's interest file (interests/<dataset>/), since
-    cluster terms only fit the interest file they were made with; the answers default falls back
-    to interests/<dataset>/llm_answers.jsonl. Raises DataError, SettingsError."""
+    cluster terms and answers only fit the interest file they were made with (a run on the
+    dataset's published file has neither unless given). Raises DataError, SettingsError."""
     if top < 1:
         raise SettingsError(f"--top must be at least 1, got {top}")
     trainer, results = load_trained(run, data_dir)
     s = trainer.s
     folder = Path(s.interests).parent if s.interests else None
-    if answers_path is None:
-        guesses = ([folder / "llm_answers.jsonl"] if folder else []) + [Path("interests") / s.dataset / "llm_answers.jsonl"]
-        answers_path = next((str(p) for p in guesses if p.is_file()), None)
+    if answers_path is None and folder and (folder / "llm_answers.jsonl").is_file():
+        answers_path = str(folder / "llm_answers.jsonl")  # only answers that made the run's interests
     if clusters_path is None and folder and (folder / "interest_clusters.tsv").is_file():
         clusters_path = str(folder / "interest_clusters.tsv")
     answers = {}
@@ -2039,6 +2087,8 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
                 answers.setdefault(int(rec["user"]), rec.get("answer"))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn or foreign line: this is only a display
+        if not answers:
+            raise DataError(answers_path, 0, 'no line of llm_interests.py\'s answers ({"user": ..., "answer": ...})')
     terms = read_cluster_terms(Path(clusters_path)) if clusters_path else {}
     if terms and set(terms) != set(int(j) for j in trainer.ds.interest_ids):
         log(f"warning: {clusters_path} does not describe the run's interest nodes; terms may not match")

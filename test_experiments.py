@@ -147,6 +147,24 @@ def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch, 
     assert "| CIKGRec | 2 |  | 0.3000 ± 0.1414 |" in text
     groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
     assert "1-3 items (4 users, 8 interactions)" in groups and "| CIKGRec (table1) | 2 | 0.1000 ± 0.0000 |" in groups
+    # found by a fresh user: groups.md showed Table 1's LightGCN seeds again as Table 4's CG row
+    # (SAME_RUN) when Table 4's own file had other settings; each file now appears once
+    lg = [r for r in planned if r.config == "lightgcn"]
+    for r in lg:
+        fake_results(r.out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(r.settings))
+    cg = C.plan_runs("lightgcn-variants", {"dataset": "fx", "data_dir": str(tmp_path), "min_epochs": 30}, 1,
+                     tmp_path / "runs")[0]
+    fake_results(cg.out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(cg.settings))
+    common = ["--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3", "--runs-dir", str(tmp_path / "runs"),
+              "--results-dir", str(tmp_path / "res"), "--dry-run"]
+    assert C.main(["tables", "--table", "table1"] + common) == 0
+    groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
+    assert "| LightGCN (table1) | 2 |" in groups and "LightGCN_CG" not in groups and "Made with" not in groups
+    assert C.main(["tables", "--table", "lightgcn-variants", "--min-epochs", "30"] + common) == 0
+    groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
+    assert "| LightGCN_CG (lightgcn-variants) | 1 |" in groups and "Made with `--min-epochs 30`" in groups
+    assert "Made with `--min-epochs 30` on top of the dataset's settings." in (
+        tmp_path / "res" / "fx" / "lightgcn-variants.md").read_text()
     with pytest.raises(SystemExit):  # the sweep sets --seed and --out itself: not options of tables
         C.main(["tables", "--table", "table1", "--dataset", "fx", "--seed", "1"])
     capsys.readouterr()
@@ -183,6 +201,37 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     other = ["tables", "--table", "lightgcn-variants", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
              "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
     assert C.main(other + ["--min-epochs", "30"]) == 0 and "0 of 4 runs already done" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, expect", [
+    (b'{"test": {"recall@50": 0.1', "not a results JSON (JSONDecodeError"),
+    (b"[]", 'not the results JSON of a run (no "test" metrics)'),
+    (b'{"settings": {}}', 'not the results JSON of a run (no "test" metrics)'),
+    (b"\xff\xfe", "not a results JSON (JSONDecodeError"),
+    (b'{"test": {"recall@50": "0.5"}}', "test recall@50 = '0.5' is not a finite number"),
+    (b'{"test": {"recall@50": NaN}}', "test recall@50 = nan is not a finite number"),
+])
+def test_tables_name_a_broken_results_file(tmp_path, capsys, content, expect):
+    """Found by a fresh user: each was a traceback or a wrong number ("0.5", "nan") in a table."""
+    small_dataset(tmp_path)
+    bad = tmp_path / "runs" / "fx" / "table1" / "cikgrec-seed2024.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(content)
+    args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
+    assert C.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: {expect}" in err and err.count("\n") == 1, err
+
+
+def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys):
+    small_dataset(tmp_path)
+    args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--results-dir"]
+    (tmp_path / "afile").write_text("x")
+    assert C.main(args + [str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "--results-dir " in err and "cannot make the folder" in err and err.count("\n") == 1, err
 
 
 def test_tables_without_any_results_leave_the_committed_tables(tmp_path, capsys):
@@ -296,6 +345,20 @@ def test_group_ndcg_matches_the_whole(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Case study (Fig. 4)
 # ---------------------------------------------------------------------------------------------
+def test_explain_gives_no_interest_path_for_a_model_without_interest_nodes(tmp_path, capsys):
+    """Found by a fresh user: a LightGCN on the user-item graph was shown paths through interest
+    nodes whose embeddings it never trained."""
+    small_dataset(tmp_path)
+    s = tiny_settings(tmp_path, model="lightgcn", graph="cg")
+    C.fit(s)
+    capsys.readouterr()
+    ex = C.explain_command(s.out, 0)
+    out = capsys.readouterr().out
+    assert ex["recommendations"] and all(rec["path"] is None for rec in ex["recommendations"])
+    assert "(not in this model's graph)" in out and "no path: this model's graph has no interest nodes" in out
+    assert "path: user" not in out
+
+
 def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     folder = small_dataset(tmp_path)
     (tmp_path / "interests").mkdir()
@@ -352,7 +415,8 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
              (["--run", str(run), "--answers", str(tmp_path / "missing.jsonl")], "missing.jsonl: file not found"),
              (["--run", str(run), "--answers", str(tmp_path)], "is a folder, not a file"),
              (["--run", str(run), "--clusters", str(tmp_path / "missing.tsv")], "missing.tsv: file not found"),
-             (["--run", str(run), "--top", "-3"], "--top must be at least 1, got -3")]
+             (["--run", str(run), "--top", "-3"], "--top must be at least 1, got -3"),
+             (["--run", str(run), "--answers", str(bad_json)], "bad.json: no line of llm_interests.py's answers")]
     s_no = C.dataclasses.replace(s, interests="", out=str(tmp_path / "noint.json"))
     C.fit(s_no)
     (other / "fx" / "user_interest_clustered.txt").unlink()
