@@ -1071,11 +1071,15 @@ class Trainer:
             v1 = propagate(x, self.views[0].adjacency(), s.layers, eps=s.eps, rng=rng)
             v2 = propagate(x, self.views[1].adjacency(), s.layers, eps=s.eps if s.model == "simgcl" else 0.0,
                            rng=rng)
-            v3 = v2 if s.model == "simgcl" else propagate(x, self.views[2].adjacency(), s.layers)
-            n_item_rows = self.ds.n_items if s.variant == "paper" or s.model == "simgcl" else None
-            items3 = v3[e0:e0 + n_item_rows] if n_item_rows else v3[e0:]
-            cl = (info_nce(v1[u], v2[:e0], u, s.tau)
-                  + info_nce(v1[e0 + i], items3, i, s.tau))
+            if s.model == "simgcl":  # SimGCL's own InfoNCE: in-batch, over the batch's distinct
+                uu, ii = torch.unique(u), e0 + torch.unique(i)  # users and items (Yu et al. 2022)
+                cl = (info_nce(v1[uu], v2[uu], torch.arange(len(uu), device=uu.device), s.tau)
+                      + info_nce(v1[ii], v2[ii], torch.arange(len(ii), device=ii.device), s.tau))
+            else:  # Eq. 9: every user (item) of view 2 (view 3) is a candidate
+                v3 = propagate(x, self.views[2].adjacency(), s.layers)
+                items3 = v3[e0:e0 + self.ds.n_items] if s.variant == "paper" else v3[e0:]
+                cl = (info_nce(v1[u], v2[:e0], u, s.tau)
+                      + info_nce(v1[e0 + i], items3, i, s.tau))
             loss = loss + s.lambda3 * cl
             parts["cl"] = cl.item()
         if self.reconstruct:  # Eqs. 5-7

@@ -275,6 +275,26 @@ def trainer_for(tmp_path, **kw):
     return C.Trainer(s, *C.prepare(s), torch.device("cpu"))
 
 
+def test_simgcl_infonce_is_in_batch_over_distinct_users_and_items(tmp_path):
+    """SimGCL (Yu et al. 2022) contrasts the batch's distinct users (items) with each other, not
+    with every user as CIKGRec's Eq. 9 does. With eps = 0 both views are the plain LightGCN
+    output, so the term is a by-hand softmax over the batch's cosine similarities."""
+    small_dataset(tmp_path)
+    t = trainer_for(tmp_path, model="simgcl", eps=0.0, lambda1=0.0, l2=0.0, lambda3=1.0, tau=0.5)
+    u, i, j = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 4, 4, 1]), torch.tensor([5, 5, 5, 5])
+    loss, parts = t.step_loss(u, i, j, 0.0)
+    z = C.propagate(t.model.emb, t.views[0].adjacency(), t.s.layers).detach()
+
+    def by_hand(rows):
+        a = torch.nn.functional.normalize(z[rows], dim=1)
+        logits = a @ a.t() / 0.5
+        return float(-(torch.diag(logits) - torch.logsumexp(logits, dim=1)).mean())
+
+    expect = by_hand(torch.tensor([0, 1, 2])) + by_hand(t.e0 + torch.tensor([0, 1, 4]))
+    assert parts["cl"] == pytest.approx(expect, rel=1e-5)
+    assert float(loss) == pytest.approx(expect, rel=1e-5)  # BPR and L2 weighted 0
+
+
 def test_without_cl_has_no_contrastive_term(tmp_path):
     small_dataset(tmp_path)
     t = trainer_for(tmp_path, lambda3=0.0)
