@@ -1962,7 +1962,8 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
                 found = None
             files.setdefault((t, r.config), []).extend([found] if found else [])
     if not any(files.values()):  # e.g. --dry-run in a fresh clone: keep the committed tables
-        log(f"no results under {Path(runs_dir) / dataset} yet: {Path(results_dir) / dataset} left as it is")
+        log(f"no results made with these settings under {Path(runs_dir) / dataset} yet: "
+            f"{Path(results_dir) / dataset} left as it is")
         return failed
     rows = aggregate_table(table, dataset, {c: p for (t, c), p in files.items() if t == table})
     md, csv_path = write_table(rows, table, dataset, results_dir, _non_defaults(base))

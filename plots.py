@@ -47,6 +47,9 @@ def plots(datasets: list, results_dir="results") -> list:
             C.log(f"note: no {src} (run a table first): no Fig. 3 for {dataset}")
             continue
         g = json.loads(src.read_text())
+        if not g.get("rows"):
+            C.log(f"note: {src} has no results yet: no Fig. 3 for {dataset}")
+            continue
         fig, ax = plt.subplots(figsize=(7, 3.5))
         width = 0.8 / max(len(g["rows"]), 1)
         for n, row in enumerate(g["rows"]):

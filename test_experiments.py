@@ -496,3 +496,14 @@ def test_plots_is_optional_and_says_how_to_get_it(tmp_path, monkeypatch, capsys)
     assert plots.main(["--results-dir", str(tmp_path)]) == 2
     assert "plots needs matplotlib, an optional extra: pip install matplotlib" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_plots_skip_a_dataset_without_group_results(tmp_path, capsys):
+    """Found by a fresh user: an empty groups.json gave a blank groups.png and a matplotlib warning."""
+    pytest.importorskip("matplotlib")
+    import plots
+    (tmp_path / "fx").mkdir()
+    (tmp_path / "fx" / "groups.json").write_text(json.dumps({"dataset": "fx", "groups": [], "rows": []}))
+    assert plots.main(["--dataset", "fx", "--results-dir", str(tmp_path)]) == 0
+    assert not (tmp_path / "fx" / "groups.png").exists()
+    assert "has no results yet: no Fig. 3 for fx" in capsys.readouterr().err
