@@ -1967,8 +1967,10 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
         return failed
     rows = aggregate_table(table, dataset, {c: p for (t, c), p in files.items() if t == table})
     md, csv_path = write_table(rows, table, dataset, results_dir, _non_defaults(base))
-    unique, seen = {}, set()  # groups: each results file once, in its first row (SAME_RUN rows
-    for key, paths in files.items():  # share files: Table 4's CG seeds are Table 1's LightGCN)
+    # groups: each results file once, in the first row that has it (SAME_RUN rows share files:
+    # Table 4's CG seeds are Table 1's LightGCN ones)
+    unique, seen = {}, set()
+    for key, paths in files.items():
         mine = [p for p in paths if p not in seen]
         seen.update(mine)
         if mine:
