@@ -76,6 +76,7 @@ def test_run_settings_follow_the_command_line(tmp_path):
     assert (s.model, s.graph, s.seed, s.layers, s.lr) == ("lightgcn", "cg", 2025, 4, 8e-4)  # dataset's
     assert s.out == str(tmp_path / "book-crossing" / "table1" / "lightgcn-seed2025.json")
     assert runs[("simgcl", 2024)].settings.graph == "cg" and runs[("simgcl", 2024)].settings.tau == 0.15
+    assert runs[("simgcl", 2024)].settings.min_epochs == 30 and s.min_epochs == 0  # SimGCL's early peak
     abl = {r.config: r.settings for r in C.plan_runs("ablation", base, 1, tmp_path)}
     assert not abl["wo-uik"].interest_nodes and abl["wo-uir"].lambda2 == 0 and abl["wo-cl"].lambda3 == 0
     assert abl["wo-dmr"].schedule == "fixed" and abl["linear"].schedule == "lin"
