@@ -1165,7 +1165,7 @@ class Trainer:
         """Metrics on "valid" (training items excluded) or "test" (train.txt items excluded)."""
         users = self.eval_sets[split][0]
         ue, ie = self.embeddings()
-        ks = sorted(set(parse_ks(self.s.ks)) | {50})
+        ks = sorted(set(parse_ks(self.s.ks)) | {50, 100})  # @50 selects the model; @50, @100: the tables
         return evaluate_ranking(ue, ie, users, *self.eval_pairs[split], ks, self.s.eval_batch)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -1625,12 +1625,31 @@ def read_results(path) -> dict:
         raise DataError(path, 0, f"not a results JSON ({type(e).__name__}: {e})") from None
     if not isinstance(r, dict) or not isinstance(r.get("test"), dict):
         raise DataError(path, 0, "not the results JSON of a run (no \"test\" metrics)")
-    bad = [k for k, v in r["test"].items() if isinstance(v, bool) or not isinstance(v, (int, float))
-           or not math.isfinite(v)]
-    if bad or not isinstance(r.get("settings", {}), dict):
-        what = f"test {bad[0]} = {r['test'][bad[0]]!r} is not a finite number" if bad else "settings is not an object"
-        raise DataError(path, 0, what)
+    missing = [m for m in TABLE_METRICS if m not in r["test"]]
+    if missing:
+        raise DataError(path, 0, f"no test {missing[0]} in it")
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    bad = [k for k, v in r["test"].items() if not finite(v)]
+    if bad:
+        raise DataError(path, 0, f"test {bad[0]} = {r['test'][bad[0]]!r} is not a finite number")
+    if r.get("minutes") is not None and not finite(r["minutes"]):
+        raise DataError(path, 0, f"minutes = {r['minutes']!r} is not a finite number")
+    for key in ("settings", "provenance"):
+        if not isinstance(r.get(key, {}), dict):
+            raise DataError(path, 0, f"{key} is not an object")
     return r
+
+
+def check_groups(g, path) -> dict:
+    """Fig. 3 groups as group_ndcg returns them ({"bounds": [[lo, hi, users, interactions]...],
+    "ndcg": [...]}, one value per group); DataError naming `path` otherwise."""
+    ok = (isinstance(g, dict) and isinstance(g.get("bounds"), list) and isinstance(g.get("ndcg"), list)
+          and len(g["bounds"]) == len(g["ndcg"]) > 0
+          and all(isinstance(b, (list, tuple)) and len(b) == 4 for b in g["bounds"])
+          and all(isinstance(v, (int, float)) and math.isfinite(v) for v in g["ndcg"]))
+    if not ok:
+        raise DataError(path, 0, "not Fig. 3 groups ({\"bounds\": [...], \"ndcg\": [...]}, one value per group)")
+    return g
 
 
 def time_limited(path: Path) -> bool:
@@ -1875,11 +1894,15 @@ def results_groups(results_path, data_dir: str | None = None) -> dict:
     the cache). Raises DataError for an older results file with neither model nor cache."""
     results_path = Path(results_path)
     saved = read_results(results_path).get("groups") if results_path.is_file() else None
-    if saved:
-        return saved
+    if saved is not None:
+        return check_groups(saved, results_path)
     cache, model = results_path.with_suffix(".groups.json"), results_path.with_suffix(".pt")
     if cache.is_file() and (not model.is_file() or cache.stat().st_mtime_ns >= model.stat().st_mtime_ns):
-        return json.loads(cache.read_text())
+        try:
+            with _open_text(cache) as f:
+                return check_groups(json.loads(f.read()), cache)
+        except ValueError as e:
+            raise DataError(cache, 0, f"not a groups JSON ({type(e).__name__}: {e})") from None
     trainer, _ = load_trained(results_path, data_dir)
     out = group_ndcg(trainer)
     _write_json(out, cache)
@@ -1900,12 +1923,17 @@ def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str
         per_seed = []
         for p in paths:
             try:
-                per_seed.append(results_groups(p, data_dir))
+                g = results_groups(p, data_dir)
             except DataError as e:  # e.g. results copied without their model file
                 log(f"warning: groups.md leaves out {p}: {e}")
+                continue
+            if bounds is not None and [list(b) for b in g["bounds"]] != [list(b) for b in bounds]:
+                log(f"warning: groups.md leaves out {p}: its groups differ from the other runs' (other data?)")
+                continue
+            bounds = bounds or g["bounds"]
+            per_seed.append(g)
         if not per_seed:
             continue
-        bounds = bounds or per_seed[0]["bounds"]
         cells, stats = [], [_mean_std([r["ndcg"][g] for r in per_seed]) for g in range(len(bounds))]
         for mean, std in stats:
             cells.append(f"{mean:.4f} ± " + ("-" if std is None else f"{std:.4f}"))

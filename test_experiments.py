@@ -209,8 +209,15 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     (b"[]", 'not the results JSON of a run (no "test" metrics)'),
     (b'{"settings": {}}', 'not the results JSON of a run (no "test" metrics)'),
     (b"\xff\xfe", "not a results JSON (JSONDecodeError"),
-    (b'{"test": {"recall@50": "0.5"}}', "test recall@50 = '0.5' is not a finite number"),
-    (b'{"test": {"recall@50": NaN}}', "test recall@50 = nan is not a finite number"),
+    (b'{"test": {"recall@50": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}}', "no test recall@100 in it"),
+    (b'{"test": {"recall@50": "0.5", "recall@100": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}}',
+     "test recall@50 = '0.5' is not a finite number"),
+    (b'{"test": {"recall@50": NaN, "recall@100": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}}',
+     "test recall@50 = nan is not a finite number"),
+    (b'{"test": {"recall@50": 0.5, "recall@100": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}, "minutes": "abc"}',
+     "minutes = 'abc' is not a finite number"),
+    (b'{"test": {"recall@50": 0.5, "recall@100": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}, "provenance": []}',
+     "provenance is not an object"),
 ])
 def test_tables_name_a_broken_results_file(tmp_path, capsys, content, expect):
     """Found by a fresh user: each was a traceback or a wrong number ("0.5", "nan") in a table."""
@@ -508,3 +515,29 @@ def test_plots_skip_a_dataset_without_group_results(tmp_path, capsys):
     assert plots.main(["--dataset", "fx", "--results-dir", str(tmp_path)]) == 0
     assert not (tmp_path / "fx" / "groups.png").exists()
     assert "has no results yet: no Fig. 3 for fx" in capsys.readouterr().err
+
+
+def test_tables_columns_exist_whatever_ks(tmp_path):
+    """Found by a fresh user: a sweep with --ks 20 trained, then failed on 'recall@100'."""
+    small_dataset(tmp_path)
+    r = C.fit(tiny_settings(tmp_path, ks="20", epochs=1))
+    assert {"recall@20", "recall@50", "recall@100", "ndcg@50", "ndcg@100"} <= set(r["test"])
+
+
+@pytest.mark.parametrize("cache", ['{"bounds": [[1, 3, 4, 8]]', '{"bounds": [[1, 3, 4, 8]], "ndcg": []}',
+                                   '{"bounds": [[1, 3, 4, 8], [4, 9, 2, 8]], "ndcg": [0.1]}', "[]"])
+def test_a_broken_groups_cache_is_named_not_a_traceback(tmp_path, cache):
+    run = fake_results(tmp_path / "r.json", metrics(0.1, 0.2, 0.1, 0.2))  # older file: no "groups"
+    (tmp_path / "r.groups.json").write_text(cache)
+    with pytest.raises(C.DataError, match="r.groups.json: not"):
+        C.results_groups(run)
+
+
+def test_groups_md_leaves_out_a_run_with_other_groups(tmp_path, monkeypatch, capsys):
+    """Found by a fresh user: a groups file with fewer groups than the others was an IndexError."""
+    two = {"bounds": [[1, 3, 4, 8], [4, 9, 2, 8]], "ndcg": [0.1, 0.3]}
+    one = {"bounds": [[1, 9, 6, 16]], "ndcg": [0.2]}
+    monkeypatch.setattr(C, "results_groups", lambda p, d=None: two if p.endswith("a") else one)
+    path = C.write_groups("fx", {("table1", "cikgrec"): ["a", "b"]}, tmp_path)
+    assert "| CIKGRec (table1) | 1 | 0.1000 ± - | 0.3000 ± - |" in path.read_text()
+    assert "groups.md leaves out b: its groups differ from the other runs'" in capsys.readouterr().err
