@@ -2128,6 +2128,8 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
         if not answers:
             raise DataError(answers_path, 0, 'no line of llm_interests.py\'s answers ({"user": ..., "answer": ...})')
     terms = read_cluster_terms(Path(clusters_path)) if clusters_path else {}
+    if clusters_path and not terms:
+        raise DataError(clusters_path, 0, "no kept cluster row of llm_interests.py's interest_clusters.tsv")
     if terms and set(terms) != set(int(j) for j in trainer.ds.interest_ids):
         log(f"warning: {clusters_path} does not describe the run's interest nodes; terms may not match")
     ex = explain(trainer, user, top, answers, terms)

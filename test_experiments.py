@@ -444,7 +444,8 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
              (["--run", str(run), "--answers", str(tmp_path)], "is a folder, not a file"),
              (["--run", str(run), "--clusters", str(tmp_path / "missing.tsv")], "missing.tsv: file not found"),
              (["--run", str(run), "--top", "-3"], "--top must be at least 1, got -3"),
-             (["--run", str(run), "--answers", str(bad_json)], "bad.json: no line of llm_interests.py's answers")]
+             (["--run", str(run), "--answers", str(bad_json)], "bad.json: no line of llm_interests.py's answers"),
+             (["--run", str(run), "--clusters", str(bad_json)], "bad.json: no kept cluster row")]
     s_no = C.dataclasses.replace(s, interests="", out=str(tmp_path / "noint.json"))
     C.fit(s_no)
     (other / "fx" / "user_interest_clustered.txt").unlink()
