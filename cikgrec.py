@@ -1613,6 +1613,11 @@ def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
 _NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes")
 
 
+def _finite(v) -> bool:
+    """A finite int or float (not a bool, a string or None), as read from a JSON file."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def read_results(path) -> dict:
     """A run's results JSON, checked: an object with a "test" dict of finite numbers and, where
     present, a "settings" dict. Raises DataError naming the file (a torn, foreign or hand-edited
@@ -1628,11 +1633,10 @@ def read_results(path) -> dict:
     missing = [m for m in TABLE_METRICS if m not in r["test"]]
     if missing:
         raise DataError(path, 0, f"no test {missing[0]} in it")
-    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    bad = [k for k, v in r["test"].items() if not finite(v)]
+    bad = [k for k, v in r["test"].items() if not _finite(v)]
     if bad:
         raise DataError(path, 0, f"test {bad[0]} = {r['test'][bad[0]]!r} is not a finite number")
-    if r.get("minutes") is not None and not finite(r["minutes"]):
+    if r.get("minutes") is not None and not _finite(r["minutes"]):
         raise DataError(path, 0, f"minutes = {r['minutes']!r} is not a finite number")
     for key in ("settings", "provenance"):
         if not isinstance(r.get(key, {}), dict):
@@ -1646,21 +1650,21 @@ def check_groups(g, path) -> dict:
     ok = (isinstance(g, dict) and isinstance(g.get("bounds"), list) and isinstance(g.get("ndcg"), list)
           and len(g["bounds"]) == len(g["ndcg"]) > 0
           and all(isinstance(b, (list, tuple)) and len(b) == 4 for b in g["bounds"])
-          and all(isinstance(v, (int, float)) and math.isfinite(v) for v in g["ndcg"]))
+          and all(_finite(v) for v in g["ndcg"]))
     if not ok:
         raise DataError(path, 0, "not Fig. 3 groups ({\"bounds\": [...], \"ndcg\": [...]}, one value per group)")
     return g
 
 
-def time_limited(path: Path) -> bool:
-    """True when the results file is that of a run stopped by --max-minutes before early stopping."""
-    return str(read_results(path).get("stopped_by") or "").startswith("time limit")
+def time_limited(results: dict) -> bool:
+    """True for the results (read_results) of a run stopped by --max-minutes before early stopping."""
+    return str(results.get("stopped_by") or "").startswith("time limit")
 
 
-def settings_differ(path: Path, settings: Settings) -> list:
-    """The settings (names) in which the results file `path` differs from `settings`, leaving
+def settings_differ(results: dict, settings: Settings) -> list:
+    """The settings (names) in which the results (read_results) differ from `settings`, leaving
     out those that do not change a run's numbers (_NOT_COMPARED)."""
-    saved = read_results(path).get("settings", {})
+    saved = results.get("settings", {})
     if saved:  # a setting newer than the file counts as its default, which keeps the old behaviour
         saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **saved}
     return [k for k, v in dataclasses.asdict(settings).items() if k not in _NOT_COMPARED and saved.get(k) != v]
@@ -1674,20 +1678,23 @@ def done_results(run: PlannedRun) -> Path | None:
     own file was made with other settings (e.g. a quick --epochs 1 trial): it is neither reused
     nor overwritten. A run stopped by --max-minutes is not done (the sweep resumes it)."""
     if run.out.is_file():
-        differ = settings_differ(run.out, run.settings)
+        results = read_results(run.out)
+        differ = settings_differ(results, run.settings)
         if differ:
             more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
             raise SettingsError(f"{run.out} was made with other settings ({', '.join(differ[:4])}{more}): "
                                 "delete it or give another --runs-dir")
-        return None if time_limited(run.out) else run.out
+        return None if time_limited(results) else run.out
     runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
     others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
     same = SAME_RUN.get((run.table, run.config))
     if same:
         others.insert(0, run.out.parent.parent / same[0] / f"{same[1]}-seed{run.seed}.json")
     for other in others:
-        if other.is_file() and not settings_differ(other, run.settings) and not time_limited(other):
-            return other
+        if other.is_file():
+            results = read_results(other)
+            if not settings_differ(results, run.settings) and not time_limited(results):
+                return other
     return None
 
 
