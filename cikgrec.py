@@ -285,13 +285,24 @@ def read_user_items(path, n_items: int | None = None, n_users: int | None = None
 
 
 def list_size(path) -> int | None:
-    """Rows of an id list (user_list.txt, entity_list.txt, relation_list.txt): the non-blank lines
-    after the header. None when the file does not exist."""
+    """Rows of an id list (user_list.txt, entity_list.txt, relation_list.txt: `org_id remap_id
+    [name...]`, header first, remap ids 0, 1, 2... in order). None when the file does not exist.
+    Raises DataError naming the line of a row without a remap id or with one out of order."""
     path = Path(path)
     if not path.exists():
         return None
+    rows = 0
     with _open_text(path) as f:
-        return max(0, sum(1 for line in f if line.strip()) - 1)
+        for no, line in enumerate(f, 1):
+            if no == 1 or not line.strip():
+                continue
+            parts = line.split(None, 2)
+            if len(parts) < 2 or not parts[1].isdigit():
+                raise DataError(path, no, f"expected `org_id remap_id`, got {line.strip()[:80]!r}")
+            if int(parts[1]) != rows:
+                raise DataError(path, no, f"remap id {parts[1]} out of order: expected {rows}")
+            rows += 1
+    return rows
 
 
 def read_item_names(path) -> list[str]:
@@ -1259,11 +1270,20 @@ def _git_commit() -> str | None:
         return None
 
 
-def data_files(s: Settings, ds: Dataset) -> list:
-    """The files a run read (train, test, KG and interest files that exist), for provenance."""
+def data_files(s: Settings) -> list:
+    """The files a run with settings s reads (train, test, KG and interest files that exist), for
+    provenance: fit records their SHA-256 by file name."""
     folder = Path(s.data_dir) / s.dataset
     files = [folder / f for f in ("train.txt", "test.txt", "kg_final.txt") if (folder / f).is_file()]
-    return files + ([Path(ds.interest_file)] if ds.interest_file else [])
+    interests = Path(s.interests) if s.interests else folder / "user_interest_clustered.txt"
+    return files + ([interests] if s.interest_nodes and interests.is_file() else [])
+
+
+def data_changed(saved_sha256: dict, s: Settings) -> list:
+    """The names of the files (data_files) that differ from the SHA-256 a run or checkpoint
+    recorded (`saved_sha256`, name -> hex digest), or no longer exist: the data changed since."""
+    now = {p.name: _sha256(str(p)) for p in data_files(s)}
+    return sorted(name for name, sha in saved_sha256.items() if now.get(name) != sha)
 
 
 def prepare(s: Settings) -> tuple[Dataset, list, list | None]:
@@ -1301,7 +1321,7 @@ def fit(s: Settings) -> dict:
         log(f"note: {note}")
     sel = "valid" if s.select_on == "valid" else "test"
     stopper, history, start = EarlyStopping(s.patience), [], 0
-    data_sha256 = {p.name: _sha256(str(p)) for p in data_files(s, ds)}
+    data_sha256 = {p.name: _sha256(str(p)) for p in data_files(s)}
     if s.dataset not in DATASET_DEFAULTS:
         log(f"note: no per-dataset defaults for {s.dataset!r}: the Settings defaults apply")
     if s.resume and ckpt_path.is_file():
@@ -1311,7 +1331,7 @@ def fit(s: Settings) -> dict:
             raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
         free = ("epochs", "patience", "min_epochs", "max_minutes", "resume", "device", "threads", "out", "data_dir", "interests")
         changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
-        changed |= {name for name, sha in ck.get("data_sha256", {}).items() if data_sha256.get(name) != sha}
+        changed |= set(data_changed(ck.get("data_sha256", {}), s))
         if changed:
             raise SettingsError(f"--resume: {ckpt_path} was made with other settings or data "
                                 f"({', '.join(sorted(changed))})")
@@ -1329,9 +1349,12 @@ def fit(s: Settings) -> dict:
         log(f"resuming {ckpt_path} after epoch {ck['epoch']}")
     elif s.resume:
         log(f"note: --resume: no checkpoint at {ckpt_path}, starting afresh")
+    elif ckpt_path.is_file():
+        log(f"note: starting afresh: the checkpoint {ckpt_path} will be replaced (--resume continues it)")
     check_writable(out, best_path, ckpt_path)
+    unused = "" if "uj" in MAIN_PARTS[s.graph] else f" (not in the {s.graph.upper()} graph)"
     log(f"{s.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.n_entities} entities, "
-        f"{ds.n_interests} interest nodes, {trainer.main.n_edges} undirected {s.graph.upper()} edges, "
+        f"{ds.n_interests} interest nodes{unused}, {trainer.main.n_edges} undirected {s.graph.upper()} edges, "
         f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
         f"selection on {sel}, device {device}")
     epoch, failure, limit = start - 1, None, None
@@ -1619,7 +1642,7 @@ def _finite(v) -> bool:
 
 
 def read_results(path) -> dict:
-    """A run's results JSON, checked: an object with a "test" dict of finite numbers and, where
+    """A run's results JSON, checked: an object with a "test" dict of numbers in [0, 1] and, where
     present, a "settings" dict. Raises DataError naming the file (a torn, foreign or hand-edited
     file must not become a traceback or a wrong number in a table)."""
     path = Path(path)
@@ -1636,12 +1659,23 @@ def read_results(path) -> dict:
     bad = [k for k, v in r["test"].items() if not _finite(v)]
     if bad:
         raise DataError(path, 0, f"test {bad[0]} = {r['test'][bad[0]]!r} is not a finite number")
+    bad = [k for k, v in r["test"].items() if not 0 <= v <= 1]  # Recall, NDCG, precision, hit rate
+    if bad:
+        raise DataError(path, 0, f"test {bad[0]} = {r['test'][bad[0]]!r} is not between 0 and 1")
     if r.get("minutes") is not None and not _finite(r["minutes"]):
         raise DataError(path, 0, f"minutes = {r['minutes']!r} is not a finite number")
     for key in ("settings", "provenance"):
         if not isinstance(r.get(key, {}), dict):
             raise DataError(path, 0, f"{key} is not an object")
+    if not isinstance(r.get("provenance", {}).get("data_sha256", {}), dict):
+        raise DataError(path, 0, "provenance data_sha256 is not an object")
     return r
+
+
+def run_data_changed(results: dict, settings: Settings) -> list:
+    """The data files (names) that differ from those the run of `results` (read_results) was
+    trained on, read as `settings` would read them (data_changed)."""
+    return data_changed(results.get("provenance", {}).get("data_sha256", {}), settings)
 
 
 def check_groups(g, path) -> dict:
@@ -1675,8 +1709,9 @@ def done_results(run: PlannedRun) -> Path | None:
     elsewhere when the settings agree (all but _NOT_COMPARED): in another table (SAME_RUN), or by
     `train` at its default --out (runs/<dataset>-seed<seed>.json, so `make train` counts as
     Table 1's CIKGRec row). None when the run is still to do. Raises SettingsError when the run's
-    own file was made with other settings (e.g. a quick --epochs 1 trial): it is neither reused
-    nor overwritten. A run stopped by --max-minutes is not done (the sweep resumes it)."""
+    own file was made with other settings (e.g. a quick --epochs 1 trial) or on other data (the
+    SHA-256 of its files): it is neither reused nor overwritten. A run stopped by --max-minutes is
+    not done (the sweep resumes it)."""
     if run.out.is_file():
         results = read_results(run.out)
         differ = settings_differ(results, run.settings)
@@ -1684,6 +1719,10 @@ def done_results(run: PlannedRun) -> Path | None:
             more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
             raise SettingsError(f"{run.out} was made with other settings ({', '.join(differ[:4])}{more}): "
                                 "delete it or give another --runs-dir")
+        changed = run_data_changed(results, run.settings)
+        if changed:
+            raise SettingsError(f"{run.out} was trained on other data (the SHA-256 of {', '.join(changed)} "
+                                "differs from the run's): delete it or give another --runs-dir")
         return None if time_limited(results) else run.out
     runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
     others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
@@ -1693,7 +1732,8 @@ def done_results(run: PlannedRun) -> Path | None:
     for other in others:
         if other.is_file():
             results = read_results(other)
-            if not settings_differ(results, run.settings) and not time_limited(results):
+            if not (settings_differ(results, run.settings) or time_limited(results)
+                    or run_data_changed(results, run.settings)):
                 return other
     return None
 
@@ -1715,18 +1755,21 @@ def run_sweep(runs: list, dry_run: bool = False) -> int:
         for r in todo:
             log(f"  to run: {r.config} seed {r.seed} -> {r.out}")
         return 0
-    start, finished, failed = time.perf_counter(), 0, 0
+    start, finished, failed, cut = time.perf_counter(), 0, 0, 0
     for n, r in enumerate(todo, 1):
         elapsed = time.perf_counter() - start
         left = f"~{_fmt_duration(elapsed / finished * (len(todo) - n + 1))} left" if finished else "time left unknown yet"
         log(f"run {n}/{len(todo)}: {r.config} seed {r.seed} ({_fmt_duration(elapsed)} elapsed, {left})")
         ckpt = output_paths(r.settings)[2]
         try:
-            fit(dataclasses.replace(r.settings, resume=ckpt.is_file()))
+            cut += time_limited(fit(dataclasses.replace(r.settings, resume=ckpt.is_file())))
             finished += 1
         except TrainingError as e:
             failed += 1
             log(f"run {n}/{len(todo)} failed: {e} (its checkpoint is kept; going on)")
+    if cut:
+        log(f"{cut} of {len(todo)} runs stopped at --max-minutes before early stopping: they are not in the "
+            "tables yet; the same command continues them")
     return failed
 
 
@@ -1831,21 +1874,24 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results", giv
 def load_trained(results_path, data_dir: str | None = None, device: str = "cpu") -> tuple[Trainer, dict]:
     """The Trainer of a finished run with its selected model: settings from the results JSON
     (fields this version does not know are ignored), the best model state from <results>.pt
-    (saved by fit beside the JSON). data_dir overrides the saved data folder."""
+    (saved by fit beside the JSON). data_dir overrides the saved data folder. Raises DataError on
+    a missing or foreign file, and when the data files differ from those the run was trained on."""
     results_path = Path(results_path)
     if results_path.suffix == ".pt":
         raise DataError(results_path, 0, "give the run's results JSON; its model .pt is found beside it")
     for path in (results_path, results_path.with_suffix(".pt")):
         if not path.is_file():
             raise DataError(path, 0, "not found (a finished run writes <out>.json and <out>.pt)")
-    try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-        saved = results["settings"]
-        known = {f.name for f in dataclasses.fields(Settings)}
-        s = Settings(**{k: v for k, v in saved.items() if k in known})
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(results_path, 0, f"not the results JSON of a run ({type(e).__name__}: {e})") from None
+    results = read_results(results_path)
+    if "settings" not in results:
+        raise DataError(results_path, 0, "not the results JSON of a run (no \"settings\")")
+    known = {f.name for f in dataclasses.fields(Settings)}
+    s = Settings(**{k: v for k, v in results["settings"].items() if k in known})
     s = dataclasses.replace(s, resume=False, device=device, **({"data_dir": data_dir} if data_dir else {}))
+    changed = run_data_changed(results, s)
+    if changed:
+        raise DataError(results_path, 0, f"the run was trained on other data (the SHA-256 of {', '.join(changed)} "
+                                         f"in {Path(s.data_dir) / s.dataset} differs from the run's); give its --data-dir")
     ds, train_part, valid = prepare(s)
     trainer = Trainer(s, ds, train_part, valid, pick_device(device))
     try:
@@ -1966,7 +2012,7 @@ def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str
 
 
 def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="results",
-           dry_run: bool = False, only: str = "") -> int:
+           dry_run: bool = False, only: str | None = None) -> int:
     """Run a table's sweep (unless dry_run; only the configurations named in `only`, comma
     separated, when given), then write its .md/.csv and groups.md from every results file there
     is. Returns the number of failed runs. Raises SettingsError on an unknown configuration."""
@@ -1975,8 +2021,10 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
     for r in planned:
         check_settings(r.settings)
     dataset_folder(Path(planned[0].settings.data_dir) / dataset)
-    wanted = [c.strip() for c in only.split(",") if c.strip()]
+    wanted = [c.strip() for c in (only or "").split(",") if c.strip()]
     unknown = [c for c in wanted if c not in TABLES[table]]
+    if only is not None and not wanted:
+        raise SettingsError(f"--only {only!r} names no configuration: {table} has {', '.join(TABLES[table])}")
     if unknown:
         raise SettingsError(f"--only {','.join(unknown)}: {table} has the configurations "
                             f"{', '.join(TABLES[table])}")
@@ -2199,7 +2247,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(tp, skip=("seed", "out", "resume"))  # the sweep sets these itself
     tp.add_argument("--table", required=True, choices=list(TABLES))
     tp.add_argument("--seeds", type=int, default=1, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
-    tp.add_argument("--only", default="", help="run only these configurations (comma separated; "
+    tp.add_argument("--only", default=None, help="run only these configurations (comma separated; "
                     "the tables still show every finished run)")
     tp.add_argument("--runs-dir", default="runs")
     tp.add_argument("--results-dir", default="results")
@@ -2249,8 +2297,9 @@ def main(argv=None) -> int:
         log(f"error: {e}")
         return 1
     except KeyboardInterrupt:
-        log("interrupted: every finished epoch is in the checkpoint; the same command with --resume "
-            "continues from it.")
+        log("interrupted: every finished epoch is in the checkpoint; " + (
+            "the same tables command continues from it." if args.command == "tables"
+            else "the same command with --resume continues from it."))
         return 130
 
 

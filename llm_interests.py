@@ -1042,7 +1042,7 @@ def check_args(args) -> None:
 def check_outputs(paths, dataset_folder) -> None:
     """Raise InputError (one line naming the path) unless every path can be written as a file,
     before any data is read or any request sent; creates nothing. Refused: a folder, a path
-    under a file, a read-only file or folder, and a file in the dataset folder itself (never
+    under a file, a read-only file or folder, and a file anywhere inside the dataset folder (never
     written: --out-dir equal to --data-dir would overwrite its user_interest_clustered.txt)."""
     for path in map(Path, paths):
         parent = path.parent
@@ -1054,7 +1054,7 @@ def check_outputs(paths, dataset_folder) -> None:
             problem = f"{parent} is a file, not a folder"
         elif not (os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)):
             problem = "permission denied"
-        elif path.resolve().parent == Path(dataset_folder).resolve():
+        elif path.resolve().is_relative_to(Path(dataset_folder).resolve()):
             problem = "it is in the dataset folder, which is never written (see --out-dir)"
         else:
             continue

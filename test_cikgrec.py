@@ -413,16 +413,27 @@ def test_t2_selection_on_validation_test_touched_once(tmp_path, monkeypatch):
     assert r["selected_on"] == "valid" and r["valid"]["recall@50"] == 0.12
 
 
-def test_fit_resume_is_exact(tmp_path):
+def test_fit_resume_is_exact(tmp_path, capsys):
     small_dataset(tmp_path)
     straight = C.fit(tiny_settings(tmp_path, epochs=3, out=str(tmp_path / "a.json"), transe=True))
+    err = capsys.readouterr().err
+    assert "starting afresh" not in err and "fx: 8 users, 6 items, 8 entities, 3 interest nodes, " in err
     C.fit(tiny_settings(tmp_path, epochs=2, out=str(tmp_path / "b.json"), transe=True))
+    C.fit(tiny_settings(tmp_path, epochs=2, out=str(tmp_path / "b.json"), transe=True))  # again, no --resume
+    err = capsys.readouterr().err  # found by a fresh user: the checkpoint was replaced without a word
+    assert f"note: starting afresh: the checkpoint {tmp_path / 'b.ckpt.pt'} will be replaced" in err
     resumed = C.fit(tiny_settings(tmp_path, epochs=3, out=str(tmp_path / "b.json"), transe=True,
                                   resume=True))
     assert [h["bpr"] for h in resumed["history"]] == [h["bpr"] for h in straight["history"]]
     assert resumed["test"] == straight["test"]
     with pytest.raises(C.SettingsError, match="other settings"):
         C.fit(tiny_settings(tmp_path, epochs=4, out=str(tmp_path / "b.json"), lr=0.5, resume=True))
+
+
+def test_the_header_says_when_interest_nodes_are_not_in_the_graph(tmp_path, capsys):
+    small_dataset(tmp_path)
+    C.fit(tiny_settings(tmp_path, epochs=1, model="lightgcn", graph="cg"))
+    assert "8 entities, 3 interest nodes (not in the CG graph), " in capsys.readouterr().err
 
 
 def test_max_minutes_stops_writes_the_best_so_far_and_resumes(tmp_path):
@@ -629,6 +640,9 @@ def write_lists(folder, users, entities, relations):
     ("sparse_items", "test.txt, line 2: item id 50000000 but only 4 distinct item ids: ids must be numbered"),
     ("sparse_users", "train.txt, line 3: user id 9999999 but only 3 distinct user ids"),
     ("sparse_entities", "kg_final.txt, line 2: entity id 7000000 but only"),
+    # a fresh user's garbage list lines were accepted and counted as ids:
+    ("list_garbage", "user_list.txt, line 3: expected `org_id remap_id`, got 'garbage'"),
+    ("list_order", "relation_list.txt, line 2: remap id 1 out of order: expected 0"),
 ])
 def test_ids_checked_against_list_files(tmp_path, monkeypatch, case, expect):
     folder = write_dataset(tmp_path / "fx", ["0 0 1", "1 1 2"], ["0 2", "1 0"], kg=["0 0 4", "1 1 3"],
@@ -654,6 +668,10 @@ def test_ids_checked_against_list_files(tmp_path, monkeypatch, case, expect):
         real_open = open
         monkeypatch.setattr("builtins.open", lambda f, *a, **k: (_ for _ in ()).throw(
             PermissionError(13, "Permission denied")) if str(f).endswith("train.txt") else real_open(f, *a, **k))
+    elif case == "list_garbage":
+        (folder / "user_list.txt").write_text("org_id remap_id\n10 0\ngarbage\n")
+    elif case == "list_order":
+        (folder / "relation_list.txt").write_text("org_id remap_id\nx 1\ny 0\n")
     elif case.startswith("sparse"):
         for name in ("user_list.txt", "entity_list.txt", "item_list.txt"):
             (folder / name).unlink(missing_ok=True)

@@ -192,6 +192,17 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     assert "cikgrec-seed2024.json was made with other settings (epochs): delete it or give another --runs-dir" in err
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2))  # no settings at all
     assert C.main(args) == 2 and " more): delete it" in capsys.readouterr().err
+    # found by a fresh user: a run trained on other data (another train.txt) was counted as done
+    fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(trial[0].settings))
+    made = json.loads(trial[0].out.read_text())
+    made["provenance"]["data_sha256"] = {"train.txt": "0" * 64}
+    trial[0].out.write_text(json.dumps(made))
+    assert C.main(args + ["--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cikgrec-seed2024.json was trained on other data (the SHA-256 of train.txt differs" in err
+    made["provenance"]["data_sha256"] = {"train.txt": C._sha256(str(tmp_path / "fx" / "train.txt"))}
+    trial[0].out.write_text(json.dumps(made))
+    assert C.main(args + ["--epochs", "1"]) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
     older = C.dataclasses.asdict(C.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path)}, 1,
                                              tmp_path / "runs")[0].settings)
     del older["min_epochs"]  # made before --min-epochs existed: counts as its default, 0
@@ -216,6 +227,10 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
      "test recall@50 = nan is not a finite number"),
     (b'{"test": {"recall@50": 0.5, "recall@100": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}, "minutes": "abc"}',
      "minutes = 'abc' is not a finite number"),
+    (b'{"test": {"recall@50": 7.5, "recall@100": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}}',
+     "test recall@50 = 7.5 is not between 0 and 1"),
+    (b'{"test": {"recall@50": 0.5, "recall@100": 0.5, "ndcg@50": -0.1, "ndcg@100": 0.2}}',
+     "test ndcg@50 = -0.1 is not between 0 and 1"),
     (b'{"test": {"recall@50": 0.5, "recall@100": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}, "provenance": []}',
      "provenance is not an object"),
 ])
@@ -273,6 +288,8 @@ def test_tables_only_runs_the_named_configurations(tmp_path, monkeypatch, capsys
     capsys.readouterr()
     assert C.main(args + ["--only", "cikgrec,lightgnc"]) == 2 and len(calls) == 4
     assert "--only lightgnc: table1 has the configurations cikgrec, lightgcn, simgcl" in capsys.readouterr().err
+    assert C.main(args + ["--only", " , "]) == 2 and len(calls) == 4  # found by a fresh user: it ran them all
+    assert "--only ' , ' names no configuration: table1 has cikgrec, lightgcn, simgcl" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,8 +454,8 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     import shutil
     shutil.copytree(folder, other / "fx")
     cases = [(["--run", str(run.with_suffix(".pt"))], "give the run's results JSON"),
-             (["--run", str(bad_json)], "not the results JSON of a run (JSONDecodeError"),
-             (["--run", str(no_settings)], "not the results JSON of a run (KeyError"),
+             (["--run", str(bad_json)], "bad.json: not a results JSON (JSONDecodeError"),
+             (["--run", str(no_settings)], 'nos.json: not the results JSON of a run (no "test" metrics)'),
              (["--run", str(truncated)], "cut.pt: cannot load the model for this data"),
              (["--run", str(run), "--answers", str(tmp_path / "missing.jsonl")], "missing.jsonl: file not found"),
              (["--run", str(run), "--answers", str(tmp_path)], "is a folder, not a file"),
@@ -446,10 +463,16 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
              (["--run", str(run), "--top", "-3"], "--top must be at least 1, got -3"),
              (["--run", str(run), "--answers", str(bad_json)], "bad.json: no line of llm_interests.py's answers"),
              (["--run", str(run), "--clusters", str(bad_json)], "bad.json: no kept cluster row")]
+    edited = tmp_path / "edited"  # found by a fresh user: explained on other data without a word
+    shutil.copytree(folder, edited / "fx")
+    (edited / "fx" / "train.txt").write_text((folder / "train.txt").read_text().replace("0 0 1", "0 0", 1))
+    cases.append((["--run", str(run), "--data-dir", str(edited)],
+                  "fx.json: the run was trained on other data (the SHA-256 of train.txt in"))
     s_no = C.dataclasses.replace(s, interests="", out=str(tmp_path / "noint.json"))
     C.fit(s_no)
     (other / "fx" / "user_interest_clustered.txt").unlink()
-    cases.append((["--run", s_no.out, "--data-dir", str(other)], "noint.pt: cannot load the model for this data (size mismatch"))
+    cases.append((["--run", s_no.out, "--data-dir", str(other)],
+                  "noint.json: the run was trained on other data (the SHA-256 of user_interest_clustered.txt"))
     for args, expect in cases:
         capsys.readouterr()
         assert C.main(["explain", "--user", "0"] + args) == 2, args
@@ -542,3 +565,29 @@ def test_groups_md_leaves_out_a_run_with_other_groups(tmp_path, monkeypatch, cap
     path = C.write_groups("fx", {("table1", "cikgrec"): ["a", "b"]}, tmp_path)
     assert "| CIKGRec (table1) | 1 | 0.1000 ± - | 0.3000 ± - |" in path.read_text()
     assert "groups.md leaves out b: its groups differ from the other runs'" in capsys.readouterr().err
+
+
+def test_an_interrupted_sweep_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    """Found by a fresh user: Ctrl-C in a sweep advised `--resume`, which `tables` does not take."""
+    small_dataset(tmp_path)
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(C, "fit", interrupt)
+    args = ["--dataset", "fx", "--data-dir", str(tmp_path)]
+    assert C.main(["tables", "--table", "table1", "--runs-dir", str(tmp_path / "runs"),
+                   "--results-dir", str(tmp_path / "res")] + args) == 130
+    assert "the same tables command continues from it." in capsys.readouterr().err
+    assert C.main(["train", "--out", str(tmp_path / "r.json")] + args) == 130
+    assert "the same command with --resume continues from it." in capsys.readouterr().err
+
+
+def test_a_sweep_cut_by_the_time_limit_says_so(tmp_path, capsys):
+    """Found by a fresh user: a sweep whose runs hit --max-minutes ended without a word."""
+    small_dataset(tmp_path)
+    tiny = ["--dim", "8", "--layers", "2", "--batch-size", "4", "--eval-batch", "3", "--epochs", "5"]
+    args = ["tables", "--table", "table1", "--only", "lightgcn", "--dataset", "fx", "--data-dir", str(tmp_path),
+            "--seeds", "1", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")] + tiny
+    assert C.main(args + ["--max-minutes", "0.00001"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 1 runs stopped at --max-minutes before early stopping" in err, err
+    assert C.main(args + ["--dry-run"]) == 0 and "0 of 1 runs already done; 1 to run" in capsys.readouterr().err

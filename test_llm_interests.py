@@ -781,7 +781,8 @@ def tree(root: Path) -> dict:
 @pytest.mark.parametrize("case", ["infer out-dir is a file", "infer failures file is a folder",
                                   "batch-export out is a folder", "batch-export out under a file",
                                   "batch-import out-dir is a file", "cluster tsv is a folder",
-                                  "cluster temporary file is a folder", "infer out-dir is the data dir"])
+                                  "cluster temporary file is a folder", "infer out-dir is the data dir",
+                                  "infer out-dir inside the dataset folder", "infer out-dir is the dataset folder"])
 def test_an_output_path_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys, case):
     # was: NotADirectoryError, IsADirectoryError, FileExistsError tracebacks (after the requests, for infer)
     make_fixture(tmp_path / "d", n_users=3, extras=False)
@@ -812,6 +813,13 @@ def test_an_output_path_that_cannot_be_written_is_one_line_before_any_work(tmp_p
                                                folder_problem),
         "infer out-dir is the data dir": (["infer", *common, str(tmp_path)], tmp_path / "d" / "llm_answers.jsonl",
                                           "it is in the dataset folder, which is never written (see --out-dir)"),
+        # found by a fresh user: a folder below the dataset folder was written
+        "infer out-dir inside the dataset folder": (["infer", *common, str(tmp_path / "d" / "x")],
+                                                    tmp_path / "d" / "x" / "d" / "llm_answers.jsonl",
+                                                    "it is in the dataset folder, which is never written (see --out-dir)"),
+        "infer out-dir is the dataset folder": (["infer", *common, str(tmp_path / "d")],
+                                                tmp_path / "d" / "d" / "llm_answers.jsonl",
+                                                "it is in the dataset folder, which is never written (see --out-dir)"),
     }[case]
     before = tree(tmp_path)
     with FakeLLM() as srv:
