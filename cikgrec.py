@@ -284,25 +284,31 @@ def read_user_items(path, n_items: int | None = None, n_users: int | None = None
     return out
 
 
-def list_size(path) -> int | None:
-    """Rows of an id list (user_list.txt, entity_list.txt, relation_list.txt: `org_id remap_id
-    [name...]`, header first, remap ids 0, 1, 2... in order). None when the file does not exist.
-    Raises DataError naming the line of a row without a remap id or with one out of order."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    rows = 0
+def id_list_rows(path, fields: str = "org_id remap_id"):
+    """Yield the rows of an id list (user_list.txt, entity_list.txt, relation_list.txt,
+    item_list.txt: `org_id remap_id [name...]`, header first, remap ids 0, 1, 2... in order), each
+    split into at most 3 fields (a name may hold spaces). Blank lines are skipped. Raises DataError
+    naming the line of a row without a remap id (`fields` names the expected form) or with one out
+    of order."""
     with _open_text(path) as f:
+        rows = 0
         for no, line in enumerate(f, 1):
             if no == 1 or not line.strip():
                 continue
-            parts = line.split(None, 2)
+            parts = line.rstrip("\n").split(None, 2)
             if len(parts) < 2 or not parts[1].isdigit():
-                raise DataError(path, no, f"expected `org_id remap_id`, got {line.strip()[:80]!r}")
+                raise DataError(path, no, f"expected `{fields}`, got {line.strip()[:80]!r}")
             if int(parts[1]) != rows:
                 raise DataError(path, no, f"remap id {parts[1]} out of order: expected {rows}")
             rows += 1
-    return rows
+            yield parts
+
+
+def list_size(path) -> int | None:
+    """Rows of an id list (id_list_rows; user_list.txt, entity_list.txt, relation_list.txt).
+    None when the file does not exist. Raises DataError as id_list_rows."""
+    path = Path(path)
+    return sum(1 for _ in id_list_rows(path)) if path.exists() else None
 
 
 def read_item_names(path) -> list[str]:
@@ -310,24 +316,13 @@ def read_item_names(path) -> list[str]:
 
     The name is everything after the second field (book-crossing titles contain spaces);
     'None' marks an item without a name and is returned as ''. Raises DataError on a line
-    without a remap id or with remap ids out of order.
+    without a remap id or with remap ids out of order (id_list_rows), or an empty file.
     """
     path = Path(path)
-    names: list[str] = []
-    with _open_text(path) as f:
-        for no, line in enumerate(f, 1):
-            if no == 1 or not line.strip():
-                continue
-            parts = line.rstrip("\n").split(None, 2)
-            if len(parts) < 2 or not parts[1].isdigit():
-                raise DataError(path, no, f"expected `org_id remap_id name`, got {line.strip()[:80]!r}")
-            if int(parts[1]) != len(names):
-                raise DataError(path, no, f"remap id {parts[1]} out of order: expected {len(names)}")
-            name = parts[2].strip() if len(parts) > 2 else ""
-            names.append("" if name == "None" else name)
+    names = [parts[2].strip() if len(parts) > 2 else "" for parts in id_list_rows(path, "org_id remap_id name")]
     if not names:
         raise DataError(path, 0, "the file is empty")
-    return names
+    return ["" if name == "None" else name for name in names]
 
 
 def item_title(name: str) -> str:
