@@ -2024,13 +2024,13 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
         raise SettingsError(f"--only {','.join(unknown)}: {table} has the configurations "
                             f"{', '.join(TABLES[table])}")
     todo = [r for r in planned if not wanted or r.config in wanted]
-    out_folder = Path(results_dir) / dataset  # checked before hours of training, not after
-    try:
-        out_folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SettingsError(f"--results-dir {results_dir}: cannot make the folder {out_folder} ({e.strerror})") from None
-    if not os.access(out_folder, os.W_OK):
-        raise SettingsError(f"--results-dir {results_dir}: cannot write into {out_folder}")
+    existing = Path(results_dir) / dataset  # checked before hours of training, not after; made later
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SettingsError(f"--results-dir {results_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SettingsError(f"--results-dir {results_dir}: cannot write into {existing}")
     failed = run_sweep(todo, dry_run)
     files = {}  # (table, config) -> results files found, for every table of the dataset
     for t in TABLES:

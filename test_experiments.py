@@ -254,7 +254,10 @@ def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert C.main(args + [str(tmp_path / "afile")]) == 2
     err = capsys.readouterr().err
-    assert "--results-dir " in err and "cannot make the folder" in err and err.count("\n") == 1, err
+    assert f"--results-dir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder" in err, err
+    assert err.count("\n") == 1
+    # found by a fresh user: a --dry-run without results left an empty results folder behind
+    assert C.main(args[:-1] + ["--results-dir", str(tmp_path / "new")]) == 0 and not (tmp_path / "new").exists()
 
 
 def test_tables_without_any_results_leave_the_committed_tables(tmp_path, capsys):
