@@ -247,7 +247,7 @@ def test_tables_name_a_broken_results_file(tmp_path, capsys, content, expect):
     assert f"{bad}: {expect}" in err and err.count("\n") == 1, err
 
 
-def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys):
+def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys, monkeypatch):
     small_dataset(tmp_path)
     args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
             "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--results-dir"]
@@ -258,6 +258,11 @@ def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys):
     assert err.count("\n") == 1
     # found by a fresh user: a --dry-run without results left an empty results folder behind
     assert C.main(args[:-1] + ["--results-dir", str(tmp_path / "new")]) == 0 and not (tmp_path / "new").exists()
+    (tmp_path / "ro").mkdir()  # the tests run as root, who writes anywhere: let os.access answer as for a user
+    real_access = C.os.access
+    monkeypatch.setattr(C.os, "access", lambda p, mode: False if C.Path(p).name == "ro" else real_access(p, mode))
+    assert C.main(args + [str(tmp_path / "ro" / "res")]) == 2
+    assert f"--results-dir {tmp_path / 'ro' / 'res'}: cannot write into {tmp_path / 'ro'}\n" in capsys.readouterr().err
 
 
 def test_tables_without_any_results_leave_the_committed_tables(tmp_path, capsys):
