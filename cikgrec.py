@@ -1275,10 +1275,12 @@ def data_files(s: Settings) -> list:
 
 
 def data_changed(saved_sha256: dict, s: Settings) -> list:
-    """The names of the files (data_files) that differ from the SHA-256 a run or checkpoint
-    recorded (`saved_sha256`, name -> hex digest), or no longer exist: the data changed since."""
-    now = {p.name: _sha256(str(p)) for p in data_files(s)}
-    return sorted(name for name, sha in saved_sha256.items() if now.get(name) != sha)
+    """The files (data_files) that differ from the SHA-256 a run or checkpoint recorded
+    (`saved_sha256`, file name -> hex digest): their paths, or "<name> (not found)" for those that
+    no longer exist. Empty when the data is the same."""
+    now = {p.name: p for p in data_files(s)}
+    return [str(now[name]) if name in now else f"{name} (not found)"
+            for name, sha in sorted(saved_sha256.items()) if name not in now or _sha256(str(now[name])) != sha]
 
 
 def prepare(s: Settings) -> tuple[Dataset, list, list | None]:
@@ -1326,7 +1328,7 @@ def fit(s: Settings) -> dict:
             raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
         free = ("epochs", "patience", "min_epochs", "max_minutes", "resume", "device", "threads", "out", "data_dir", "interests")
         changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
-        changed |= set(data_changed(ck.get("data_sha256", {}), s))
+        changed |= {Path(f).name for f in data_changed(ck.get("data_sha256", {}), s)}
         if changed:
             raise SettingsError(f"--resume: {ckpt_path} was made with other settings or data "
                                 f"({', '.join(sorted(changed))})")
@@ -1405,7 +1407,7 @@ def fit(s: Settings) -> dict:
         "history": history, "notes": ds.warnings + trainer.notes, "stopped_by": failure or limit,
         "provenance": {"data_sha256": data_sha256, "interest_file": ds.interest_file or None,
                        "interest_sha256": data_sha256.get(Path(ds.interest_file).name) if ds.interest_file
-                       else None, "git_commit": _git_commit(),
+                       else None, "model_sha256": _sha256(str(best_path)), "git_commit": _git_commit(),
                        "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "device": str(device), "python": platform.python_version()},
     }
@@ -1883,11 +1885,15 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu")
     known = {f.name for f in dataclasses.fields(Settings)}
     s = Settings(**{k: v for k, v in results["settings"].items() if k in known})
     s = dataclasses.replace(s, resume=False, device=device, **({"data_dir": data_dir} if data_dir else {}))
+    ds, train_part, valid = prepare(s)  # a missing folder or file is named here
     changed = run_data_changed(results, s)
     if changed:
         raise DataError(results_path, 0, f"the run was trained on other data (the SHA-256 of {', '.join(changed)} "
-                                         f"in {Path(s.data_dir) / s.dataset} differs from the run's); give its --data-dir")
-    ds, train_part, valid = prepare(s)
+                                         "differs from the run's); give its --data-dir or --interests")
+    model_sha256 = results.get("provenance", {}).get("model_sha256")
+    if model_sha256 and _sha256(str(results_path.with_suffix(".pt"))) != model_sha256:
+        raise DataError(results_path.with_suffix(".pt"), 0, "not the model this run saved (SHA-256; replaced "
+                                                             "by a later run to the same --out?)")
     trainer = Trainer(s, ds, train_part, valid, pick_device(device))
     try:
         state = torch.load(results_path.with_suffix(".pt"), map_location=trainer.device, weights_only=True)
@@ -2024,13 +2030,21 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
         raise SettingsError(f"--only {','.join(unknown)}: {table} has the configurations "
                             f"{', '.join(TABLES[table])}")
     todo = [r for r in planned if not wanted or r.config in wanted]
+    by_rows = sorted({"model", "graph"} | {k for _, flags in TABLES[table].values() for k in flags})
+    clash = [k for k in by_rows if k in base]
+    if clash:  # e.g. --model simgcl would run SimGCL in the row labelled CIKGRec
+        flags = ", ".join("--" + k.replace("_", "-") for k in by_rows)
+        raise SettingsError(f"--{clash[0].replace('_', '-')}: the rows of {table} set {flags} themselves")
     existing = Path(results_dir) / dataset  # checked before hours of training, not after; made later
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise SettingsError(f"--results-dir {results_dir}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SettingsError(f"--results-dir {results_dir}: cannot write into {existing}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise SettingsError(f"--results-dir {results_dir}: cannot write into {existing} ({e.strerror})") from None
     failed = run_sweep(todo, dry_run)
     files = {}  # (table, config) -> results files found, for every table of the dataset
     for t in TABLES:

@@ -179,6 +179,22 @@ def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch, 
     assert C.main(base + ["--dataset", "fx", "--seeds", "0"]) == 2 and not (tmp_path / "res2").exists()
 
 
+@pytest.mark.parametrize("table, option, expect", [
+    ("table1", ["--model", "simgcl"], "--model: the rows of table1 set --graph, --min-epochs, --model themselves"),
+    ("table1", ["--min-epochs", "5"], "--min-epochs: the rows of table1 set"),
+    ("ablation", ["--lambda3", "0"], "--lambda3: the rows of ablation set"),
+    ("lightgcn-variants", ["--graph", "cg"], "--graph: the rows of lightgcn-variants set --graph, --model themselves"),
+])
+def test_tables_refuse_options_their_rows_set(tmp_path, capsys, table, option, expect):
+    """Found by a fresh user: `tables --model simgcl` ran SimGCL in the row labelled CIKGRec."""
+    small_dataset(tmp_path)
+    args = ["tables", "--table", table, "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
+    assert C.main(args + option) == 2
+    assert expect in capsys.readouterr().err
+    assert C.main(["tables", "--table", "lightgcn-variants", "--min-epochs", "30"] + args[3:]) == 0  # the README's
+
+
 def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys):
     """Found in use: a quick --epochs 1 trial's files were later counted as the real sweep's."""
     small_dataset(tmp_path)
@@ -199,7 +215,7 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     trial[0].out.write_text(json.dumps(made))
     assert C.main(args + ["--epochs", "1"]) == 2
     err = capsys.readouterr().err
-    assert "cikgrec-seed2024.json was trained on other data (the SHA-256 of train.txt differs" in err
+    assert f"cikgrec-seed2024.json was trained on other data (the SHA-256 of {tmp_path / 'fx' / 'train.txt'} differs" in err
     made["provenance"]["data_sha256"] = {"train.txt": C._sha256(str(tmp_path / "fx" / "train.txt"))}
     trial[0].out.write_text(json.dumps(made))
     assert C.main(args + ["--epochs", "1"]) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
@@ -208,7 +224,9 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     del older["min_epochs"]  # made before --min-epochs existed: counts as its default, 0
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), older)
     assert C.main(args) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
-    assert C.main(args + ["--min-epochs", "30"]) == 2 and "other settings (min_epochs)" in capsys.readouterr().err
+    older["min_epochs"] = 30
+    fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), older)
+    assert C.main(args) == 2 and "other settings (min_epochs)" in capsys.readouterr().err
     # another table run with other settings is only aggregated without that file, not refused
     other = ["tables", "--table", "lightgcn-variants", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
              "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
@@ -247,7 +265,7 @@ def test_tables_name_a_broken_results_file(tmp_path, capsys, content, expect):
     assert f"{bad}: {expect}" in err and err.count("\n") == 1, err
 
 
-def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys, monkeypatch):
+def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys):
     small_dataset(tmp_path)
     args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
             "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--results-dir"]
@@ -258,11 +276,10 @@ def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys, monkeyp
     assert err.count("\n") == 1
     # found by a fresh user: a --dry-run without results left an empty results folder behind
     assert C.main(args[:-1] + ["--results-dir", str(tmp_path / "new")]) == 0 and not (tmp_path / "new").exists()
-    (tmp_path / "ro").mkdir()  # the tests run as root, who writes anywhere: let os.access answer as for a user
-    real_access = C.os.access
-    monkeypatch.setattr(C.os, "access", lambda p, mode: False if C.Path(p).name == "ro" else real_access(p, mode))
-    assert C.main(args + [str(tmp_path / "ro" / "res")]) == 2
-    assert f"--results-dir {tmp_path / 'ro' / 'res'}: cannot write into {tmp_path / 'ro'}\n" in capsys.readouterr().err
+    # found by a fresh user: root passed the os.access check for /sys and /proc, and the sweep then
+    # ended in a traceback after training (the tests run as root: /proc refuses even root)
+    assert C.main(args + ["/proc/cikgrec-test/res"]) == 2
+    assert "--results-dir /proc/cikgrec-test/res: cannot write into /proc (" in capsys.readouterr().err
 
 
 def test_tables_without_any_results_leave_the_committed_tables(tmp_path, capsys):
@@ -454,9 +471,14 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     no_settings = tmp_path / "nos.json"
     no_settings.write_text("{}")
     (tmp_path / "nos.pt").write_bytes(b"")
+    older = json.loads(run.read_text())
+    del older["provenance"]["model_sha256"]  # an older run, whose model file cannot be checked
     truncated = tmp_path / "cut.json"
-    truncated.write_text(run.read_text())
+    truncated.write_text(json.dumps(older))
     (tmp_path / "cut.pt").write_bytes(run.with_suffix(".pt").read_bytes()[:100])
+    replaced = tmp_path / "rep.json"  # found by a fresh user: another run's model of the same shape
+    replaced.write_text(run.read_text())
+    (tmp_path / "rep.pt").write_bytes(run.with_suffix(".pt").read_bytes()[:100])
     other = tmp_path / "other"  # the same data without its interest file: the model does not fit
     other.mkdir()
     import shutil
@@ -465,6 +487,8 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
              (["--run", str(bad_json)], "bad.json: not a results JSON (JSONDecodeError"),
              (["--run", str(no_settings)], 'nos.json: not the results JSON of a run (no "test" metrics)'),
              (["--run", str(truncated)], "cut.pt: cannot load the model for this data"),
+             (["--run", str(replaced)], "rep.pt: not the model this run saved (SHA-256"),
+             (["--run", str(run), "--data-dir", str(tmp_path / "nosuch")], "not found"),
              (["--run", str(run), "--answers", str(tmp_path / "missing.jsonl")], "missing.jsonl: file not found"),
              (["--run", str(run), "--answers", str(tmp_path)], "is a folder, not a file"),
              (["--run", str(run), "--clusters", str(tmp_path / "missing.tsv")], "missing.tsv: file not found"),
@@ -475,12 +499,12 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     shutil.copytree(folder, edited / "fx")
     (edited / "fx" / "train.txt").write_text((folder / "train.txt").read_text().replace("0 0 1", "0 0", 1))
     cases.append((["--run", str(run), "--data-dir", str(edited)],
-                  "fx.json: the run was trained on other data (the SHA-256 of train.txt in"))
+                  f"fx.json: the run was trained on other data (the SHA-256 of {edited / 'fx' / 'train.txt'} differs"))
     s_no = C.dataclasses.replace(s, interests="", out=str(tmp_path / "noint.json"))
     C.fit(s_no)
     (other / "fx" / "user_interest_clustered.txt").unlink()
     cases.append((["--run", s_no.out, "--data-dir", str(other)],
-                  "noint.json: the run was trained on other data (the SHA-256 of user_interest_clustered.txt"))
+                  "noint.json: the run was trained on other data (the SHA-256 of user_interest_clustered.txt (not found)"))
     for args, expect in cases:
         capsys.readouterr()
         assert C.main(["explain", "--user", "0"] + args) == 2, args
