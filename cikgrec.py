@@ -145,6 +145,11 @@ class SettingsError(ValueError):
     """A setting that cannot work (the command line reports it and exits with code 2)."""
 
 
+def option(name: str) -> str:
+    """The command-line flag of a Settings field: min_epochs -> --min-epochs."""
+    return "--" + name.replace("_", "-")
+
+
 def check_settings(s: Settings) -> Settings:
     """Reject settings that cannot work, before anything is read or written.
 
@@ -152,29 +157,28 @@ def check_settings(s: Settings) -> Settings:
     """
     for name, allowed in CHOICES.items():
         if getattr(s, name) not in allowed:
-            raise SettingsError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+            raise SettingsError(f"{option(name)} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(s, name)!r}")
-    opt = lambda name: "--" + name.replace("_", "-")
     for f in dataclasses.fields(Settings):
         if f.type in ("float", float) and not math.isfinite(getattr(s, f.name)):
-            raise SettingsError(f"{opt(f.name)} must be a finite number, got {getattr(s, f.name)}")
+            raise SettingsError(f"{option(f.name)} must be a finite number, got {getattr(s, f.name)}")
     for name in ("dim", "layers", "dec_layers", "batch_size", "eval_batch", "transe_batch",
                  "mask_epochs", "epochs", "patience"):
         if getattr(s, name) < 1:
-            raise SettingsError(f"{opt(name)} must be at least 1, got {getattr(s, name)}")
+            raise SettingsError(f"{option(name)} must be at least 1, got {getattr(s, name)}")
     for name in ("enc_layers", "min_epochs", "max_minutes", "threads", "seed", "split_seed", "l2", "transe_l2",
                  "lambda1", "lambda2", "lambda3", "eps"):
         if getattr(s, name) < 0:
-            raise SettingsError(f"{opt(name)} must be >= 0, got {getattr(s, name)}")
+            raise SettingsError(f"{option(name)} must be >= 0, got {getattr(s, name)}")
     for name in ("seed", "split_seed"):
         if getattr(s, name) >= 2**32:  # what numpy's and torch's generators all accept
-            raise SettingsError(f"{opt(name)} must be < 2**32, got {getattr(s, name)}")
+            raise SettingsError(f"{option(name)} must be < 2**32, got {getattr(s, name)}")
     for name in ("lr", "transe_lr"):
         if getattr(s, name) <= 0:
-            raise SettingsError(f"{opt(name)} must be > 0, got {getattr(s, name)}")
+            raise SettingsError(f"{option(name)} must be > 0, got {getattr(s, name)}")
     for name in ("edge_drop", "node_drop", "replace_rate", "recon_edge_drop"):
         if not 0.0 <= getattr(s, name) < 1.0:
-            raise SettingsError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(s, name)}")
+            raise SettingsError(f"{option(name)} must be in [0, 1), got {getattr(s, name)}")
     if not (0.0 <= s.alpha <= 1.0 and 0.0 <= s.omega <= 1.0):
         raise SettingsError(f"--alpha and --omega are rates in [0, 1], got {s.alpha} and {s.omega}")
     if s.schedule == "exp" and s.alpha <= 0.0:
@@ -1826,7 +1830,7 @@ def _non_defaults(base: dict) -> str:
     """The options a tables command gave beyond the dataset and the run-independent ones, e.g.
     "--min-epochs 30", so a table says what it was made with."""
     skip = ("dataset",) + _NOT_COMPARED
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(base.items()) if k not in skip and v is not None)
+    return " ".join(f"{option(k)} {v}" for k, v in sorted(base.items()) if k not in skip and v is not None)
 
 
 def _made_with(given: str) -> list:
@@ -2033,8 +2037,8 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
     by_rows = sorted({"model", "graph"} | {k for _, flags in TABLES[table].values() for k in flags})
     clash = [k for k in by_rows if k in base]
     if clash:  # e.g. --model simgcl would run SimGCL in the row labelled CIKGRec
-        flags = ", ".join("--" + k.replace("_", "-") for k in by_rows)
-        raise SettingsError(f"--{clash[0].replace('_', '-')}: the rows of {table} set {flags} themselves")
+        raise SettingsError(f"{option(clash[0])}: the rows of {table} set {', '.join(map(option, by_rows))} "
+                            "themselves")
     existing = Path(results_dir) / dataset  # checked before hours of training, not after; made later
     while not existing.exists():
         existing = existing.parent
@@ -2215,7 +2219,7 @@ def add_settings_arguments(p: argparse.ArgumentParser, skip=()) -> None:
     for f in dataclasses.fields(Settings):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = option(f.name)
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"default {'on' if f.default else 'off'}" if f.name not in DATASET_DEFAULTS["ml1m"]
