@@ -1332,7 +1332,7 @@ def fit(s: Settings) -> dict:
             raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
         free = ("epochs", "patience", "min_epochs", "max_minutes", "resume", "device", "threads", "out", "data_dir", "interests")
         changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
-        changed |= {Path(f).name for f in data_changed(ck.get("data_sha256", {}), s)}
+        changed |= {name for name, sha in ck.get("data_sha256", {}).items() if data_sha256.get(name) != sha}
         if changed:
             raise SettingsError(f"--resume: {ckpt_path} was made with other settings or data "
                                 f"({', '.join(sorted(changed))})")
