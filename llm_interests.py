@@ -21,6 +21,7 @@ import argparse
 import collections
 import concurrent.futures as cf
 import email.utils
+import hashlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import unicodedata
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import requests
@@ -56,7 +58,8 @@ DEFAULT_MODEL = "gpt-3.5-turbo-0125"  # the authors' model; --model or $LLM_MODE
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_ANSWER_CHARS = 600  # an answer longer than this is not "at most five short interests"
 MIN_PHRASE_CHARS, MAX_PHRASE_CHARS = 2, 50  # cleaned phrases outside this range are dropped
-CLUSTER_FILES = ("user_interest_clustered.txt", "interest_clusters.tsv")  # what `cluster` writes
+CLUSTER_FILES = ("user_interest_clustered.txt", "interest_clusters.tsv",  # what `cluster` writes
+                 "user_interest_clustered.coverage.json")
 EARLY_STOP_USERS = 8  # infer stops when its first min(8, to ask) finished users all failed
 
 SYSTEM_PROMPT = (
@@ -136,20 +139,31 @@ def make_jobs(dataset, field: str, split_seed: int = 0, n_last: int = N_LAST_ITE
 
 
 # ----------------------------------------------------------------------------------------------
-# Client: one request, with retries (Eq. 1, A_u = LLM(P_u, E_u+))
+# Client: one request, with retries and bounded waits (Eq. 1, A_u = LLM(P_u, E_u+))
 # ----------------------------------------------------------------------------------------------
 class InputError(Exception):
     """A setting or an input the command cannot work with (reported in one line, exit code 2)."""
 
 
 class SetupError(Exception):
-    """The settings are wrong for every user, so `infer` stops at once (exit code 2): HTTP
-    401/403/404 (see ask_llm), a request that cannot be sent, or the first users all failing
-    (see run_inference)."""
+    """`infer` cannot go on for any user, so it stops at once (exit code 2; answers so far are
+    kept and a rerun continues): HTTP 401/403/404, a used-up quota (QuotaError), a server that
+    asks to wait longer than --max-wait, a request that cannot be sent, or the first users all
+    failing (see run_inference)."""
 
 
 class AuthError(SetupError):
     """HTTP 401/403: the key or the server is wrong for every user."""
+
+
+class QuotaError(SetupError):
+    """HTTP 402, or a 429 (or an error in a 200 reply) saying that the quota, credit or billing
+    limit is used up: no retry succeeds before someone pays, so the whole run stops."""
+
+
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")  # OpenAI's reasoning models want the second
+BUDGET_GROWTH = 4  # an answer cut at the token limit is asked again with 2x, then 4x --max-tokens
+_switch_lock = threading.Lock()
 
 
 @dataclass
@@ -158,18 +172,22 @@ class ClientConfig:
     base_url: str = DEFAULT_BASE_URL  # .../v1; the request goes to {base_url}/chat/completions
     api_key: str = ""  # sent as a Bearer token when not empty
     model: str = DEFAULT_MODEL
-    max_tokens: int = 1000  # the authors' setting
+    max_tokens: int = 1000  # the authors' setting; thinking models need more (see ask_llm)
     timeout: float = 60.0  # seconds per request
-    max_attempts: int = 6  # attempts per user, the first included
+    max_attempts: int = 6  # failed attempts per user, the first included
     backoff: float = 1.0  # first wait in seconds; doubled after each failed attempt, with jitter
-    max_backoff: float = 60.0  # the longest computed wait (a server's Retry-After is honoured)
+    max_backoff: float = 60.0  # the longest computed wait
+    max_wait: float = 60.0  # the longest wait a server may ask for (Retry-After); longer stops the run
+    token_field: str = "max_tokens"  # the body field of the token limit; ask_llm may switch it once
+    token_field_switched: bool = False  # set by switch_token_field (shared by all workers)
 
 
 def check_config(cfg: ClientConfig) -> None:
     """Raise InputError (one line) for a setting no request can work with: a base URL that is
-    not http(s)://HOST[:PORT]/..., a timeout that is not a positive number, attempts below 1, a
-    negative or infinite backoff, an empty model name, or an API key with spaces, line breaks or
-    non-ASCII characters (a header cannot carry them; a copied key often ends in a newline)."""
+    not http(s)://HOST[:PORT]/..., a timeout that is not a positive number, attempts or
+    max_tokens below 1, a negative or infinite backoff or max_wait, an empty model name, a token
+    field other than TOKEN_FIELDS, or an API key with spaces, line breaks or non-ASCII
+    characters (a header cannot carry them; a copied key often ends in a newline)."""
     parts = urllib.parse.urlsplit(cfg.base_url)
     try:
         parts.port  # raises ValueError for a port that is not a number
@@ -183,34 +201,74 @@ def check_config(cfg: ClientConfig) -> None:
         raise InputError(f"--timeout must be a positive number of seconds, got {cfg.timeout:g}")
     if cfg.max_attempts < 1:
         raise InputError(f"--max-attempts must be at least 1, got {cfg.max_attempts}")
+    if cfg.max_tokens < 1:
+        raise InputError(f"--max-tokens must be at least 1, got {cfg.max_tokens}")
     if not (math.isfinite(cfg.backoff) and cfg.backoff >= 0 and math.isfinite(cfg.max_backoff)
             and cfg.max_backoff >= 0):
         raise InputError(f"--backoff must be a number of seconds >= 0, got {cfg.backoff:g}")
+    if not (math.isfinite(cfg.max_wait) and cfg.max_wait >= 0):
+        raise InputError(f"--max-wait must be a number of seconds >= 0, got {cfg.max_wait:g}")
+    if cfg.token_field not in TOKEN_FIELDS:
+        raise InputError(f"--token-field must be one of {', '.join(TOKEN_FIELDS)}, got {cfg.token_field!r}")
     if not cfg.model.strip():
         raise InputError("--model (or $LLM_MODEL) is empty")
     if cfg.api_key and not (cfg.api_key.isascii() and cfg.api_key.isprintable() and " " not in cfg.api_key):
         raise InputError("$OPENAI_API_KEY contains spaces, line breaks or non-ASCII characters")
 
 
-def server_message(r) -> str:
-    """The error text of an HTTP reply, on one line and at most 300 characters: the "message" of
-    an OpenAI-style {"error": {"message": ...}} body, a plain {"error": "..."}, {"detail": ...}
-    or {"message": ...}, else the body itself."""
-    text = r.text
+def request_body(messages: list, model: str, max_tokens: int, token_field: str = "max_tokens") -> dict:
+    """The chat-completions JSON body (also the `body` of a Batch API line): no streaming, said
+    explicitly (some gateways stream by default); the token limit under `token_field`."""
+    return {"model": model, "messages": messages, token_field: max_tokens, "stream": False}
+
+
+def reply_json(r):
+    """The JSON of an HTTP reply, decoded from its bytes as JSON is (UTF-8, or UTF-16/32 by its
+    first bytes), whatever the Content-Type says: requests would read a text/plain reply without
+    a charset as ISO-8859-1 and turn "café" into "cafÃ©". Bytes that are not UTF-8 are decoded
+    with the charset the reply declares, if any. None when the body is not JSON."""
     try:
-        data = r.json()
+        return json.loads(r.content)
+    except UnicodeDecodeError:
+        charset = requests.utils.get_encoding_from_headers(r.headers)
+        try:
+            return json.loads(r.content.decode(charset or "utf-8", errors="replace"))
+        except (LookupError, ValueError):
+            return None
     except ValueError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            text = str(error["message"])
-        elif isinstance(error, str) and error:
-            text = error
-        elif data.get("detail") or data.get("message"):
-            text = str(data.get("detail") or data.get("message"))
-    text = " ".join(text.split())
-    return (text[:300] + "...") if len(text) > 300 else (text or "(empty body)")
+        return None
+
+
+def error_fields(data) -> dict:
+    """The parts of an error body: {"message", "type", "code", "param"} (strings, '' if absent),
+    from OpenAI's {"error": {...}}, a plain {"error": "..."}, {"detail": ...} or {"message": ...}."""
+    out = {"message": "", "type": "", "code": "", "param": ""}
+    if not isinstance(data, dict):
+        return out
+    error = data.get("error")
+    if isinstance(error, dict):
+        out.update({k: str(error.get(k) or "") for k in out})
+        metadata = error.get("metadata")  # OpenRouter puts the provider's own words here
+        if not out["message"] and isinstance(metadata, dict) and metadata.get("raw"):
+            out["message"] = str(metadata["raw"])
+    elif isinstance(error, str):
+        out["message"] = error
+    elif data.get("detail") or data.get("message"):
+        out["message"] = str(data.get("detail") or data.get("message"))
+    return out
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return (text[:limit] + "...") if len(text) > limit else text
+
+
+def server_message(r, data=None) -> str:
+    """The error text of an HTTP reply, on one line and at most 300 characters: the message of
+    its error body (error_fields), else the body itself (decoded as UTF-8)."""
+    data = reply_json(r) if data is None else data
+    text = error_fields(data)["message"] or r.content.decode("utf-8", errors="replace")
+    return one_line(text) or "(empty body)"
 
 
 def connection_reason(e: Exception, url: str) -> str:
@@ -234,9 +292,61 @@ def connection_reason(e: Exception, url: str) -> str:
     return f"connection error with {url}: " + re.sub(r" at 0x[0-9a-f]+", "", text)[:200]
 
 
-def request_body(messages: list, model: str, max_tokens: int) -> dict:
-    """The chat-completions JSON body (also the `body` of a Batch API line)."""
-    return {"model": model, "messages": messages, "max_tokens": max_tokens}
+QUOTA_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active", "insufficient_credits",
+               "quota_exceeded", "credits_exhausted"}
+QUOTA_WORDS = re.compile(r"quota|billing|credit|balance|payment|insufficient funds|per[ _-]?day|daily limit", re.I)
+RATE_WORDS = re.compile(r"rate[ _-]?limit|per[ _-]?(minute|min|second|sec|hour)\b|\b[rt]pm\b|too many requests", re.I)
+
+
+def is_quota(status: int, error: dict) -> bool:
+    """Whether an error reply says the quota or credit is used up (stop the run) rather than a
+    rate limit (wait and retry): HTTP 402 (OpenRouter: "insufficient credits"), an error type or
+    code in QUOTA_CODES (OpenAI: "insufficient_quota"), or a message about quota, billing,
+    credit, balance, payment or a daily limit that does not speak of a per-minute/hour rate."""
+    if status == 402:
+        return True
+    codes = {error.get("type", "").lower(), error.get("code", "").lower()}
+    if codes & QUOTA_CODES:
+        return True
+    if any("rate_limit" in c for c in codes):
+        return False
+    message = error.get("message", "")
+    return bool(QUOTA_WORDS.search(message)) and not RATE_WORDS.search(message)
+
+
+def is_content_filter(error: dict) -> bool:
+    """An error reply (HTTP 400 on Azure OpenAI) saying the prompt was filtered by the provider's
+    content policy: final for that user, like finish_reason "content_filter"."""
+    return "content_filter" in (error.get("code", "") + error.get("type", "")).lower() or \
+        "content management policy" in error.get("message", "").lower()
+
+
+def rejects_token_field(error: dict, field: str) -> bool:
+    """A 400 saying the token-limit field we sent is not accepted: OpenAI's reasoning models
+    answer "Unsupported parameter: 'max_tokens' is not supported with this model. Use
+    'max_completion_tokens' instead."; older servers reject max_completion_tokens as an
+    unrecognized or extra argument."""
+    text = f"{error.get('param', '')} {error.get('code', '')} {error.get('message', '')}"
+    return field in text and bool(re.search(r"unsupported|not supported|unrecogni[sz]ed|unknown|extra|"
+                                            r"not permitted|not allowed|invalid", text, re.I))
+
+
+def switch_token_field(cfg: ClientConfig, rejected: str, message: str) -> bool:
+    """After a 400 rejecting the token-limit field `rejected`: make every later request of the
+    run (all workers share cfg) send the other field. Returns True when the request should be
+    sent again: this call switched (and says so in one note), or another request in flight got
+    the same 400 first and already switched. False when the run already switched once (both
+    fields rejected: a real error)."""
+    with _switch_lock:
+        if cfg.token_field != rejected:
+            return True
+        if cfg.token_field_switched:
+            return False
+        other = TOKEN_FIELDS[1 - TOKEN_FIELDS.index(rejected)]
+        cfg.token_field, cfg.token_field_switched = other, True
+    say(f"note: the server does not take {rejected!r} ({one_line(message, 160)}): sending {other!r} "
+        f"for the rest of the run (--token-field {other} sets it from the start)")
+    return True
 
 
 def retry_after_seconds(value) -> float | None:
@@ -253,25 +363,109 @@ def retry_after_seconds(value) -> float | None:
         return None
 
 
-def parse_completion(data) -> tuple[str | None, str, str]:
-    """Read a chat-completions response body: returns (content, finish_reason, problem).
+def asked_wait(headers) -> tuple[float | None, str]:
+    """The wait a reply asks for: `retry-after-ms` (milliseconds; OpenAI, Azure) or
+    `Retry-After` (seconds or an HTTP date). Returns (seconds, the header as sent), or
+    (None, '') when there is none or it cannot be read."""
+    ms = headers.get("retry-after-ms")
+    try:
+        if ms is not None and math.isfinite(float(ms)):
+            return max(0.0, float(ms) / 1000), f"retry-after-ms: {ms}"
+    except ValueError:
+        pass
+    value = headers.get("Retry-After")
+    seconds = retry_after_seconds(value)
+    return (seconds, f"Retry-After: {value}") if seconds is not None else (None, "")
 
-    problem is '' for a usable answer; otherwise content is None and problem says why:
-    a body without choices/message ("malformed"), or content null (a refusal).
+
+def check_wait(seconds: float, header: str, cfg: ClientConfig, url: str) -> None:
+    """Raise SetupError when a server asks to wait longer than cfg.max_wait: say what it asked
+    and when to rerun, instead of putting a worker to sleep for hours."""
+    if seconds > cfg.max_wait:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + seconds))
+        raise SetupError(f"{url} asks to wait {_fmt_seconds(seconds)} ({header}), more than --max-wait "
+                         f"{cfg.max_wait:g} s: rerun the same command after {at} (local time), or give a "
+                         f"larger --max-wait.")
+
+
+@dataclass
+class Reply:
+    """What one chat-completions body says (read_reply).
+
+    outcome: "answered", "refused" or "filtered" (final outcomes); "" when the body gives none,
+    and then `problem` says why (or `error` holds the server's message, for an error object in a
+    200 reply). answer: the text after any reasoning. refusal: the refusal text ('' for an empty
+    answer). reasoning_chars: characters of reasoning removed or ignored. usage: token counts.
     """
+    outcome: str = ""
+    answer: str = ""
+    finish_reason: str = ""
+    refusal: str = ""
+    reasoning_chars: int = 0
+    problem: str = ""
+    error: str = ""
+    usage: dict = None
+
+
+def usage_of(data) -> dict:
+    """Token counts a body reports: {"prompt_tokens", "completion_tokens", "reasoning_tokens"}
+    (ints; 0 when absent; reasoning is part of completion, as OpenAI counts it)."""
+    u = data.get("usage") if isinstance(data, dict) else None
+    u = u if isinstance(u, dict) else {}
+    details = u.get("completion_tokens_details") if isinstance(u.get("completion_tokens_details"), dict) else {}
+
+    def count(v):
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
+    return {"prompt_tokens": count(u.get("prompt_tokens")), "completion_tokens": count(u.get("completion_tokens")),
+            "reasoning_tokens": count(details.get("reasoning_tokens"))}
+
+
+def read_reply(data) -> Reply:
+    """Read a chat-completions response body (a 200 reply of the server, or the body of one
+    Batch API / vllm run-batch output line) into a Reply:
+
+    - finish_reason "content_filter" (with or without content): filtered;
+    - a non-empty `refusal` field: refused, its text kept;
+    - no answer after the reasoning, finish_reason "length": problem "cut at the token limit";
+    - no answer but reasoning (a `reasoning`/`reasoning_content` field or <think> text): problem;
+    - empty or null content, finish_reason "stop" (or none): refused, with refusal '';
+    - an answer that apologises ("I'm sorry, I can't ..."): refused, its text kept as refusal;
+    - any other answer: answered (finish_reason "length" then means it may end in a fragment).
+    A body with an `error` object and no choices gives Reply(error=the server's message).
+    """
+    if isinstance(data, dict) and data.get("error") and not data.get("choices"):
+        return Reply(error=one_line(error_fields(data)["message"] or json.dumps(data["error"])), usage=usage_of(data))
     try:
         choice = data["choices"][0]
         message = choice["message"]
-        finish = choice.get("finish_reason") or ""
+        finish = str(choice.get("finish_reason") or "")
         content = message.get("content")
     except (KeyError, IndexError, TypeError, AttributeError):
-        return None, "", "malformed response: no choices[0].message"
-    if content is None:
-        refusal = message.get("refusal") or ""
-        return None, finish, f"no content (refusal: {refusal[:100]!r})" if refusal else "no content (null)"
-    if not isinstance(content, str):
-        return None, finish, "malformed response: content is not text"
-    return content, finish, ""
+        return Reply(problem="malformed response: no choices[0].message", usage=usage_of(data))
+    usage = usage_of(data)
+    if isinstance(content, list):  # content parts [{"type": "text", "text": ...}]
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    if content is not None and not isinstance(content, str):
+        return Reply(problem="malformed response: content is not text", finish_reason=finish, usage=usage)
+    answer, thought = split_reasoning(content or "")
+    side = message.get("reasoning_content") or message.get("reasoning") or ""
+    reasoning = len(thought) + (len(side) if isinstance(side, str) else len(json.dumps(side)))
+    refusal = message.get("refusal")
+    base = {"answer": answer, "finish_reason": finish, "reasoning_chars": reasoning, "usage": usage}
+    if finish == "content_filter":
+        return Reply("filtered", refusal=str(refusal or ""), **base)
+    if isinstance(refusal, str) and refusal.strip():
+        return Reply("refused", refusal=one_line(refusal, 1000), **base)
+    if not answer:
+        if finish == "length":
+            return Reply(problem="cut at the token limit (finish_reason length) before any answer" +
+                                 (" (all reasoning)" if reasoning else ""), **base)
+        if reasoning:
+            return Reply(problem="reasoning and no answer after it", **base)
+        return Reply("refused", **base)
+    if REFUSAL.search(answer[:200]):
+        return Reply("refused", refusal=one_line(answer, 1000), **base)
+    return Reply("answered", **base)
 
 
 _thread_state = threading.local()
@@ -284,34 +478,56 @@ def _session() -> requests.Session:
     return _thread_state.session
 
 
+THINKING_HINT = ("a thinking model (Qwen3, DeepSeek-R1, o-series, gpt-5) needs a larger --max-tokens, "
+                 "e.g. --max-tokens 4000")
+
+
 def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = None,
             rng: random.Random | None = None) -> dict:
-    """Send one chat-completions request, retrying what can succeed later.
+    """Send one user's chat-completions request; return its final outcome or a failure.
 
-    Retried (up to cfg.max_attempts attempts): HTTP 429 and 5xx (waiting Retry-After when the
-    server sends it), timeouts, dropped connections, malformed JSON, and an empty answer cut at
-    max_tokens (finish_reason "length"). Waits grow as backoff * 2^(attempt-1), capped at
-    max_backoff, times a random factor in [0.5, 1] (jitter, so workers do not retry in step).
-    Returns {"answer", "finish_reason", "attempts"} on success, or {"error", "reason", "status",
-    "attempts"} for a failure (other 4xx at once, null content at once, retries exhausted,
-    or `stop` set while waiting); "reason" is the cause alone, in words with the URL (the same
-    for every user that fails the same way), "error" adds how it ended ("gave up after ...").
+    Returns, for a final outcome (read_reply: answered, refused or filtered), {"outcome",
+    "answer", "finish_reason", "truncated", "refusal", "reasoning_chars", "max_tokens",
+    "attempts", "usage"}; for a failure {"error", "reason", "status", "attempts", "usage"}:
+    "reason" is the cause alone in words with the URL (the same for every user that fails the
+    same way), "error" adds how it ended. attempts counts the requests sent; usage sums the
+    tokens of all of them (a retry costs too).
 
-    Raises AuthError on 401/403 and SetupError on 404 and on a request that cannot be sent:
-    they are wrong for every user, so retrying or going on would only spend time. A 404 from
-    {base_url}/chat/completions means a wrong model name (OpenAI, vLLM and Ollama answer 404
-    "model ... not found/does not exist") or a base URL without the right path; it is never
-    about one user's prompt. Other 4xx (400 "context too long") can be, so they are recorded.
+    - Cut at the token limit (finish_reason "length", with or without an answer): asked again
+      at once with twice the budget, up to BUDGET_GROWTH x cfg.max_tokens. Still cut there: the
+      trailing fragment is dropped (truncated: True) and the rest is the answer; with no
+      complete interest left (or reasoning only) it is a failure naming THINKING_HINT.
+    - Retried with waits (up to cfg.max_attempts failed attempts): HTTP 429 and 5xx, timeouts,
+      dropped connections, malformed JSON, reasoning with no answer, an error object in a 200
+      reply. Waits grow as backoff * 2^(n-1), capped at max_backoff, times a random factor in
+      [0.5, 1] (jitter), unless the server asks for a wait (asked_wait), which is honoured up to
+      cfg.max_wait.
+    - A 400 rejecting the token-limit field: sent again with the other field (switch_token_field).
+    - A 400 saying the content policy filtered the prompt: the final outcome "filtered".
+    - Other 4xx: a failure at once (400 "context too long" can be about one user's prompt).
+
+    Raises AuthError on 401/403, SetupError on 404 (a wrong model name, or a base URL without the
+    right path: never about one user's prompt), on a request that cannot be sent and on a wait
+    longer than cfg.max_wait, and QuotaError when the quota or credit is used up (is_quota):
+    they hold for every user, so going on would only spend time.
     """
     rng = rng or random.Random()
     url = cfg.base_url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
-    body = request_body(messages, cfg.model, cfg.max_tokens)
-    reason, status = "", None
-    for attempt in range(1, cfg.max_attempts + 1):
+    budget, top = cfg.max_tokens, cfg.max_tokens * BUDGET_GROWTH
+    usage = no_usage()
+    reason, status, sent, failed = "", None, 0, 0
+
+    def failure(why: str, how: str = "") -> dict:
+        return {"error": how + why, "reason": why, "status": status, "attempts": sent, "usage": dict(usage)}
+
+    while True:
+        sent += 1
         wait = None
+        field = cfg.token_field
         try:
-            r = _session().post(url, json=body, headers=headers, timeout=cfg.timeout)
+            r = _session().post(url, json=request_body(messages, cfg.model, budget, field), headers=headers,
+                                timeout=cfg.timeout)
         except requests.Timeout:
             reason, status = f"no reply from {url} within {cfg.timeout:g} s (timeout)", None
         except requests.ConnectionError as e:
@@ -319,44 +535,181 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
         except (requests.RequestException, ValueError) as e:  # invalid URL or header: never sent
             raise SetupError(f"cannot send a request to {url}: {e}") from None
         else:
-            status = r.status_code
+            status, data = r.status_code, reply_json(r)
+            error = error_fields(data)
+            message = server_message(r, data)
             if status in (401, 403):
-                raise AuthError(f"HTTP {status} from {url}: {server_message(r)}. Check $OPENAI_API_KEY "
-                                f"and $OPENAI_BASE_URL.")
+                raise AuthError(f"HTTP {status} from {url}: {message}. Check $OPENAI_API_KEY and $OPENAI_BASE_URL.")
             if status == 404:
-                raise SetupError(f"HTTP 404 from {url}: {server_message(r)}. Check the model name (--model "
-                                 f"or $LLM_MODEL, now {cfg.model!r}) and --base-url or $OPENAI_BASE_URL "
-                                 f"(usually ending in /v1).")
+                raise SetupError(f"HTTP 404 from {url}: {message}. Check the model name (--model or $LLM_MODEL, "
+                                 f"now {cfg.model!r}) and --base-url or $OPENAI_BASE_URL (usually ending in /v1).")
+            if status >= 400 and is_quota(status, error):
+                raise QuotaError(f"HTTP {status} from {url}: {message}. The quota or credit of this key is used "
+                                 f"up (not a rate limit), so no user can be answered until it is topped up.")
+            if status == 400 and rejects_token_field(error, field) and switch_token_field(cfg, field, message):
+                continue  # sent again at once with the other field: not a failed attempt
+            if 400 <= status < 500 and status != 429 and is_content_filter(error):
+                return {"outcome": "filtered", "answer": "", "finish_reason": "content_filter", "truncated": False,
+                        "refusal": message, "reasoning_chars": 0, "max_tokens": budget, "attempts": sent,
+                        "usage": dict(usage)}
             if status == 429 or status >= 500:
-                reason, wait = f"HTTP {status} from {url}: {server_message(r)}", \
-                    retry_after_seconds(r.headers.get("Retry-After"))
+                reason = f"HTTP {status} from {url}: {message}"
+                wait, header = asked_wait(r.headers)
+                if wait is not None:
+                    check_wait(wait, header, cfg, url)
             elif status >= 400:
-                reason = f"HTTP {status} from {url}: {server_message(r)}"
-                return {"error": reason, "reason": reason, "status": status, "attempts": attempt}
+                return failure(f"HTTP {status} from {url}: {message}")
+            elif data is None:
+                start = one_line(r.content.decode("utf-8", errors="replace"), 80)
+                reason = f"malformed JSON in the reply from {url}: {start!r}"
             else:
-                try:
-                    content, finish, problem = parse_completion(r.json())
-                except ValueError:
-                    start = " ".join(r.text.split())[:80]
-                    content, finish, problem = None, "", f"malformed JSON in the reply from {url}: {start!r}"
-                if problem.startswith("no content"):
-                    return {"error": problem, "reason": problem, "status": status, "attempts": attempt}
-                if not problem and not content.strip() and finish == "length":
-                    problem = "empty answer cut at max_tokens (finish_reason length)"
-                if not problem:
-                    return {"answer": content, "finish_reason": finish, "attempts": attempt}
-                reason = problem
-        if attempt == cfg.max_attempts:
-            break
+                reply = read_reply(data)
+                add_usage(usage, reply.usage)
+                if reply.error:
+                    if is_quota(status, error):
+                        raise QuotaError(f"error in a 200 reply from {url}: {reply.error}. The quota or credit "
+                                         f"of this key is used up, so no user can be answered until it is topped up.")
+                    reason = f"error in a 200 reply from {url}: {reply.error}"
+                elif reply.finish_reason == "length" and reply.outcome in ("answered", "") and budget < top:
+                    budget = min(2 * budget, top)  # cut at the limit: ask again at once with twice the budget
+                    continue
+                elif reply.outcome:
+                    answer, truncated = reply.answer, reply.outcome == "answered" and reply.finish_reason == "length"
+                    if truncated and not split_answer(answer, truncated=True):
+                        return failure(f"the answer was cut at the token limit ({top} tokens, {BUDGET_GROWTH}x "
+                                       f"--max-tokens) before one complete interest" +
+                                       (f"; {THINKING_HINT}" if reply.reasoning_chars else ""))
+                    return {"outcome": reply.outcome, "answer": answer, "finish_reason": reply.finish_reason,
+                            "truncated": truncated, "refusal": reply.refusal, "reasoning_chars": reply.reasoning_chars,
+                            "max_tokens": budget, "attempts": sent, "usage": dict(usage)}
+                elif reply.finish_reason == "length":  # no answer even with the largest budget
+                    return failure(f"{reply.problem} at {top} tokens ({BUDGET_GROWTH}x --max-tokens)" +
+                                   (f"; {THINKING_HINT}" if reply.reasoning_chars else ""))
+                else:
+                    reason = reply.problem + (f" ({THINKING_HINT})" if reply.reasoning_chars else "")
+        failed += 1
+        if failed >= cfg.max_attempts:
+            return failure(reason, f"gave up after {failed} attempts: ")
         if wait is None:
-            wait = min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0)
+            wait = min(cfg.max_backoff, cfg.backoff * 2 ** (failed - 1)) * rng.uniform(0.5, 1.0)
         if stop is not None and stop.wait(wait):
-            return {"error": f"stopped while retrying ({reason})", "reason": reason, "status": status,
-                    "attempts": attempt}
+            return failure(reason, "stopped while retrying: ")
         if stop is None:
             time.sleep(wait)
-    return {"error": f"gave up after {cfg.max_attempts} attempts: {reason}", "reason": reason,
-            "status": status, "attempts": cfg.max_attempts}
+
+
+# ----------------------------------------------------------------------------------------------
+# Answer parsing: reasoning stripped, lists in the shapes models write them
+# ----------------------------------------------------------------------------------------------
+THINK_CLOSE = re.compile(r"</(?:think|thinking|thought|reasoning)>|<\|channel\|>final<\|message\|>", re.I)
+THINK_OPEN = re.compile(r"<(?:think|thinking|thought|reasoning)>|<\|channel\|>analysis<\|message\|>", re.I)
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """A reply's content -> (answer, reasoning), both stripped.
+
+    A thinking model writes <think>...</think> before its answer (also <thinking>, <thought>,
+    <reasoning>, or gpt-oss's channels): the answer is what follows the last closing tag, and
+    everything before it is reasoning, also when the server stripped the opening tag and left
+    only </think>. An opening tag never closed (the reply was cut off mid-thought) makes the rest
+    reasoning and leaves no answer. Text without tags is all answer."""
+    text = text or ""
+    closes = list(THINK_CLOSE.finditer(text))
+    if closes:
+        return text[closes[-1].end():].strip(), text[:closes[-1].start()].strip()
+    opened = THINK_OPEN.search(text)
+    if opened:
+        return text[:opened.start()].strip(), text[opened.end():].strip()
+    return text.strip(), ""
+
+
+PREAMBLE = re.compile(r"^[^:\n]{0,100}?\b(?:here|interests?|interested|likes?|enjoys?|based on|answer|user)\b"
+                      r"[^:\n]{0,100}:[ \t]*", re.I)
+BULLET = re.compile(r"^\s*(?:[-*+•·‣▪]+|\(?\d{1,2}[.):]|#+)\s*")
+INLINE_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+")  # "1. X 2. Y" on one line
+SEPARATOR = re.compile(r"[,;/|\n，；、]")
+PIECE_EDGES = " \t\"'`*_[](){}.!:"
+
+
+def split_answer(text: str, truncated: bool = False) -> list:
+    """An answer -> its raw interest pieces, in order (not yet cleaned).
+
+    Accepted shapes, all giving the same pieces: items separated by commas, semicolons, slashes
+    or bars; one per line, with bullets (-, *, •) or numbers ("1.", "2)"); numbered on one line
+    ("1. X 2. Y"); a JSON array of strings (also inside a ```json fence); each after a
+    preamble such as "Here are the interests:" (a first line ending in a colon, or text before
+    a colon that speaks of the interests or the user). Markdown emphasis, quotes and trailing
+    full stops are stripped. truncated (the answer was cut at the token limit): the last piece
+    is a fragment and is dropped, unless the text ends with a separator."""
+    text = re.sub(r"^```[a-zA-Z]*\s*|\s*```\s*$", "", (text or "").strip()).strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+            if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed):
+                return [p.strip() for p in parsed if p.strip()]
+        except ValueError:
+            pass
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[0].rstrip().endswith(":"):
+        lines = lines[1:]
+    elif lines:
+        lines[0] = PREAMBLE.sub("", lines[0], count=1)
+    pieces = []
+    for line in lines:
+        for part in INLINE_NUMBER.split(BULLET.sub("", line, count=1)):
+            pieces += SEPARATOR.split(part)
+    pieces = [p.strip(PIECE_EDGES) for p in pieces]
+    pieces = [p for p in pieces if p]
+    if truncated and pieces and not SEPARATOR.search(text.rstrip(" \t")[-1:]):
+        pieces.pop()
+    return pieces
+
+
+class Parsed(NamedTuple):
+    """answer_phrases' result."""
+    phrases: list  # distinct cleaned phrases
+    problem: str  # '' for a usable answer, else why there is no phrase
+    dropped: int = 0  # pieces that cleaning emptied
+
+
+def answer_phrases(text, truncated: bool = False) -> Parsed:
+    """An LLM answer (the A_u of Eq. 1) -> Parsed(phrases, problem, dropped).
+
+    phrases: the distinct cleaned phrases (clean_phrase) of the pieces split_answer finds, after
+    any reasoning is removed (split_reasoning) and, when truncated, the trailing fragment is
+    dropped. dropped: pieces that cleaning emptied (no Latin letters left, e.g. another script,
+    or over MAX_PHRASE_CHARS). problem is '' for a usable answer, else one of "empty",
+    "reasoning only", "too long" (over MAX_ANSWER_CHARS), "refused" (an apology or "I can't"),
+    "truncated" (cut before one complete piece), "not a list" (one piece longer than a phrase,
+    e.g. a sentence), "no phrases" (nothing left after cleaning); then phrases is empty.
+    """
+    if text is None or not str(text).strip():
+        return Parsed([], "empty")
+    text, reasoning = split_reasoning(str(text))
+    if not text:
+        return Parsed([], "reasoning only" if reasoning else "empty")
+    if len(text) > MAX_ANSWER_CHARS:
+        return Parsed([], "too long")
+    if REFUSAL.search(text[:200]):
+        return Parsed([], "refused")
+    pieces = split_answer(text, truncated)
+    if not pieces:
+        return Parsed([], "truncated" if truncated else "no phrases")
+    if len(pieces) == 1 and len(pieces[0]) > MAX_PHRASE_CHARS:
+        return Parsed([], "not a list")
+    cleaned = [clean_phrase(p) for p in pieces]
+    phrases = list(dict.fromkeys(p for p in cleaned if p))
+    return Parsed(phrases, "" if phrases else "no phrases", cleaned.count(""))
+
+
+def record_phrases(rec: dict) -> Parsed:
+    """The phrases of one answers-file record: refused and filtered records give none (problem
+    "refused" / "filtered"); an answer is truncated when the record says so, or (a file written
+    before the flag) when its finish_reason is "length"."""
+    outcome = rec.get("outcome", "answered")
+    if outcome in ("refused", "filtered"):
+        return Parsed([], outcome)
+    return answer_phrases(rec.get("answer"), bool(rec.get("truncated", rec.get("finish_reason") == "length")))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,22 +798,102 @@ def format_reasons(reasons: collections.Counter, top: int = 3) -> str:
     return text + (f"; and {others} other reason(s)" if others else "")
 
 
+
+
+def answer_record(job: Job, model: str, res: dict) -> dict:
+    """The answers-file line of one final outcome (ask_llm's result, or one batch output line):
+    user, model, time, attempts, the prompt's item ids, outcome (answered / refused / filtered),
+    answer (the text after any reasoning), finish_reason, truncated (cut at the token limit:
+    the trailing fragment is not an interest), max_tokens (the budget of the last request),
+    usage; refusal and reasoning_chars where there are any."""
+    rec = {"user": job.user, "model": model, "time": now_iso(), "attempts": res["attempts"], "items": job.items,
+           "outcome": res["outcome"], "answer": res["answer"], "finish_reason": res["finish_reason"],
+           "truncated": res["truncated"], "max_tokens": res.get("max_tokens"), "usage": res.get("usage") or {}}
+    if res["outcome"] != "answered":
+        rec["refusal"] = res.get("refusal", "")
+    if res.get("reasoning_chars"):
+        rec["reasoning_chars"] = res["reasoning_chars"]
+    return rec
+
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "reasoning_tokens")
+
+
+def no_usage() -> dict:
+    return dict.fromkeys(USAGE_KEYS, 0)
+
+
+def add_usage(total: dict, usage) -> None:
+    """Add the token counts of `usage` (a usage_of dict, or None) to `total`, in place."""
+    for k in USAGE_KEYS:
+        v = (usage or {}).get(k, 0)
+        total[k] += v if isinstance(v, int) else 0
+
+
+def format_usage(usage, price_in: float | None = None, price_out: float | None = None) -> str:
+    """"1,234 prompt + 567 completion tokens (89 reasoning), $0.0012 at ... USD per million": the
+    usage the server reported, and its cost when prices are given."""
+    text = f"{usage.get('prompt_tokens', 0):,} prompt + {usage.get('completion_tokens', 0):,} completion tokens"
+    if usage.get("reasoning_tokens"):
+        text += f" ({usage['reasoning_tokens']:,} of them reasoning)"
+    if price_in is not None or price_out is not None:
+        cost = usage.get("prompt_tokens", 0) * (price_in or 0) / 1e6 + \
+            usage.get("completion_tokens", 0) * (price_out or 0) / 1e6
+        text += f", ${cost:,.4f} at ${price_in or 0:g} / ${price_out or 0:g} per million tokens in / out"
+    return text
+
+
+def estimate(jobs: list, max_tokens: int, price_in: float | None = None, price_out: float | None = None) -> dict:
+    """What asking `jobs` costs at most, before anything is sent (infer --dry-run, batch-export).
+
+    prompt_tokens: the characters of every message, divided by 4 and rounded up per user (the
+    usual rule of thumb for English; a tokenizer would be a new dependency), plus 4 tokens of
+    chat formatting per message. max_completion_tokens: len(jobs) * max_tokens (an answer cut at
+    the limit is asked again with up to BUDGET_GROWTH x that budget, so the worst case is
+    higher). cost_in / cost_out: USD at price_in / price_out per million tokens (None without
+    a price). Returns those and "users"."""
+    prompt = sum(math.ceil(sum(len(m["content"]) for m in j.messages) / 4) + 4 * len(j.messages) for j in jobs)
+    out = {"users": len(jobs), "prompt_tokens": prompt, "max_completion_tokens": len(jobs) * max_tokens,
+           "cost_in": None, "cost_out": None}
+    if price_in is not None or price_out is not None:
+        out["cost_in"] = prompt * (price_in or 0) / 1e6
+        out["cost_out"] = out["max_completion_tokens"] * (price_out or 0) / 1e6
+    return out
+
+
+def format_estimate(est: dict, max_tokens: int) -> str:
+    text = (f"{est['users']:,} users to ask; prompts about {est['prompt_tokens']:,} tokens (4 characters per "
+            f"token); completions at most {est['max_completion_tokens']:,} tokens ({max_tokens:,} per user; an "
+            f"answer cut at that limit is asked again with up to {BUDGET_GROWTH}x)")
+    if est["cost_in"] is not None:
+        text += (f"; cost at most ${est['cost_in'] + est['cost_out']:,.4f} (${est['cost_in']:,.4f} in + "
+                 f"${est['cost_out']:,.4f} out)")
+    else:
+        text += "; give --price-in and --price-out (USD per million tokens) for the cost"
+    return text
+
+
 def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, workers: int = 8,
                   progress_every: float = 5.0) -> dict:
-    """Ask the LLM for every job whose user is not yet in the answers file (Eq. 1 for all users).
+    """Ask the LLM for every job whose user has no final outcome in the answers file yet (Eq. 1
+    for all users).
 
-    Answers are appended to answers_path as they arrive (one JSON line per user: user, model,
-    items, answer, finish_reason, attempts, time) and failures to failures_path (user, model,
-    error, status, attempts, time); a failed user is asked again by the next run. A progress
-    line (done / failed / total, requests per second, ETA) goes to stderr every progress_every
-    seconds. Returns counts {"answered", "failed", "skipped", "total", "reasons"}: reasons is a
-    Counter of the failure causes (ask_llm's "reason") over the failed users.
+    Final outcomes (answered, refused, filtered: see ask_llm) are appended to answers_path as
+    they arrive (answer_record) and flushed, so a kill loses nothing written; failures go to
+    failures_path (user, model, error, status, attempts, usage, time) and a failed user is asked
+    again by the next run, a refused or filtered one is not. A progress line (done / failed /
+    total, requests per second, ETA) goes to stderr every progress_every seconds.
+
+    Returns counts {"answered", "refused", "filtered", "truncated" (answered but cut at the
+    token limit, fragment dropped), "failed", "skipped" (already in the answers file), "total"
+    (users asked), "reasons" (Counter of failure causes), "usage" (the token counts the
+    server reported), "thinking" (outcomes that carried reasoning)}.
 
     Stops early, raising SetupError, when the first min(EARLY_STOP_USERS, users to ask) users
-    that finish have all failed and none was answered: the base URL, model or key is then almost
-    surely wrong, and going on would spend hours failing every user. Raises SetupError or
-    AuthError from ask_llm, and KeyboardInterrupt, likewise: the other workers are stopped first
-    and what was written stays. Raises InputError for a ClientConfig check_config rejects.
+    that finish have all failed and none has an outcome: the base URL, model or key is then
+    almost surely wrong. Raises SetupError, AuthError or QuotaError from ask_llm, and
+    KeyboardInterrupt, likewise: the other workers are stopped first and what was written stays.
+    Raises InputError for a ClientConfig check_config rejects.
     """
     check_config(cfg)
     if workers < 1:
@@ -471,8 +904,9 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
     repair_tail(failures_path)
     done_users = set(read_answers(answers_path))
     todo = [j for j in jobs if j.user not in done_users]
-    counts = {"answered": 0, "failed": 0, "skipped": len(jobs) - len(todo), "total": len(todo),
-              "reasons": collections.Counter()}
+    counts = {"answered": 0, "refused": 0, "filtered": 0, "truncated": 0, "failed": 0,
+              "skipped": len(jobs) - len(todo), "total": len(todo), "reasons": collections.Counter(),
+              "usage": no_usage(), "thinking": 0}
     if counts["skipped"]:
         say(f"resume: {counts['skipped']} users already in {answers_path}, {len(todo)} to ask")
     if not todo:
@@ -481,11 +915,14 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
     start = last_report = time.time()
     early_stop_after = min(EARLY_STOP_USERS, len(todo))
 
+    def finished() -> int:
+        return sum(counts[k] for k in ("answered", "refused", "filtered", "failed"))
+
     def report(final=False):
-        n = counts["answered"] + counts["failed"]
+        n = finished()
         rate = n / max(time.time() - start, 1e-9)
         eta = (len(todo) - n) / rate if rate > 0 else float("inf")
-        say(f"infer: {counts['answered']} done, {counts['failed']} failed, {len(todo)} total | "
+        say(f"infer: {n - counts['failed']} done, {counts['failed']} failed, {len(todo)} total | "
             f"{rate:.1f} req/s | " + ("finished" if final else f"ETA {_fmt_seconds(eta)}"))
 
     def work(job):
@@ -503,19 +940,22 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
         try:
             pending = {pool.submit(work, j) for j in todo}
             while pending:
-                finished, pending = cf.wait(pending, timeout=progress_every, return_when=cf.FIRST_COMPLETED)
-                for fut in finished:
-                    job, res = fut.result()  # re-raises AuthError from the worker
-                    rec = {"user": job.user, "model": cfg.model, "time": now_iso(), "attempts": res["attempts"]}
-                    if "answer" in res:
-                        append_jsonl(answers, {**rec, "items": job.items, "answer": res["answer"],
-                                               "finish_reason": res["finish_reason"]})
-                        counts["answered"] += 1
+                done, pending = cf.wait(pending, timeout=progress_every, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    job, res = fut.result()  # re-raises SetupError from the worker
+                    add_usage(counts["usage"], res.get("usage"))
+                    if "outcome" in res:
+                        append_jsonl(answers, answer_record(job, cfg.model, res))
+                        counts[res["outcome"]] += 1
+                        counts["truncated"] += bool(res["truncated"])
+                        counts["thinking"] += bool(res.get("reasoning_chars"))
                     else:
-                        append_jsonl(failures, {**rec, "error": res["error"], "status": res["status"]})
+                        append_jsonl(failures, {"user": job.user, "model": cfg.model, "time": now_iso(),
+                                                "attempts": res["attempts"], "error": res["error"],
+                                                "status": res["status"], "usage": res.get("usage") or {}})
                         counts["failed"] += 1
                         counts["reasons"][res.get("reason") or res["error"]] += 1
-                if counts["answered"] == 0 and counts["failed"] >= early_stop_after:
+                if counts["failed"] >= early_stop_after and finished() == counts["failed"]:
                     report(final=True)
                     raise SetupError(f"the first {counts['failed']} users asked all failed and none was "
                                      f"answered, so the settings are probably wrong: "
@@ -535,28 +975,36 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
 
 
 # ----------------------------------------------------------------------------------------------
-# Batch mode (OpenAI Batch API)
+# Batch mode (OpenAI Batch API, vllm run-batch)
 # ----------------------------------------------------------------------------------------------
-def batch_export(jobs: list, path, model: str, max_tokens: int = 1000) -> int:
-    """Write one Batch API request per job (custom_id = user id, url /v1/chat/completions).
-    Returns the number of lines written."""
+def batch_export(jobs: list, path, model: str, max_tokens: int = 1000, token_field: str = "max_tokens") -> int:
+    """Write one request line per job (custom_id = user id, url /v1/chat/completions, body as
+    request_body with the token limit under token_field): the input of the OpenAI Batch API and
+    of `vllm run-batch`. The caller leaves out users that already have a final outcome (so no
+    answer is paid twice). Written to a temporary name and renamed. Returns the lines written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         for job in jobs:
             f.write(json.dumps({"custom_id": str(job.user), "method": "POST", "url": "/v1/chat/completions",
-                                "body": request_body(job.messages, model, max_tokens)},
+                                "body": request_body(job.messages, model, max_tokens, token_field)},
                                ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
     return len(jobs)
 
 
 def batch_import(batch_output, jobs: list, answers_path, failures_path) -> dict:
-    """Read a Batch API output JSONL into the answers file (records as run_inference writes).
-
-    A line that cannot be read, an unknown custom_id, a non-200 response or an unusable body is
-    counted and written to failures_path (with the output file's line number), never fatal.
-    Users already in the answers file are skipped. Returns {"imported", "failed", "skipped"}.
-    Raises DataError if batch_output does not exist or is a folder.
+    """Read a batch output JSONL (OpenAI Batch API or `vllm run-batch`: one line per request,
+    {"custom_id", "response": {"status_code", "body"}, "error"}) into the answers file, each body
+    read as infer reads a reply (read_reply): answered, refused and filtered records as
+    run_inference writes them. An answer cut at the token limit cannot be asked again here: its
+    trailing fragment is dropped and the record marked truncated (with no complete interest
+    left it is an error). A line that cannot be read, an unknown custom_id, an error, a non-200
+    response or a body with no outcome is counted and written to failures_path (with the output
+    file's line number and the server's own message), never fatal. Users already in the
+    answers file are skipped. Returns {"imported", "refused", "filtered", "truncated", "failed",
+    "skipped", "usage"}. Raises DataError if batch_output does not exist or is a folder.
     """
     batch_output, answers_path = Path(batch_output), Path(answers_path)
     if not batch_output.is_file():
@@ -566,49 +1014,62 @@ def batch_import(batch_output, jobs: list, answers_path, failures_path) -> dict:
     repair_tail(answers_path)
     repair_tail(failures_path)
     done_users = set(read_answers(answers_path))
-    counts = {"imported": 0, "failed": 0, "skipped": 0}
+    counts = {"imported": 0, "refused": 0, "filtered": 0, "truncated": 0, "failed": 0, "skipped": 0,
+              "usage": no_usage()}
     with open(batch_output, encoding="utf-8", errors="replace") as src, \
             open(answers_path, "a", encoding="utf-8") as answers, \
             open(failures_path, "a", encoding="utf-8") as failures:
         for no, line in enumerate(src, 1):
             if not line.strip():
                 continue
-            user, error, status = None, "", None
+            user, error, status, reply = None, "", None, None
             try:
                 obj = json.loads(line)
                 user = int(obj["custom_id"])
                 response = obj.get("response") or {}
                 status = response.get("status_code")
+                body = response.get("body")
                 if obj.get("error"):
-                    error = f"batch error: {json.dumps(obj['error'])[:300]}"
+                    error = f"batch error: {one_line(error_fields(obj)['message'] or json.dumps(obj['error']))}"
                 elif user not in by_user:
                     error = f"custom_id {user} is not a user with a prompt in this dataset"
                 elif status != 200:
-                    error = f"HTTP {status}: {json.dumps(response.get('body'))[:300]}"
+                    error = f"HTTP {status}: {one_line(error_fields(body)['message'] or json.dumps(body))}"
                 else:
-                    content, finish, problem = parse_completion(response.get("body"))
-                    error = problem
+                    reply = read_reply(body)
+                    add_usage(counts["usage"], reply.usage)
+                    error = (f"error in the response body: {reply.error}" if reply.error else reply.problem) \
+                        if not reply.outcome else ""
+                    truncated = reply.outcome == "answered" and reply.finish_reason == "length"
+                    if truncated and not split_answer(reply.answer, truncated=True):
+                        error = "the answer was cut at the token limit before one complete interest " \
+                                f"(export with a larger --max-tokens; {THINKING_HINT})"
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 error = f"unreadable line ({e})"
             if not error and user in done_users:
                 counts["skipped"] += 1
                 continue
-            rec = {"user": user, "model": "", "time": now_iso(), "batch_line": no}
             if error:
                 say(f"batch-import: {batch_output}, line {no}: {error}")
-                append_jsonl(failures, {**rec, "error": error, "status": status})
+                append_jsonl(failures, {"user": user, "model": "", "time": now_iso(), "batch_line": no,
+                                        "error": error, "status": status})
                 counts["failed"] += 1
                 continue
-            rec["model"] = (response.get("body") or {}).get("model", "")
-            append_jsonl(answers, {**rec, "items": by_user[user].items, "answer": content,
-                                   "finish_reason": finish, "attempts": 1})
+            res = {"outcome": reply.outcome, "answer": reply.answer, "finish_reason": reply.finish_reason,
+                   "truncated": truncated, "refusal": reply.refusal, "reasoning_chars": reply.reasoning_chars,
+                   "attempts": 1, "usage": reply.usage, "max_tokens": None}
+            rec = answer_record(by_user[user], str((body or {}).get("model", "")), res)
+            append_jsonl(answers, {**rec, "batch_line": no})
             done_users.add(user)
             counts["imported"] += 1
+            counts["truncated"] += truncated
+            if reply.outcome != "answered":
+                counts[reply.outcome] += 1
     return counts
 
 
 # ----------------------------------------------------------------------------------------------
-# Cleaning: answer text -> interest phrases
+# Cleaning: interest pieces -> phrases
 # ----------------------------------------------------------------------------------------------
 STOPWORDS = frozenset("""
 a about above after again against ain all also am an and any are aren as at be because been before
@@ -653,37 +1114,6 @@ def clean_phrase(text: str) -> str:
     return phrase if MIN_PHRASE_CHARS <= len(phrase) <= MAX_PHRASE_CHARS else ""
 
 
-def answer_phrases(text) -> tuple[list, str]:
-    """An LLM answer (the A_u of Eq. 1) -> (its distinct cleaned phrases, problem).
-
-    The answer is split on commas and line breaks; a JSON array of strings (also inside a
-    ```json fence) is read as a list. problem is '' for a usable answer, else one of "empty",
-    "too long" (over MAX_ANSWER_CHARS), "refusal" (an apology or "I can't"), "not a list" (one
-    piece longer than a phrase, e.g. a sentence), "no phrases" (nothing left after cleaning);
-    then the phrase list is empty.
-    """
-    if text is None or not str(text).strip():
-        return [], "empty"
-    text = str(text).strip()
-    if len(text) > MAX_ANSWER_CHARS:
-        return [], "too long"
-    if REFUSAL.search(text):
-        return [], "refusal"
-    text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text).strip()
-    pieces = None
-    if text.startswith("["):
-        try:
-            parsed = json.loads(text)
-            if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed):
-                pieces = parsed
-        except ValueError:
-            pass
-    if pieces is None:
-        pieces = re.split(r"[,\n]", text)
-    if len([p for p in pieces if p.strip()]) == 1 and len(pieces[0].strip()) > MAX_PHRASE_CHARS:
-        return [], "not a list"
-    phrases = list(dict.fromkeys(p for p in map(clean_phrase, pieces) if p))
-    return phrases, ("" if phrases else "no phrases")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -861,21 +1291,28 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
                     seed: int = 0, n_init: int = 3, max_iter: int = 100) -> dict:
     """Eq. (2): answers {user: record with "answer"} -> interest nodes and user-interest edges.
 
-    Each user's answer becomes distinct cleaned phrases; every distinct phrase is one TF-IDF row
-    weighted by the number of users who said it; k-means groups the rows into k clusters; a user
-    links to the clusters of its phrases; `filter_clusters` keeps the informative ones. Returns a
-    dict with "edges" [(user, interest id)], "clusters" (one row per cluster for the TSV),
-    "problems" (Counter of bad answers by kind) and counts. Raises InputError when no answer
-    gives a phrase or no cluster survives the filtering (an empty interest file helps nobody).
+    Each user's record becomes distinct cleaned phrases (record_phrases: reasoning removed, a
+    truncated answer's trailing fragment dropped, refused and filtered records none); every
+    distinct phrase is one TF-IDF row weighted by the number of users who said it; k-means
+    groups the rows into k clusters; a user links to the clusters of its phrases;
+    `filter_clusters` keeps the informative ones. Returns a dict with "edges" [(user, interest
+    id)], "clusters" (one row per cluster for the TSV), "problems" (Counter of records without
+    interests by kind: refused, filtered, empty, ...), "n_truncated" (usable answers whose
+    fragment was dropped), "n_dropped" (pieces that cleaning emptied) and counts. Raises
+    InputError when no answer gives a phrase or no cluster survives the filtering (an empty
+    interest file helps nobody).
     """
     problems = collections.Counter()
     user_phrases = {}
+    n_truncated = n_dropped = 0
     for user, rec in sorted(answers.items()):
-        phrases, problem = answer_phrases(rec.get("answer"))
+        phrases, problem, dropped = record_phrases(rec)
+        n_dropped += dropped
         if problem:
             problems[problem] += 1
         else:
             user_phrases[user] = phrases
+            n_truncated += bool(rec.get("truncated", rec.get("finish_reason") == "length"))
     said = collections.Counter(p for ps in user_phrases.values() for p in ps)
     if not said:
         raise InputError(f"none of the {len(answers)} answers gives an interest phrase "
@@ -907,26 +1344,85 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
         status = str(interest_id[c]) if c in interest_id else "dropped: " + dropped.get(c, "no users")
         rows.append((c, held[c], status, top, examples))
     return {"edges": edges, "clusters": rows, "problems": problems, "n_answers": len(answers),
+            "n_truncated": n_truncated, "n_dropped": n_dropped,
             "n_users_with_phrases": len(user_phrases), "n_phrases": int(weights.sum()),
             "n_distinct": len(phrases), "n_clusters": len(centres), "n_kept": len(kept),
             "n_users_linked": len({u for u, _ in edges})}
 
 
-def write_outputs(result: dict, out_dir) -> tuple[Path, Path]:
-    """Write user_interest_clustered.txt (`user_id interest_id` lines, the published format)
-    and interest_clusters.tsv (what each cluster means) into out_dir. Each file is written to a
-    temporary name and renamed, so an interruption never leaves half a file."""
+def write_outputs(result: dict, out_dir, coverage: dict | None = None) -> tuple[Path, Path, Path | None]:
+    """Write user_interest_clustered.txt (`user_id interest_id` lines, the published format),
+    interest_clusters.tsv (what each cluster means) and, given `coverage` ({"users_with_prompt",
+    "users_answered", ...}), user_interest_clustered.coverage.json (see coverage_record) into
+    out_dir. Each file is written to a temporary name and renamed, so an interruption never
+    leaves half a file. Returns the three paths (the last None without coverage)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    edges_path, tsv_path = (out_dir / name for name in CLUSTER_FILES)
-    lines = [f"{u} {j}\n" for u, j in result["edges"]]
+    edges_path, tsv_path, cov_path = (out_dir / name for name in CLUSTER_FILES)
+    edges = "".join(f"{u} {j}\n" for u, j in result["edges"])
     tsv = ["cluster\tusers\tinterest_id\ttop_terms\texample_phrases\n"]
     tsv += [f"{c}\t{n}\t{status}\t{', '.join(top)}\t{' | '.join(ex)}\n" for c, n, status, top, ex in result["clusters"]]
-    for path, content in ((edges_path, lines), (tsv_path, tsv)):
+    files = [(edges_path, edges), (tsv_path, "".join(tsv))]
+    if coverage is not None:
+        record = coverage_record(edges.encode("utf-8"), edges_path.name, result["n_users_linked"], **coverage)
+        files.append((cov_path, json.dumps(record, indent=1) + "\n"))
+    for path, content in files:
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text("".join(content), encoding="utf-8")
+        tmp.write_text(content, encoding="utf-8")
         os.replace(tmp, path)
-    return edges_path, tsv_path
+    return edges_path, tsv_path, cov_path if coverage is not None else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Coverage: how much of the dataset the interest file speaks for (read by cikgrec.py train)
+# ----------------------------------------------------------------------------------------------
+COVERAGE_SUFFIX = ".coverage.json"  # user_interest_clustered.txt -> user_interest_clustered.coverage.json
+
+
+def coverage_record(interest_bytes: bytes, interest_name: str, users_with_interests: int, users_with_prompt: int,
+                    users_answered: int, **more) -> dict:
+    """The coverage file `cluster` writes beside its interest file (one JSON object):
+
+        made_by               "llm_interests.py cluster"
+        interest_file         the interest file's name ("user_interest_clustered.txt")
+        interest_file_sha256  SHA-256 (hex) of its bytes: a reader ignores a coverage file
+                              whose interest file has changed since
+        users_with_prompt     the dataset's users with a prompt (at least one named training item)
+        users_answered        of them, the users with a final outcome in the answers file
+        users_with_interests  users linked to at least one kept interest node
+        answered_share        users_answered / users_with_prompt (0..1)
+    and what `more` adds (dataset, answers_file, time)."""
+    return {"made_by": "llm_interests.py cluster", "interest_file": interest_name,
+            "interest_file_sha256": hashlib.sha256(interest_bytes).hexdigest(),
+            "users_with_prompt": users_with_prompt, "users_answered": users_answered,
+            "users_with_interests": users_with_interests,
+            "answered_share": round(users_answered / max(users_with_prompt, 1), 4), **more}
+
+
+def read_coverage(interest_file) -> dict | None:
+    """The coverage record of an interest file, or None when it has none (a published file) or
+    it does not match (unreadable, or its SHA-256 differs from the file's: the interest file was
+    replaced after `cluster`). Needs only json, hashlib and pathlib, so cikgrec.py can hold the
+    same few lines without importing this module: for P = .../user_interest_clustered.txt the
+    record is P.with_name(P.stem + COVERAGE_SUFFIX)."""
+    path = Path(interest_file)
+    cov = path.with_name(path.stem + COVERAGE_SUFFIX)
+    try:
+        record = json.loads(cov.read_text(encoding="utf-8"))
+        same = record["interest_file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        return record if same and record["users_with_prompt"] > 0 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def coverage_warning(record: dict | None) -> str:
+    """The warning `train` gives for a coverage record ('' for none): an interest file made from
+    answers covering under half of the users with a prompt (after an `infer --limit` trial)."""
+    if not record or record["users_answered"] >= 0.5 * record["users_with_prompt"]:
+        return ""
+    return (f"warning: this interest file was made from LLM answers of {record['users_answered']} of the "
+            f"{record['users_with_prompt']} users with a prompt ({record['answered_share']:.0%}), as after an "
+            f"`infer --limit` trial; run `llm_interests.py infer` for all users, then `cluster`, for a full one")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -977,8 +1473,15 @@ def parse_args(argv=None):
     def llm(sp_):
         sp_.add_argument("--model", default=os.environ.get("LLM_MODEL") or DEFAULT_MODEL,
                          help=f"model name (default $LLM_MODEL or {DEFAULT_MODEL})")
-        sp_.add_argument("--max-tokens", type=int, default=1000)
+        sp_.add_argument("--max-tokens", type=int, default=1000,
+                         help="completion budget per user (a thinking model needs more, e.g. 4000); an answer cut "
+                              f"at it is asked again with up to {BUDGET_GROWTH}x")
+        sp_.add_argument("--token-field", default="max_tokens", choices=TOKEN_FIELDS,
+                         help="the body field of the budget (OpenAI's reasoning models: max_completion_tokens; "
+                              "infer switches by itself when the server asks)")
         sp_.add_argument("--limit", type=int, default=0, help="only the first N users with a prompt")
+        sp_.add_argument("--price-in", type=float, default=None, help="USD per million prompt tokens (for the cost)")
+        sp_.add_argument("--price-out", type=float, default=None, help="USD per million completion tokens")
 
     q = sub.add_parser("infer", allow_abbrev=False, help="ask the LLM for every user (resumes an interrupted run)")
     common(q)
@@ -989,6 +1492,9 @@ def parse_args(argv=None):
     q.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     q.add_argument("--max-attempts", type=int, default=6, help="attempts per user")
     q.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
+    q.add_argument("--max-wait", type=float, default=60.0,
+                   help="longest wait a server may ask for (Retry-After) in seconds; longer stops the run")
+    q.add_argument("--dry-run", action="store_true", help="send nothing: print the users, tokens and cost")
     q.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
 
     q = sub.add_parser("batch-export", allow_abbrev=False, help="write an OpenAI Batch API input file")
@@ -1029,6 +1535,10 @@ def check_args(args) -> None:
     for name in ("limit", "split_seed", "seed"):
         if getattr(args, name, 0) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("price_in", "price_out"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(f"--{name.replace('_', '-')} must be a number of USD per million tokens >= 0, got {value:g}")
     every = getattr(args, "progress_every", 1.0)
     if not (math.isfinite(every) and every > 0):
         raise InputError(f"--progress-every must be a positive number of seconds, got {every:g}")
@@ -1076,17 +1586,97 @@ def prompt_jobs(args) -> list:
     return jobs
 
 
+def unanswered(jobs: list, answers_path) -> list:
+    """The jobs whose user has no final outcome in the answers file (what a rerun asks)."""
+    done = set(read_answers(answers_path))
+    return [j for j in jobs if j.user not in done]
+
+
+def counted(c: dict, names=("refused", "filtered")) -> str:
+    """", 2 refused, 1 filtered" for the outcomes that occurred ('' if none)."""
+    return "".join(f", {c[n]} {n}" for n in names if c.get(n))
+
+
+def cmd_infer(args, cfg: ClientConfig, jobs: list, answers: Path, failures: Path) -> int:
+    """infer: ask every user without a final outcome; with --dry-run only say what that costs."""
+    if args.dry_run:
+        todo = unanswered(jobs, answers)
+        est = estimate(todo, cfg.max_tokens, args.price_in, args.price_out)
+        say(f"dry run ({cfg.model}, {len(jobs) - len(todo)} users already answered in {answers}): "
+            f"{format_estimate(est, cfg.max_tokens)}. Nothing was sent.")
+        return 0
+    say(f"infer: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
+    c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
+    truncated = f" ({c['truncated']} cut at the token limit, fragment dropped)" if c["truncated"] else ""
+    say(f"infer summary: {c['answered']} answered now{truncated}{counted(c)}, {c['failed']} failed, "
+        f"{c['skipped']} already answered, {len(read_answers(answers))} users in {answers}")
+    if c["total"]:
+        say(f"infer usage: {format_usage(c['usage'], args.price_in, args.price_out)}"
+            + ("" if sum(c["usage"].values()) else " (the server reported no usage)"))
+    if c["thinking"]:
+        say(f"infer: {c['thinking']} answers came with reasoning (a thinking model): their reasoning is not used; "
+            f"if answers are cut or fail at the token limit, {THINKING_HINT}")
+    if c["failed"]:
+        say(f"infer: {c['failed']} users failed: {format_reasons(c['reasons'])} (details in {failures})")
+        say("infer: rerun the same command to ask the failed users again (answered users are kept)")
+        return 1
+    return 0
+
+
+def cmd_batch_export(args, jobs: list, answers: Path, batch_input: Path) -> int:
+    """batch-export: one request per user without a final outcome (no answer is paid twice)."""
+    todo = unanswered(jobs, answers)
+    if len(todo) < len(jobs):
+        say(f"batch-export: {len(jobs) - len(todo)} users already have an answer in {answers}: left out")
+    n = batch_export(todo, batch_input, args.model, args.max_tokens, args.token_field)
+    say(f"batch-export: {n} requests (model {args.model}, {args.token_field} {args.max_tokens}) -> {batch_input}")
+    say(f"batch-export: {format_estimate(estimate(todo, args.max_tokens, args.price_in, args.price_out), args.max_tokens)}"
+        + (" (the Batch API bills half of the usual prices)" if args.price_in is not None else ""))
+    return 0
+
+
+def cmd_cluster(args, folder: Path, out: Path, answers: Path) -> int:
+    """cluster: answers -> interest nodes, with the coverage written beside them."""
+    k = args.k or DEFAULT_K.get(args.dataset, 350)
+    # with_interests=False: the dataset's interest file is what cluster replaces, broken or not
+    dataset = cikgrec.load_dataset(folder, name=args.dataset, with_interests=False)
+    recs = read_answers(answers, dataset.n_users)
+    if not recs:
+        raise DataError(answers, 0, "no answers: run `llm_interests.py infer` (or batch-import) first")
+    prompted = {j.user for j in make_jobs(dataset, "items", args.split_seed)[0]}
+    r = cluster_answers(recs, dataset.n_entities, k, args.max_df, args.max_share, args.seed, args.n_init,
+                        args.max_iter)
+    coverage = {"users_with_prompt": len(prompted), "users_answered": len(prompted & set(recs)),
+                "dataset": args.dataset, "answers_file": str(answers), "time": now_iso()}
+    edges_path, tsv_path, cov_path = write_outputs(r, out, coverage)
+    bad = ", ".join(f"{n} {kind}" for kind, n in sorted(r["problems"].items())) or "none"
+    say(f"cluster summary: {r['n_answers']} answers ({bad} without interests; {r['n_truncated']} truncated, "
+        f"fragment dropped), {r['n_phrases']} phrases ({r['n_distinct']} distinct; {r['n_dropped']} dropped by "
+        f"cleaning: no Latin letters or too long), k = {r['n_clusters']}, {r['n_kept']} interest nodes kept, "
+        f"{len(r['edges'])} edges for {r['n_users_linked']} users -> {edges_path}, {tsv_path}")
+    share = coverage["users_answered"] / max(coverage["users_with_prompt"], 1)
+    say(f"cluster: the answers cover {coverage['users_answered']} of the {coverage['users_with_prompt']} users "
+        f"with a prompt ({share:.0%}) -> {cov_path}")
+    if share < 0.5:
+        say(f"warning: under half of the users with a prompt have an answer (an `infer --limit` trial?); "
+            f"`cikgrec.py train` warns when it reads {edges_path.name}")
+    return 0
+
+
 def main(argv=None) -> int:
     """Run one command. Exit codes: 0 done; 1 `infer` finished but some users failed (the
     summary says why; rerunning the same command asks only them again, and `make interests`
-    stops before `cluster`); 2 a bad option or input, or `infer` stopped at once because the
-    settings are wrong (HTTP 401/403/404, or its first users all failed); 130 interrupted."""
+    stops before `cluster`); 2 a bad option or input, or `infer` stopped at once (HTTP
+    401/403/404, a used-up quota, a server asking to wait past --max-wait, or its first users
+    all failed: the answers so far are kept and a rerun continues); 130 interrupted."""
     args = parse_args(argv)
+    jobs, answers = [], None
     try:
         check_args(args)
         if args.command == "infer":
             cfg = ClientConfig(args.base_url, os.environ.get("OPENAI_API_KEY", "").strip(), args.model,
-                               args.max_tokens, args.timeout, args.max_attempts, args.backoff)
+                               args.max_tokens, args.timeout, args.max_attempts, args.backoff,
+                               max_wait=args.max_wait, token_field=args.token_field)
             check_config(cfg)
         if args.command == "bench":
             bench(args.phrases, args.users, args.k, args.seed)
@@ -1095,46 +1685,34 @@ def main(argv=None) -> int:
         answers, failures = out / "llm_answers.jsonl", out / "llm_failures.jsonl"
         batch_input = Path(args.out) if getattr(args, "out", "") else out / "batch_input.jsonl"
         check_outputs({"infer": [answers, failures], "batch-import": [answers, failures],
-                       "batch-export": [batch_input],  # and cluster's files with their temporary names:
+                       "batch-export": [batch_input, batch_input.with_name(batch_input.name + ".tmp")],
+                       # and cluster's files with their temporary names:
                        "cluster": [out / (n + t) for n in CLUSTER_FILES for t in ("", ".tmp")]}[args.command],
                       folder)
-        if args.command != "cluster":
-            jobs = prompt_jobs(args)
+        if args.command == "cluster":
+            return cmd_cluster(args, folder, out, answers)
+        jobs = prompt_jobs(args)
         if args.command == "infer":
-            say(f"infer: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
-            c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
-            say(f"infer summary: {c['answered']} answered now, {c['failed']} failed, {c['skipped']} already "
-                f"answered, {len(read_answers(answers))} users in {answers}")
-            if c["failed"]:
-                say(f"infer: {c['failed']} users failed: {format_reasons(c['reasons'])} (details in {failures})")
-                say("infer: rerun the same command to ask the failed users again (answered users are kept)")
-                return 1
-        elif args.command == "batch-export":
-            say(f"batch-export: {batch_export(jobs, batch_input, args.model, args.max_tokens)} requests -> "
-                f"{batch_input}")
-        elif args.command == "batch-import":
-            c = batch_import(args.file, jobs, answers, failures)
-            say(f"batch-import summary: {c['imported']} imported, {c['failed']} errors (in {failures.name}), "
-                f"{c['skipped']} already answered -> {answers}")
-        elif args.command == "cluster":
-            k = args.k or DEFAULT_K.get(args.dataset, 350)
-            # with_interests=False: the dataset's interest file is what cluster replaces, broken or not
-            dataset = cikgrec.load_dataset(folder, name=args.dataset, with_interests=False)
-            recs = read_answers(answers, dataset.n_users)
-            if not recs:
-                raise DataError(answers, 0, "no answers: run `llm_interests.py infer` (or batch-import) first")
-            r = cluster_answers(recs, dataset.n_entities, k, args.max_df, args.max_share, args.seed, args.n_init,
-                                args.max_iter)
-            edges_path, tsv_path = write_outputs(r, out)
-            bad = ", ".join(f"{n} {kind}" for kind, n in sorted(r["problems"].items())) or "none"
-            say(f"cluster summary: {r['n_answers']} answers ({bad} without interests), {r['n_phrases']} phrases "
-                f"({r['n_distinct']} distinct), k = {r['n_clusters']}, {r['n_kept']} interest nodes kept, "
-                f"{len(r['edges'])} edges for {r['n_users_linked']} users -> {edges_path}, {tsv_path}")
+            return cmd_infer(args, cfg, jobs, answers, failures)
+        if args.command == "batch-export":
+            return cmd_batch_export(args, jobs, answers, batch_input)
+        c = batch_import(args.file, jobs, answers, failures)
+        truncated = f" ({c['truncated']} truncated, fragment dropped)" if c["truncated"] else ""
+        say(f"batch-import summary: {c['imported']} imported{truncated}{counted(c)}, {c['failed']} errors "
+            f"(in {failures.name}), {c['skipped']} already answered -> {answers}; "
+            f"usage {format_usage(c['usage'])}")
         return 0
     except DataError as e:
         say(f"error: {e}")
-    except SetupError as e:  # AuthError included
+    except SetupError as e:  # AuthError and QuotaError included
         say(f"error: stopped: {e} Answers written so far are kept.")
+        if jobs and answers is not None:
+            try:
+                left = len(unanswered(jobs, answers))
+                say(f"infer: {len(jobs) - left} of {len(jobs)} users have an answer in {answers}, {left} left: "
+                    f"rerun the same command to continue (answered users are not asked again)")
+            except DataError:
+                pass
     except InputError as e:
         say(f"error: {e}")
     except OSError as e:  # what check_outputs cannot foresee (a full disk, a race): still one line

@@ -160,6 +160,11 @@ def make_fixture(folder: Path, n_users: int = 24, extras: bool = True) -> Path:
     return folder
 
 
+ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
+NO_COUNTS = {"answered": 0, "refused": 0, "filtered": 0, "truncated": 0, "failed": 0, "skipped": 0, "total": 0,
+             "reasons": {}, "usage": ZERO_USAGE, "thinking": 0}  # run_inference's counts when nothing happened
+
+
 def config(url, **kw) -> L.ClientConfig:
     return L.ClientConfig(**{"base_url": url, "model": "fake", "timeout": 5.0, "max_attempts": 4,
                              "backoff": 0.01, "max_backoff": 0.05, **kw})
@@ -252,7 +257,7 @@ def test_I2_429_with_retry_after_is_honoured_and_loses_no_user(tmp_path):
         t0 = time.time()
         counts = L.run_inference(jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl", config(srv.url), workers=3)
         waited = time.time() - t0
-    assert counts == {"answered": 3, "failed": 0, "skipped": 0, "total": 3, "reasons": {}}
+    assert counts == {**NO_COUNTS, "answered": 3, "total": 3}
     assert [srv.calls_for(u) for u in range(3)] == [1, 3, 1]
     assert waited >= 2.0
     recs = {r["user"]: r for r in lines_of(tmp_path / "a.jsonl")}
@@ -278,18 +283,23 @@ def test_I2_retries_exhausted_give_an_explicit_failure_record(tmp_path):
     # the next run asks only the failed user again
     with FakeLLM(lambda msg, n: ok("drama")) as srv:
         counts = L.run_inference(jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl", config(srv.url))
-    assert counts == {"answered": 1, "failed": 0, "skipped": 2, "total": 1, "reasons": {}}
+    assert counts == {**NO_COUNTS, "answered": 1, "skipped": 2, "total": 1}
     assert sum(srv.calls.values()) == 1
     assert sorted(r["user"] for r in lines_of(tmp_path / "a.jsonl")) == [0, 1, 2]
 
 
+def answered(answer, attempts=1, max_tokens=1000, **kw):
+    """What ask_llm returns for an answer (ok() replies carry no usage)."""
+    return {"outcome": "answered", "answer": answer, "finish_reason": "stop", "truncated": False, "refusal": "",
+            "reasoning_chars": 0, "max_tokens": max_tokens, "attempts": attempts, "usage": ZERO_USAGE, **kw}
+
+
 def test_500_slow_reply_and_malformed_json_are_retried(tmp_path):
     msgs = L.build_messages(["A"], "books")
-    for first in (http(500, "oops"), ok("late answer", delay=1.0), http(200, "{not json"),
-                  ok("", finish="length")):  # I1: empty answer cut at max_tokens -> retry
+    for first in (http(500, "oops"), ok("late answer", delay=1.0), http(200, "{not json")):
         with FakeLLM(lambda msg, n: first if n == 1 else ok("horror, drama")) as srv:
             res = L.ask_llm(config(srv.url, timeout=0.4), msgs)
-            assert res == {"answer": "horror, drama", "finish_reason": "stop", "attempts": 2}
+            assert res == answered("horror, drama", attempts=2)
             assert sum(srv.calls.values()) == 2
 
 
@@ -299,13 +309,13 @@ def test_always_malformed_json_is_recorded_after_bounded_attempts(tmp_path):
     assert res["attempts"] == 3 and "malformed JSON" in res["error"] and "answer" not in res
 
 
-def test_I1_null_content_refusal_is_a_recorded_failure_without_retry(tmp_path):
+def test_I1_null_content_refusal_is_a_final_refused_outcome_without_retry(tmp_path):
     refusal = (200, {"choices": [{"message": {"role": "assistant", "content": None, "refusal": "no"},
                                   "finish_reason": "stop"}]}, {}, 0)
     with FakeLLM(lambda msg, n: refusal) as srv:
         res = L.ask_llm(config(srv.url), L.build_messages(["A"], "books"))
         assert sum(srv.calls.values()) == 1
-    assert res["attempts"] == 1 and res["error"].startswith("no content")
+    assert res == answered("", outcome="refused", refusal="no")
 
 
 def test_other_4xx_is_recorded_and_the_run_goes_on(tmp_path):
@@ -399,7 +409,7 @@ def test_some_failed_users_exit_1_with_the_reasons_and_a_rerun_asks_only_them(tm
         rc = L.main(infer_args(tmp_path, srv.url, "--workers", "2"))
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
-    assert "22 answered now, 3 failed" in err
+    assert "21 answered now, 1 refused, 3 failed" in err  # user 25 apologises: refused, final
     assert f"2 x HTTP 400 from {srv.url}/chat/completions: context length exceeded" in err
     assert f"1 x malformed JSON in the reply from {srv.url}/chat/completions: '<html>proxy error</html>'" in err
     assert "rerun the same command to ask the failed users again" in err
@@ -503,7 +513,8 @@ def test_batch_export_import_round_trip(tmp_path, capsys):
     requests_ = lines_of(tmp_path / "in.jsonl")
     assert n == 4 and [r["custom_id"] for r in requests_] == ["0", "1", "2", "3"]
     assert all(r["method"] == "POST" and r["url"] == "/v1/chat/completions" for r in requests_)
-    assert requests_[1]["body"] == {"model": "gpt-test", "messages": jobs[1].messages, "max_tokens": 1000}
+    assert requests_[1]["body"] == {"model": "gpt-test", "messages": jobs[1].messages, "max_tokens": 1000,
+                                    "stream": False}
     # what the Batch API returns: user 2 failed, one line is garbage, one custom_id is unknown
     out = []
     for r in requests_:
@@ -518,7 +529,8 @@ def test_batch_export_import_round_trip(tmp_path, capsys):
     text += json.dumps({"custom_id": "77", "response": {"status_code": 200, "body": ok("x")[1]}}) + "\n"
     (tmp_path / "out.jsonl").write_text(text)
     counts = L.batch_import(tmp_path / "out.jsonl", jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl")
-    assert counts == {"imported": 3, "failed": 3, "skipped": 0}
+    assert counts == {"imported": 3, "refused": 0, "filtered": 0, "truncated": 0, "failed": 3, "skipped": 0,
+                      "usage": ZERO_USAGE}
     recs = {r["user"]: r for r in lines_of(tmp_path / "a.jsonl")}
     assert sorted(recs) == [0, 1, 3] and recs[1]["answer"] == "gothic horror, poetry"
     assert recs[1]["items"] == jobs[1].items and recs[1]["model"] == "fake"
@@ -534,20 +546,21 @@ def test_batch_export_import_round_trip(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------
 def test_I1_answers_that_are_not_a_clean_comma_list():
     assert L.answer_phrases("Science fiction, Space opera, Time travel") == \
-        (["science fiction", "space opera", "time travel"], "")
-    assert L.answer_phrases("sci-fi, , drama,") == (["sci fi", "drama"], "")
-    assert L.answer_phrases('```json\n["sci-fi","drama"]\n```') == (["sci fi", "drama"], "")
-    assert L.answer_phrases("Mysteries\nThrillers") == (["mystery", "thriller"], "")
+        (["science fiction", "space opera", "time travel"], "", 0)
+    assert L.answer_phrases("sci-fi, , drama,") == (["sci fi", "drama"], "", 0)
+    assert L.answer_phrases('```json\n["sci-fi","drama"]\n```') == (["sci fi", "drama"], "", 0)
+    assert L.answer_phrases("Mysteries\nThrillers") == (["mystery", "thriller"], "", 0)
 
 
 def test_bad_answers_give_no_interests_and_say_why():
-    assert L.answer_phrases("") == ([], "empty")
-    assert L.answer_phrases(None) == ([], "empty")
-    assert L.answer_phrases("drama, " * 200) == ([], "too long")
-    assert L.answer_phrases("I'm sorry, but I can't help with that.") == ([], "refusal")
-    assert L.answer_phrases("This user clearly enjoys long historical novels about sailing") == ([], "not a list")
-    assert L.answer_phrases("!!!, 123, a") == ([], "no phrases")
-    assert L.answer_phrases("Drama") == (["drama"], "")  # one short interest is a list
+    assert L.answer_phrases("") == ([], "empty", 0)
+    assert L.answer_phrases(None) == ([], "empty", 0)
+    assert L.answer_phrases("drama, " * 200) == ([], "too long", 0)
+    assert L.answer_phrases("I'm sorry, but I can't help with that.") == ([], "refused", 0)
+    assert L.answer_phrases("This user clearly enjoys long historical novels about sailing") == ([], "not a list", 0)
+    assert L.answer_phrases("!!!, 123, a") == ([], "no phrases", 2)  # "!!!" is no piece; "123", "a" clean to ''
+
+    assert L.answer_phrases("Drama") == (["drama"], "", 0)  # one short interest is a list
 
 
 def test_clean_phrase_letters_stopwords_plural_and_length():
@@ -597,7 +610,7 @@ def test_I3_tiny_and_degenerate_corpora(capsys):
     np.testing.assert_allclose(x.toarray(), [[1 / math.sqrt(3)] * 3])
     x, terms = L.tfidf(["", "drama"])  # a phrase with no letters has no terms: a zero row, not NaN
     assert np.isfinite(x.toarray()).all() and x.toarray()[0].sum() == 0 and x.toarray()[1].tolist() == [1.0]
-    assert L.answer_phrases("123, ???") == ([], "no phrases")  # cleaning removes them before TF-IDF
+    assert L.answer_phrases("123, ???") == ([], "no phrases", 2)  # cleaning removes them before TF-IDF
 
 
 # ----------------------------------------------------------------------------------------------
@@ -683,10 +696,11 @@ def test_cluster_answers_counts_bad_answers_and_writes_readable_files(tmp_path):
     answers[25] = {"answer": ""}
     answers[26] = {"answer": "x" * 700}
     r = L.cluster_answers(answers, n_entities=1000, k=12, seed=0)
-    assert r["problems"] == {"refusal": 1, "empty": 1, "too long": 1}
+    assert r["problems"] == {"refused": 1, "empty": 1, "too long": 1}
     assert r["n_kept"] == 12 and r["n_users_linked"] == 24 and len(r["edges"]) == 48
     assert sorted({j for _, j in r["edges"]}) == list(range(1000, 1012))
-    edges_path, tsv_path = L.write_outputs(r, tmp_path)
+    edges_path, tsv_path, cov_path = L.write_outputs(r, tmp_path)
+    assert cov_path is None and not (tmp_path / L.CLUSTER_FILES[2]).exists()  # no coverage given, none written
     assert edges_path.read_text().splitlines()[0] == f"0 {r['edges'][0][1]}"
     rows = [line.split("\t") for line in tsv_path.read_text().splitlines()]
     assert rows[0] == ["cluster", "users", "interest_id", "top_terms", "example_phrases"]
@@ -889,7 +903,7 @@ def test_end_to_end_infer_cluster_then_cikgrec_loads_and_trains(tmp_path, capsys
     assert "1 without a named item (skipped)" in err and "resume: 10 users already" in err
     assert L.main(["cluster", *common, "--k", "12"]) == 0
     err = capsys.readouterr().err
-    assert "1 refusal without interests" in err and "12 interest nodes kept" in err
+    assert "1 refused without interests" in err and "12 interest nodes kept" in err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the dataset folder is untouched
     ds = cikgrec.load_dataset(folder, interests_file=out / "fx" / "user_interest_clustered.txt")
     assert ds.n_interests == 12 and len(ds.interest_edges) == 48
