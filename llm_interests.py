@@ -616,7 +616,7 @@ def split_reasoning(text: str) -> tuple[str, str]:
     text = text or ""
     closes = list(THINK_CLOSE.finditer(text))
     if closes:
-        return text[closes[-1].end():].strip(), text[:closes[-1].start()].strip()
+        return text[closes[-1].end():].strip(), THINK_OPEN.sub("", text[:closes[-1].start()]).strip()
     opened = THINK_OPEN.search(text)
     if opened:
         return text[:opened.start()].strip(), text[opened.end():].strip()
@@ -892,7 +892,9 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
     Stops early, raising SetupError, when the first min(EARLY_STOP_USERS, users to ask) users
     that finish have all failed and none has an outcome: the base URL, model or key is then
     almost surely wrong. Raises SetupError, AuthError or QuotaError from ask_llm, and
-    KeyboardInterrupt, likewise: the other workers are stopped first and what was written stays.
+    KeyboardInterrupt, likewise: the other workers are stopped first (no new request is sent,
+    no retry wait goes on), the requests in flight are let finish and their answers written
+    too, and what was written stays.
     Raises InputError for a ClientConfig check_config rejects.
     """
     check_config(cfg)
@@ -936,25 +938,36 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
 
     with open(answers_path, "a", encoding="utf-8") as answers, \
             open(failures_path, "a", encoding="utf-8") as failures:
+
+        def record(fut):
+            """Write a finished request's outcome or failure; return the exception it raised, if any."""
+            if fut.cancelled():
+                return None
+            if fut.exception() is not None:
+                return fut.exception()
+            job, res = fut.result()
+            add_usage(counts["usage"], res.get("usage"))
+            if "outcome" in res:
+                append_jsonl(answers, answer_record(job, cfg.model, res))
+                counts[res["outcome"]] += 1
+                counts["truncated"] += bool(res["truncated"])
+                counts["thinking"] += bool(res.get("reasoning_chars"))
+            elif res["attempts"]:  # (a job never sent because the run was stopping is not a failure)
+                append_jsonl(failures, {"user": job.user, "model": cfg.model, "time": now_iso(),
+                                        "attempts": res["attempts"], "error": res["error"],
+                                        "status": res["status"], "usage": res.get("usage") or {}})
+                counts["failed"] += 1
+                counts["reasons"][res.get("reason") or res["error"]] += 1
+            return None
+
         pool = cf.ThreadPoolExecutor(max_workers=workers)
+        pending = {pool.submit(work, j) for j in todo}
         try:
-            pending = {pool.submit(work, j) for j in todo}
             while pending:
                 done, pending = cf.wait(pending, timeout=progress_every, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    job, res = fut.result()  # re-raises SetupError from the worker
-                    add_usage(counts["usage"], res.get("usage"))
-                    if "outcome" in res:
-                        append_jsonl(answers, answer_record(job, cfg.model, res))
-                        counts[res["outcome"]] += 1
-                        counts["truncated"] += bool(res["truncated"])
-                        counts["thinking"] += bool(res.get("reasoning_chars"))
-                    else:
-                        append_jsonl(failures, {"user": job.user, "model": cfg.model, "time": now_iso(),
-                                                "attempts": res["attempts"], "error": res["error"],
-                                                "status": res["status"], "usage": res.get("usage") or {}})
-                        counts["failed"] += 1
-                        counts["reasons"][res.get("reason") or res["error"]] += 1
+                errors = [e for e in map(record, done) if e is not None]  # every answer first, then the error
+                if errors:
+                    raise errors[0]
                 if counts["failed"] >= early_stop_after and finished() == counts["failed"]:
                     report(final=True)
                     raise SetupError(f"the first {counts['failed']} users asked all failed and none was "
@@ -968,6 +981,8 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
         except BaseException:
             stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            for fut in pending:  # answers that arrived while stopping are paid for: keep them too
+                record(fut)
             raise
         pool.shutdown(wait=True)
     report(final=True)

@@ -9,6 +9,9 @@ It can also be started by hand for a demo run of `llm_interests.py infer`:
 from __future__ import annotations
 
 import collections
+import email.utils
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -34,11 +37,15 @@ DATA = Path(os.environ.get("CIKGREC_DATA", HERE / ".." / "shared" / "data"))
 # ----------------------------------------------------------------------------------------------
 # A fake OpenAI-compatible server
 # ----------------------------------------------------------------------------------------------
-def ok(text, finish="stop", delay=0.0):
-    """A chat-completions reply: (status, body, headers, delay)."""
-    return 200, {"object": "chat.completion", "model": "fake",
-                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                              "finish_reason": finish}]}, {}, delay
+def ok(text, finish="stop", delay=0.0, usage=None, headers=None, **message):
+    """A chat-completions reply: (status, body, headers, delay). message: more fields of the
+    message (refusal, reasoning_content, ...); usage: the body's usage object."""
+    body = {"object": "chat.completion", "model": "fake",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, **message},
+                         "finish_reason": finish}]}
+    if usage is not None:
+        body["usage"] = usage
+    return 200, body, headers or {}, delay
 
 
 def http(status, body="", headers=None, delay=0.0):
@@ -79,14 +86,19 @@ class FakeLLM:
     """A chat-completions server on 127.0.0.1 (a free port) in a background thread.
 
     script(user_message, call_number) -> (status, body, headers, delay); call_number counts the
-    calls with that user message from 1. Default: fixture_answer. .calls counts calls per
-    user message; .url is the base URL (.../v1).
+    calls with that user message from 1. A script with a third parameter also gets the request
+    body (a dict). body: a dict (sent as JSON), a str, or bytes (sent as they are); a
+    "Content-Type" in headers replaces application/json. Default: fixture_answer. .calls
+    counts calls per user message; .bodies lists (user, request body) in arrival order; .url
+    is the base URL (.../v1).
     """
 
     def __init__(self, script=None, delay=0.0, port=0):
         self.script = script or (lambda msg, n: ok(fixture_answer(msg), delay=delay))
         self.calls = collections.Counter()
+        self.bodies = []
         self.lock = threading.Lock()
+        wants_body = len(inspect.signature(self.script).parameters) >= 3
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -98,25 +110,27 @@ class FakeLLM:
                 if not self.path.endswith("/chat/completions"):
                     return self.reply(404, {"error": "not found"}, {})
                 try:
-                    msgs = json.loads(raw)["messages"]
-                    msg = next(m["content"] for m in msgs if m["role"] == "user")
+                    request = json.loads(raw)
+                    msg = next(m["content"] for m in request["messages"] if m["role"] == "user")
                 except (ValueError, KeyError, StopIteration):
                     return self.reply(400, {"error": "bad request"}, {})
                 with fake.lock:
                     fake.calls[msg] += 1
+                    fake.bodies.append((user_of(msg), request))
                     n = fake.calls[msg]
-                status, body, headers, delay = fake.script(msg, n)
+                status, body, headers, delay = fake.script(msg, n, request) if wants_body else fake.script(msg, n)
                 if delay:
                     time.sleep(delay)
                 self.reply(status, body, headers)
 
             def reply(self, status, body, headers):
-                data = (body if isinstance(body, str) else json.dumps(body)).encode()
+                data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
                 try:
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
+                    if not any(k.lower() == "content-type" for k in headers):
+                        self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
@@ -126,7 +140,7 @@ class FakeLLM:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def calls_for(self, user: int) -> int:
         return sum(n for msg, n in self.calls.items() if user_of(msg) == user)
@@ -391,7 +405,8 @@ def test_a_run_whose_first_users_all_fail_stops_early_naming_the_cause(tmp_path,
     assert "error: stopped: the first" in err and "none was answered" in err and expected in err
     assert "--base-url" in err and "rerun the same command" in err
     failures = lines_of(tmp_path / "o" / "d" / "llm_failures.jsonl")
-    assert 8 <= len(failures) <= 9 and all(expected in f["error"] for f in failures)
+    # 8, plus what the 2 workers had in flight (let finish, and recorded, when the run stops)
+    assert 8 <= len(failures) <= 10 and all(expected in f["error"] for f in failures)
     assert not (tmp_path / "o" / "d" / "llm_answers.jsonl").read_text()
 
 
@@ -455,29 +470,55 @@ def test_retry_after_header_forms():
 # ----------------------------------------------------------------------------------------------
 # Nothing lost: resume after a kill, torn last line
 # ----------------------------------------------------------------------------------------------
+def wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll condition() until it is true; fail naming `what` after timeout seconds (a deadline
+    for a broken run, never a timing the test relies on)."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 def test_resume_after_a_kill_mid_run_no_user_twice_none_missing(tmp_path):
-    folder = make_fixture(tmp_path / "d")
+    # Deterministic (was: killed after "at least 6 answers" under a 0.15 s delay, so under load the
+    # run could finish first): the server answers the first 6 requests and holds every later one,
+    # so the killed run has exactly 6 answers and 2 requests in flight (2 workers) when it dies.
+    make_fixture(tmp_path / "d")
     answers = tmp_path / "o" / "d" / "llm_answers.jsonl"
     args = ["infer", "--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"),
             "--workers", "2", "--model", "fake", "--progress-every", "0.5"]
-    with FakeLLM(delay=0.15) as srv:
+    release, lock, seen = threading.Event(), threading.Lock(), [0]
+
+    def script(msg, n):
+        with lock:
+            seen[0] += 1
+            held = seen[0] > 6
+        if held:
+            release.wait(60)  # until the client is dead (then the reply goes nowhere)
+        return ok(fixture_answer(msg))
+
+    with FakeLLM(script) as srv:
         proc = subprocess.Popen([sys.executable, str(HERE / "llm_interests.py"), *args, "--base-url", srv.url],
                                 cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:
-            if answers.is_file() and answers.read_text().count("\n") >= 6:
-                break
-            time.sleep(0.05)
-        proc.kill()  # SIGKILL: no cleanup at all
-        proc.wait()
-        before = len(lines_of(answers))
-        assert 6 <= before < 25, proc.stderr.read().decode()[-2000:]
+        try:
+            wait_until(lambda: answers.is_file() and answers.read_text().count("\n") == 6 and seen[0] == 8,
+                       "6 answers written and 2 requests held")
+        finally:
+            proc.kill()  # SIGKILL: no cleanup at all
+            proc.wait()
+            release.set()
+        assert len(lines_of(answers)) == 6, proc.stderr.read().decode()[-2000:]
+        killed_users = {r["user"] for r in lines_of(answers)}
+        seen[0] = -10 ** 9  # the resumed run is never held
         assert L.main([*args, "--base-url", srv.url]) == 0
     recs = lines_of(answers)
     users = [r["user"] for r in recs]
     assert len(users) == len(set(users)) == 25  # users 0..25 but 24 has no named item
     assert set(users) == set(range(26)) - {24}
-    assert sum(srv.calls.values()) <= 25 + 2  # at most the requests in flight at the kill are repeated
+    asked_after = [u for u, _ in srv.bodies[8:]]
+    assert sorted(asked_after) == sorted(set(range(26)) - {24} - killed_users)  # 19 users, each once
+    assert sum(srv.calls.values()) == 8 + 19  # only the 2 requests in flight at the kill were repeated
 
 
 def test_torn_last_line_is_tolerated_and_repaired(tmp_path, capsys):
@@ -924,6 +965,477 @@ def test_bench_runs_on_a_small_synthetic_corpus(capsys):
     r = L.bench(n_phrases=2000, n_users=400, k=20, n_init=1)
     assert r["tfidf_s"] >= 0 and r["kmeans_s"] >= 0 and 0 < r["distinct"] <= 2000
     assert "TF-IDF" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# Servers as people run them (issue 11): reasoning, truncation, refusals, quota, waits, bytes,
+# list shapes, newer OpenAI parameters, batch, dry run, coverage
+# ----------------------------------------------------------------------------------------------
+def ask(script, **kw):
+    """ask_llm for one prompt against FakeLLM(script): (result, server)."""
+    with FakeLLM(script) as srv:
+        res = L.ask_llm(config(srv.url, **kw), L.build_messages(["A"], "books"))
+    return res, srv
+
+
+def budgets(srv) -> list:
+    """The token limit of each request the server got, in order (whichever field carried it)."""
+    return [b.get("max_tokens", b.get("max_completion_tokens")) for _, b in srv.bodies]
+
+
+# 1. Reasoning text never becomes an interest
+@pytest.mark.parametrize("content, answer", [
+    ("<think>The user reads horror, so maybe: gothic, ghosts.</think>\n\nSci-fi, drama", "Sci-fi, drama"),
+    ("The user reads horror, so maybe: gothic, ghosts.\n</think>\nSci-fi, drama", "Sci-fi, drama"),  # no opening tag
+    ("<thinking>hmm, horror</thinking>Sci-fi, drama", "Sci-fi, drama"),
+    ("<|channel|>analysis<|message|>horror, ghosts<|end|><|start|>assistant<|channel|>final<|message|>Sci-fi, drama",
+     "Sci-fi, drama"),
+    ("Sci-fi, drama", "Sci-fi, drama"),
+])
+def test_reasoning_in_the_content_is_stripped_before_the_answer_is_read(content, answer):
+    res, srv = ask(lambda msg, n: ok(content))
+    assert res["outcome"] == "answered" and res["answer"] == answer and res["attempts"] == 1
+    assert (res["reasoning_chars"] > 0) == (content != answer)
+    assert L.record_phrases({"answer": res["answer"]}) == (["sci fi", "drama"], "", 0)
+    # an old answers file may hold the raw content: cluster strips it the same way
+    assert L.record_phrases({"answer": content}) == (["sci fi", "drama"], "", 0)
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_separate_reasoning_field_is_ignored(field):
+    res, _ = ask(lambda msg, n: ok("Poetry, jazz music", **{field: "Let me think: horror, ghosts, war, sci-fi"}))
+    assert res["answer"] == "Poetry, jazz music" and res["reasoning_chars"] == 41
+    assert L.answer_phrases(res["answer"]).phrases == ["poetry", "jazz music"]
+
+
+def test_reasoning_cut_off_mid_thought_is_asked_again_with_twice_the_budget_then_fails_with_the_hint(tmp_path):
+    # no closing tag and finish_reason length: no answer at 1000, 2000 and 4000 tokens -> a failure
+    # that says a thinking model needs a larger --max-tokens; never a set of phrases
+    res, srv = ask(lambda msg, n: ok("<think>The user likes horror, ghosts, war", finish="length"))
+    assert budgets(srv) == [1000, 2000, 4000] and res["attempts"] == 3 and "outcome" not in res
+    assert "cut at the token limit" in res["error"] and "at 4000 tokens (4x --max-tokens)" in res["error"]
+    assert "thinking model" in res["error"] and "--max-tokens" in res["error"]
+    # the same with the reasoning in its own field and content null (vLLM's reasoning parser)
+    res, srv = ask(lambda msg, n: ok(None, finish="length", reasoning_content="horror, ghosts"))
+    assert budgets(srv) == [1000, 2000, 4000] and "thinking model" in res["error"]
+    # and cut mid-thought at 1000 but answered at 2000: answered, with the larger budget recorded
+    res, srv = ask(lambda msg, n: ok("<think>horror" if n == 1 else "<think>ok</think>Horror, war",
+                                     finish="length" if n == 1 else "stop"))
+    assert budgets(srv) == [1000, 2000] and res == answered("Horror, war", attempts=2, max_tokens=2000,
+                                                              reasoning_chars=2)
+
+
+def test_reasoning_with_no_answer_is_a_failed_attempt_never_phrases():
+    res, srv = ask(lambda msg, n: ok("<think>horror, ghosts</think>") if n < 3 else ok("Horror, ghosts"))
+    assert res == answered("Horror, ghosts", attempts=3) and budgets(srv) == [1000, 1000, 1000]
+    res, _ = ask(lambda msg, n: ok("", reasoning="horror, ghosts"), max_attempts=2)
+    assert res["attempts"] == 2 and "reasoning and no answer" in res["error"] and "--max-tokens" in res["error"]
+    assert L.answer_phrases("<think>horror, ghosts") == ([], "reasoning only", 0)
+    assert L.answer_phrases("horror, ghosts</think>") == ([], "reasoning only", 0)
+
+
+# 2. Truncated answers are not trusted
+def test_a_truncated_answer_is_asked_again_with_twice_the_budget():
+    res, srv = ask(lambda msg, n: ok("Sci-fi, horror, photog", finish="length") if n == 1 else
+                   ok("Sci-fi, horror, photography"))
+    assert budgets(srv) == [1000, 2000]
+    assert res == answered("Sci-fi, horror, photography", attempts=2, max_tokens=2000)
+
+
+def test_still_truncated_at_4x_the_fragment_is_dropped_and_the_record_marked(tmp_path, capsys):
+    folder = make_fixture(tmp_path / "d", n_users=3, extras=False)
+    jobs, _ = jobs_for(folder)
+    with FakeLLM(lambda msg, n: ok("Sci-fi, horror, photog" if user_of(msg) != 2 else "Photog", finish="length")) as srv:
+        counts = L.run_inference(jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl", config(srv.url, max_tokens=50))
+    assert [b for u, b in zip([u for u, _ in srv.bodies], budgets(srv)) if u == 0] == [50, 100, 200]
+    assert counts["answered"] == 2 and counts["truncated"] == 2 and counts["failed"] == 1
+    recs = {r["user"]: r for r in lines_of(tmp_path / "a.jsonl")}
+    assert recs[0]["truncated"] is True and recs[0]["answer"] == "Sci-fi, horror, photog"
+    assert recs[0]["max_tokens"] == 200 and recs[0]["finish_reason"] == "length"
+    assert L.record_phrases(recs[0]) == (["sci fi", "horror"], "", 0)  # "photog" is not an interest
+    (fail,) = lines_of(tmp_path / "f.jsonl")  # user 2: nothing complete is left: asked again by a rerun
+    assert fail["user"] == 2 and "before one complete interest" in fail["error"]
+    # the cluster summary counts them (7 of 24 here)
+    answers = {u: {"answer": f"{POOL[u % 12]}, {POOL[(u + 5) % 12]}, phot", "truncated": u < 7} for u in range(24)}
+    r = L.cluster_answers(answers, 100, 12)
+    assert r["n_truncated"] == 7 and r["n_users_with_phrases"] == 24
+
+
+@pytest.mark.parametrize("text, truncated, pieces", [
+    ("Sci-fi, horror, photog", True, ["Sci-fi", "horror"]),
+    ("Sci-fi, horror,", True, ["Sci-fi", "horror"]),  # cut right after a separator: nothing lost
+    ("- Sci-fi\n- Horror\n- Phot", True, ["Sci-fi", "Horror"]),
+    ('["Sci-fi", "Horror", "Pho', True, ["Sci-fi", "Horror"]),
+    ("Photog", True, []),
+    ("Sci-fi, horror, photog", False, ["Sci-fi", "horror", "photog"]),
+])
+def test_split_answer_drops_only_the_trailing_fragment_of_a_truncated_answer(text, truncated, pieces):
+    assert L.split_answer(text, truncated) == pieces
+
+
+def test_an_answers_file_from_before_the_truncated_flag_is_judged_by_finish_reason():
+    assert L.record_phrases({"answer": "Drama, poe", "finish_reason": "length"}) == (["drama"], "", 0)
+    assert L.record_phrases({"answer": "Drama, poe", "finish_reason": "stop"}) == (["drama", "poe"], "", 0)
+    assert L.record_phrases({"answer": "Poe", "truncated": True}) == ([], "truncated", 0)
+
+
+# 3. Refusals and filtered answers are named, and final
+def test_refused_and_filtered_are_final_outcomes_named_in_the_summaries(tmp_path, capsys):
+    folder = make_fixture(tmp_path / "d", n_users=24, extras=False)
+    replies = {0: ok(None, finish="content_filter"),  # filtered, null content
+               1: ok("partial text", finish="content_filter"),  # filtered, with content
+               2: ok(None, refusal="I can't help with profiling people."),  # refused, refusal field
+               3: ok(""),  # empty content, finish_reason stop: refused
+               4: ok("I'm sorry, I cannot infer interests."),  # an apology: refused
+               5: http(400, {"error": {"message": "The response was filtered due to the prompt triggering Azure "
+                                                  "OpenAI's content management policy.", "code": "content_filter"}})}
+    script = lambda msg, n: replies.get(user_of(msg), ok(fixture_answer(msg)))
+    common = ["--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    with FakeLLM(script) as srv:
+        assert L.main(["infer", *common, "--base-url", srv.url, "--model", "fake"]) == 0
+        assert all(srv.calls_for(u) == 1 for u in range(6))  # none retried
+    err = capsys.readouterr().err
+    assert "infer summary: 18 answered now, 3 refused, 3 filtered, 0 failed" in err
+    recs = {r["user"]: r for r in lines_of(tmp_path / "o" / "d" / "llm_answers.jsonl")}
+    assert [recs[u]["outcome"] for u in range(7)] == ["filtered"] * 2 + ["refused"] * 3 + ["filtered", "answered"]
+    assert recs[2]["refusal"] == "I can't help with profiling people." and recs[3]["refusal"] == ""
+    assert recs[4]["refusal"] == "I'm sorry, I cannot infer interests."
+    assert "content management policy" in recs[5]["refusal"]
+    assert not (tmp_path / "o" / "d" / "llm_failures.jsonl").read_text()
+    with FakeLLM() as srv:  # final: a rerun asks nobody again
+        assert L.main(["infer", *common, "--base-url", srv.url, "--model", "fake"]) == 0
+        assert not srv.calls
+    assert "resume: 24 users already" in capsys.readouterr().err
+    assert L.main(["cluster", *common, "--k", "12"]) == 0
+    assert "(3 filtered, 3 refused without interests;" in capsys.readouterr().err
+
+
+# 4. Quota is not rate limit
+QUOTA_429 = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                       "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
+
+
+@pytest.mark.parametrize("status, body, quota", [
+    (429, QUOTA_429, True),
+    (429, {"error": {"message": "Rate limit reached for gpt-4o-mini in organization org-x on requests per min "
+                                "(RPM): Limit 3, Used 3, Requested 1.", "type": "requests",
+                     "code": "rate_limit_exceeded"}}, False),
+    (402, {"error": {"message": "Insufficient credits. Add more using https://example.invalid/credits",
+                     "code": 402}}, True),
+    (429, {"error": "Your credit balance is too low"}, True),
+    (429, {"error": {"message": "Quota exceeded for quota metric 'Generate requests' per minute"}}, False),
+    (429, {"error": {"message": "Too many requests, please slow down"}}, False),
+    (429, {"detail": "Daily limit reached: 200 requests per day"}, True),
+])
+def test_quota_and_rate_limit_are_told_apart(status, body, quota):
+    assert L.is_quota(status, L.error_fields(body)) is quota
+
+
+def test_quota_used_up_after_many_answers_stops_the_run_keeps_them_and_says_how_many_are_left(tmp_path, capsys):
+    make_fixture(tmp_path / "d")
+    lock, seen = threading.Lock(), [0]
+
+    def script(msg, n):
+        with lock:
+            seen[0] += 1
+            answered_yet = seen[0] <= 10
+        return ok(fixture_answer(msg)) if answered_yet else http(429, QUOTA_429)
+
+    with FakeLLM(script) as srv:
+        rc = L.main(infer_args(tmp_path, srv.url, "--workers", "2", "--max-attempts", "5"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "You exceeded your current quota, please check your plan and billing details." in err
+    assert "not a rate limit" in err
+    assert max(srv.calls.values()) == 1  # never retried per user
+    assert seen[0] <= 12  # the 10 answered, and what the 2 workers had in flight
+    assert len(lines_of(tmp_path / "o" / "d" / "llm_answers.jsonl")) == 10
+    assert "infer: 10 of 25 users have an answer" in err and "15 left: rerun the same command to continue" in err
+    with FakeLLM() as srv:  # topped up: the rerun asks exactly the 15 left
+        assert L.main(infer_args(tmp_path, srv.url)) == 0
+        assert sum(srv.calls.values()) == 15
+
+
+# 5. Waits are bounded
+def test_retry_after_ms_and_an_http_date_are_honoured():
+    t0 = time.time()
+    res, srv = ask(lambda msg, n: http(429, {}, {"retry-after-ms": "300"}) if n == 1 else ok("Drama"),
+                   backoff=5.0, max_backoff=5.0)  # the computed wait would be 2.5-5 s: the header wins
+    took = time.time() - t0
+    assert res["answer"] == "Drama" and 0.3 <= took < 2.5  # the computed wait is at least 2.5 s
+    date = email.utils.formatdate(time.time() + 2, usegmt=True)  # about 1-2 s from now (whole seconds)
+    t0 = time.time()
+    res, _ = ask(lambda msg, n: http(503, {}, {"Retry-After": date}) if n == 1 else ok("Drama"))
+    assert res["answer"] == "Drama" and 0.9 <= time.time() - t0 < 4.0
+    assert L.asked_wait({"retry-after-ms": "1500", "Retry-After": "9"}) == (1.5, "retry-after-ms: 1500")
+    assert L.asked_wait({"Retry-After": "9"}) == (9.0, "Retry-After: 9")
+    assert L.asked_wait({"Retry-After": "later"}) == (None, "")
+
+
+def test_a_server_asking_to_wait_past_max_wait_stops_the_run_with_when_to_rerun(tmp_path, capsys):
+    make_fixture(tmp_path / "d")
+    with FakeLLM(lambda msg, n: http(429, {"error": {"message": "slow down"}}, {"Retry-After": "86400"})) as srv:
+        t0 = time.time()
+        rc = L.main(infer_args(tmp_path, srv.url, "--workers", "2"))
+        took = time.time() - t0
+        n_calls = sum(srv.calls.values())
+    err = capsys.readouterr().err
+    assert rc == 2 and took < 10 and n_calls <= 2 and "Traceback" not in err
+    assert "asks to wait 24h00m (Retry-After: 86400), more than --max-wait 60 s" in err
+    assert "rerun the same command after 20" in err  # ... after YYYY-MM-DD HH:MM:SS (local time)
+    assert "0 of 25 users have an answer" in err and "25 left" in err
+    with FakeLLM(lambda msg, n: http(429, {}, {"Retry-After": "2"}) if n == 1 else ok("Drama")) as srv:
+        with pytest.raises(L.SetupError, match=r"asks to wait 0m02s \(Retry-After: 2\), more than --max-wait 1 s"):
+            L.ask_llm(config(srv.url, max_wait=1.0), L.build_messages(["A"], "books"))
+
+
+# 6. Bytes are decoded as what they are
+def test_a_json_reply_is_decoded_as_utf8_whatever_the_content_type(tmp_path, capsys):
+    folder = make_fixture(tmp_path / "d", n_users=3, extras=False)
+    jobs, _ = jobs_for(folder)
+    text = "Café culture, Ελληνική ποίηση, Sci-fi"
+    body = json.dumps(ok(text)[1], ensure_ascii=False).encode("utf-8")
+    with FakeLLM(lambda msg, n: http(200, body, {"Content-Type": "text/plain"})) as srv:
+        L.run_inference(jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl", config(srv.url))
+    recs = lines_of(tmp_path / "a.jsonl")
+    assert [r["answer"] for r in recs] == [text] * 3  # not "CafÃ© culture"
+    assert L.record_phrases(recs[0]) == (["cafe culture", "sci fi"], "", 1)  # the Greek phrase: dropped, counted
+    with FakeLLM(lambda msg, n: http(400, json.dumps({"error": {"message": "modèle inconnu"}},
+                                                     ensure_ascii=False).encode(), {"Content-Type": "text/plain"})) as srv:
+        res = L.ask_llm(config(srv.url), L.build_messages(["A"], "books"))
+    assert res["error"] == f"HTTP 400 from {srv.url}/chat/completions: modèle inconnu"
+
+
+def test_phrases_that_cleaning_empties_are_counted_in_the_cluster_summary(tmp_path):
+    answers = {u: {"answer": f"{POOL[u % 12]}, {POOL[(u + 5) % 12]}, 科幻小说"} for u in range(24)}
+    answers[24] = {"answer": "ファンタジー, 推理小説"}  # nothing Latin at all: no phrases
+    r = L.cluster_answers(answers, 1000, 12)
+    assert r["n_dropped"] == 24 + 2 and r["problems"] == {"no phrases": 1} and r["n_users_linked"] == 24
+
+
+# 7. Lists in the shapes models write them
+SHAPES = ["Science fiction, Space opera, Time travel",
+          "Science fiction; Space opera; Time travel",
+          "Science fiction / Space opera / Time travel",
+          "- Science fiction\n- Space opera\n- Time travel",
+          "* Science fiction\n* Space opera\n* Time travel",
+          "• Science fiction\n• Space opera\n• Time travel",
+          "1. Science fiction\n2. Space opera\n3. Time travel",
+          "1. Science fiction 2. Space opera 3. Time travel",
+          "1) Science fiction 2) Space opera 3) Time travel",
+          "Here are the interests: Science fiction, Space opera, Time travel",
+          "Here are the user's likely interests:\n\n1. **Science fiction**\n2. **Space opera**\n3. **Time travel**",
+          "Interests: Science fiction, Space opera, Time travel.",
+          '["Science fiction", "Space opera", "Time travel"]',
+          "<think>maybe horror, too</think>\nScience fiction, Space opera, Time travel"]
+
+
+def test_every_list_shape_gives_the_same_phrases_through_the_server(tmp_path):
+    folder = make_fixture(tmp_path / "d", n_users=len(SHAPES), extras=False)
+    jobs, _ = jobs_for(folder)
+    with FakeLLM(lambda msg, n: ok(SHAPES[user_of(msg)])) as srv:
+        L.run_inference(jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl", config(srv.url))
+    recs = {r["user"]: r for r in lines_of(tmp_path / "a.jsonl")}
+    for u, shape in enumerate(SHAPES):
+        assert L.record_phrases(recs[u]) == (["science fiction", "space opera", "time travel"], "", 0), shape
+
+
+def test_a_colon_inside_a_title_is_not_a_preamble():
+    assert L.answer_phrases("Star Wars: The Clone Wars, Horror").phrases == ["star war clone war", "horror"]
+    assert L.answer_phrases("The user enjoys:\nHorror\nPoetry").phrases == ["horror", "poetry"]
+
+
+# 8. Newer OpenAI parameters
+UNSUPPORTED_MAX_TOKENS = {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this "
+                                               "model. Use 'max_completion_tokens' instead.",
+                                    "type": "invalid_request_error", "param": "max_tokens",
+                                    "code": "unsupported_parameter"}}
+
+
+def test_max_tokens_rejected_switches_to_max_completion_tokens_once_also_for_requests_in_flight(tmp_path, capsys):
+    folder = make_fixture(tmp_path / "d", n_users=12, extras=False)
+    jobs, _ = jobs_for(folder)
+    together = threading.Barrier(4, timeout=30)  # the first 4 requests are in flight at the same time
+
+    def script(msg, n, body):
+        if "max_tokens" in body:
+            try:
+                together.wait()
+            except threading.BrokenBarrierError:
+                pass
+            return http(400, UNSUPPORTED_MAX_TOKENS)
+        return ok(fixture_answer(msg))
+
+    with FakeLLM(script) as srv:
+        cfg = config(srv.url)
+        counts = L.run_inference(jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl", cfg, workers=4)
+    err = capsys.readouterr().err
+    assert counts["answered"] == 12 and counts["failed"] == 0
+    assert err.count("note: the server does not take 'max_tokens'") == 1 and "max_completion_tokens" in err
+    rejected = [u for u, b in srv.bodies if "max_tokens" in b]
+    assert len(rejected) == 4 and all(srv.calls_for(u) == 2 for u in rejected)  # each sent again, once
+    assert all(b["max_completion_tokens"] == 1000 for _, b in srv.bodies if "max_tokens" not in b)
+    assert cfg.token_field == "max_completion_tokens"
+    assert all(b["stream"] is False for _, b in srv.bodies)
+
+
+def test_both_token_fields_rejected_is_a_recorded_failure_not_a_loop():
+    body = {"error": {"message": "Unrecognized request argument supplied: max_tokens, max_completion_tokens"}}
+    res, srv = ask(lambda msg, n: http(400, body))
+    assert sum(srv.calls.values()) == 2 and res["status"] == 400 and "Unrecognized request argument" in res["error"]
+
+
+def test_an_error_object_in_a_200_reply_shows_the_servers_message(tmp_path, capsys):
+    make_fixture(tmp_path / "d", n_users=3, extras=False)
+    body = {"error": {"message": "Provider returned error", "code": 502, "metadata": {"raw": "upstream down"}}}
+    script = lambda msg, n: http(200, body) if user_of(msg) == 1 else ok(fixture_answer(msg))
+    with FakeLLM(script) as srv:
+        assert L.main(infer_args(tmp_path, srv.url)) == 1
+        assert srv.calls_for(1) == 2  # retried (--max-attempts 2)
+    err = capsys.readouterr().err
+    assert f"error in a 200 reply from {srv.url}/chat/completions: Provider returned error" in err
+    assert "malformed" not in err
+    (fail,) = lines_of(tmp_path / "o" / "d" / "llm_failures.jsonl")
+    assert "Provider returned error" in fail["error"]
+
+
+# 9. Batch mode re-pays nobody; vllm run-batch output is read
+def test_batch_export_leaves_out_users_with_a_final_outcome_and_takes_the_token_field(tmp_path, capsys):
+    make_fixture(tmp_path / "d", n_users=4, extras=False)
+    out = tmp_path / "o" / "d"
+    out.mkdir(parents=True)
+    (out / "llm_answers.jsonl").write_text(
+        json.dumps({"user": 0, "outcome": "answered", "answer": "drama"}) + "\n" +
+        json.dumps({"user": 2, "outcome": "refused", "answer": "", "refusal": "no"}) + "\n")
+    (out / "llm_failures.jsonl").write_text(json.dumps({"user": 1, "error": "HTTP 500"}) + "\n")  # asked again
+    common = ["--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    assert L.main(["batch-export", *common, "--model", "Qwen/Qwen3-8B", "--token-field", "max_completion_tokens",
+                   "--max-tokens", "4000"]) == 0
+    err = capsys.readouterr().err
+    lines = lines_of(out / "batch_input.jsonl")
+    assert [r["custom_id"] for r in lines] == ["1", "3"]
+    assert "2 users already have an answer" in err and "batch-export: 2 requests" in err
+    assert lines[0]["body"]["max_completion_tokens"] == 4000 and "max_tokens" not in lines[0]["body"]
+    assert lines[0]["body"]["model"] == "Qwen/Qwen3-8B" and lines[0]["body"]["stream"] is False
+    assert not (out / "batch_input.jsonl.tmp").exists()
+
+
+def test_batch_import_reads_vllm_run_batch_output_with_reasoning_truncation_refusal(tmp_path, capsys):
+    folder = make_fixture(tmp_path / "d", n_users=5, extras=False)
+    jobs, _ = jobs_for(folder)
+
+    def line(user, message, finish="stop"):  # what `vllm run-batch -o out.jsonl` writes
+        return json.dumps({"id": f"vllm-{user}", "custom_id": str(user), "response": {
+            "status_code": 200, "request_id": f"vllm-batch-{user}", "body": {
+                "id": "chatcmpl-1", "object": "chat.completion", "model": "Qwen/Qwen3-8B",
+                "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}}, "error": None})
+
+    text = "\n".join([line(0, {"content": "Horror, war", "reasoning_content": "thinking..."}),
+                      line(1, {"content": "<think>x</think>Sci-fi, dra"}, "length"),
+                      line(2, {"content": None, "refusal": "No."}),
+                      line(3, {"content": "<think>still thinking"}, "length"),
+                      line(4, {"content": "Poetry"}, "content_filter")]) + "\n"
+    (tmp_path / "out.jsonl").write_text(text)
+    c = L.batch_import(tmp_path / "out.jsonl", jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl")
+    assert (c["imported"], c["truncated"], c["refused"], c["filtered"], c["failed"]) == (4, 1, 1, 1, 1)
+    assert c["usage"] == {"prompt_tokens": 500, "completion_tokens": 100, "reasoning_tokens": 0}
+    recs = {r["user"]: r for r in lines_of(tmp_path / "a.jsonl")}
+    assert recs[0]["answer"] == "Horror, war" and recs[0]["model"] == "Qwen/Qwen3-8B"
+    assert recs[1]["truncated"] is True and L.record_phrases(recs[1]) == (["sci fi"], "", 0)
+    assert recs[2]["outcome"] == "refused" and recs[2]["refusal"] == "No."
+    assert recs[4]["outcome"] == "filtered"
+    (fail,) = lines_of(tmp_path / "f.jsonl")
+    assert fail["user"] == 3 and "cut at the token limit" in fail["error"] and fail["batch_line"] == 4
+
+
+# 10. Cost and size known first
+def tiny_dataset(folder: Path) -> Path:
+    """3 users with one training item each (so no validation item): Dune, Emma, Ulysses."""
+    folder.mkdir(parents=True)
+    (folder / "item_list.txt").write_text("org remap name\na 0 Dune\nb 1 Emma\nc 2 Ulysses\nd 3 Other\n")
+    (folder / "train.txt").write_text("0 0\n1 1\n2 2\n")
+    (folder / "test.txt").write_text("0 3\n1 3\n2 3\n")
+    return folder
+
+
+def test_dry_run_sends_nothing_and_prints_users_tokens_and_cost(tmp_path, capsys):
+    tiny_dataset(tmp_path / "t")
+    # by hand: the system prompt is 222 characters and "The books this user liked: " 27; user 0 adds
+    # "[Dune]" (6): 255 characters -> ceil(255 / 4) = 64, + 4 per message = 72; user 1 "[Emma]": 72;
+    # user 2 "[Ulysses]" (9): 258 -> 65 + 8 = 73. Prompts 217 tokens; completions 3 x 1000.
+    assert len(L.SYSTEM_PROMPT.format(field="books")) == 222
+    common = ["--dataset", "t", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    with FakeLLM() as srv:
+        before = tree(tmp_path)
+        assert L.main(["infer", *common, "--base-url", srv.url, "--dry-run", "--price-in", "1000",
+                       "--price-out", "2000"]) == 0
+        assert not srv.calls and tree(tmp_path) == before  # nothing sent, nothing written
+    err = capsys.readouterr().err
+    assert "0 users already answered" in err and "3 users to ask; prompts about 217 tokens" in err
+    assert "completions at most 3,000 tokens (1,000 per user" in err
+    # cost: 217 x 1000 / 1e6 = 0.217 in, 3000 x 2000 / 1e6 = 6 out
+    assert "cost at most $6.2170 ($0.2170 in + $6.0000 out)" in err and "Nothing was sent." in err
+    # after resume: only the users left are counted
+    (tmp_path / "o" / "t").mkdir(parents=True)
+    (tmp_path / "o" / "t" / "llm_answers.jsonl").write_text('{"user": 2, "answer": "drama"}\n')
+    assert L.main(["infer", *common, "--base-url", "http://127.0.0.1:9/v1", "--dry-run", "--max-tokens", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "1 users already answered" in err and "2 users to ask; prompts about 144 tokens" in err
+    assert "completions at most 20 tokens" in err and "give --price-in and --price-out" in err
+
+
+def test_a_real_run_reports_the_usage_the_server_returned(tmp_path, capsys):
+    tiny_dataset(tmp_path / "t")
+    usage = {"prompt_tokens": 70, "completion_tokens": 12, "completion_tokens_details": {"reasoning_tokens": 5}}
+    common = ["--dataset", "t", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    with FakeLLM(lambda msg, n: ok("Drama, poetry", usage=usage)) as srv:
+        assert L.main(["infer", *common, "--base-url", srv.url, "--price-in", "0.15", "--price-out", "0.6"]) == 0
+    err = capsys.readouterr().err
+    # 3 users: 210 prompt, 36 completion tokens; 210 x 0.15 / 1e6 + 36 x 0.6 / 1e6 = 0.0000531
+    assert "infer usage: 210 prompt + 36 completion tokens (15 of them reasoning), $0.0001 at $0.15 / $0.6" in err
+    assert lines_of(tmp_path / "o" / "t" / "llm_answers.jsonl")[0]["usage"] == \
+        {"prompt_tokens": 70, "completion_tokens": 12, "reasoning_tokens": 5}
+
+
+# 11. The interests file a run uses is visible: coverage beside cluster's output
+def test_cluster_writes_the_coverage_and_warns_after_a_limit_trial(tmp_path, capsys):
+    make_fixture(tmp_path / "fx")
+    common = ["--dataset", "fx", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    out = tmp_path / "o" / "fx"
+    with FakeLLM() as srv:
+        assert L.main(["infer", *common, "--base-url", srv.url, "--model", "fake", "--limit", "12"]) == 0
+        assert L.main(["cluster", *common, "--k", "6", "--max-share", "0.5"]) == 0
+        err = capsys.readouterr().err
+        assert "the answers cover 12 of the 25 users with a prompt (48%)" in err
+        assert "warning: under half of the users with a prompt have an answer" in err
+        interests = out / "user_interest_clustered.txt"
+        cov = json.loads((out / "user_interest_clustered.coverage.json").read_text())
+        assert cov["users_with_prompt"] == 25 and cov["users_answered"] == 12 and cov["answered_share"] == 0.48
+        assert cov["made_by"] == "llm_interests.py cluster" and cov["interest_file"] == interests.name
+        assert cov["interest_file_sha256"] == hashlib.sha256(interests.read_bytes()).hexdigest()
+        assert cov["users_with_interests"] == len({line.split()[0] for line in interests.read_text().splitlines()})
+        assert L.read_coverage(interests) == cov
+        assert L.coverage_warning(cov).startswith("warning: this interest file was made from LLM answers of 12 of "
+                                                  "the 25 users with a prompt (48%)")
+        assert L.main(["infer", *common, "--base-url", srv.url, "--model", "fake"]) == 0
+    assert L.main(["cluster", *common, "--k", "12"]) == 0
+    assert "cover 25 of the 25 users" in capsys.readouterr().err
+    cov = L.read_coverage(interests)
+    assert cov["users_answered"] == 25 and L.coverage_warning(cov) == ""
+    interests.write_text(interests.read_text() + "0 999\n")  # changed after cluster: the record no longer counts
+    assert L.read_coverage(interests) is None and L.coverage_warning(None) == ""
+    assert L.read_coverage(tmp_path / "fx" / "user_interest_clustered.txt") is None  # a published file: none
+
+
+# Options of issue 11 are checked like the others
+@pytest.mark.parametrize("option", [["--max-wait", "-1"], ["--max-wait", "inf"], ["--price-in", "-1"],
+                                    ["--price-out", "nan"], ["--max-tokens", "0"]])
+def test_bad_new_options_are_one_clear_message(tmp_path, capsys, option):
+    make_fixture(tmp_path / "d", n_users=3, extras=False)
+    rc = L.main(infer_args(tmp_path, "http://127.0.0.1:9/v1", *option))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {option[0]} must") and len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------------
