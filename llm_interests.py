@@ -2,18 +2,21 @@
 interest nodes by text clustering (Eq. 2). Paper section "LLM-based CIKG Construction".
 
 One readable file, in the order the data flows:
-prompts -> client with retries -> runner (thread pool, answers file, resume, progress)
--> batch export/import -> cleaning -> TF-IDF -> k-means -> filtering and writing -> command line.
+prompts -> client (one request: an answer, a refusal or a failure; retries and waits) ->
+answer parsing (reasoning stripped, lists in any shape) -> runner (thread pool, answers file,
+resume, progress, dry-run cost) -> batch export/import -> cleaning -> TF-IDF -> k-means ->
+filtering, writing and coverage -> command line.
 
-    python llm_interests.py infer   --dataset book-crossing --data-dir ../shared/data
+    python llm_interests.py infer   --dataset book-crossing --data-dir ../shared/data [--dry-run]
     python llm_interests.py cluster --dataset book-crossing --data-dir ../shared/data
-    python llm_interests.py batch-export --dataset ml1m      (OpenAI Batch API input)
-    python llm_interests.py batch-import FILE --dataset ml1m (Batch API output -> answers file)
+    python llm_interests.py batch-export --dataset ml1m      (OpenAI Batch API / vllm run-batch input)
+    python llm_interests.py batch-import FILE --dataset ml1m (their output -> answers file)
     python llm_interests.py bench                            (TF-IDF and k-means timing)
 
 Everything is written under interests/<dataset>/ (--out-dir), never into the dataset folder.
 The LLM is any OpenAI-compatible chat-completions server: $OPENAI_BASE_URL (default
 https://api.openai.com/v1), $OPENAI_API_KEY (may be unset for a local server), $LLM_MODEL.
+docs/llm-servers.md tells how OpenAI, vLLM, llama.cpp, Ollama and gateways behave with it.
 """
 from __future__ import annotations
 
@@ -404,7 +407,7 @@ class Reply:
     reasoning_chars: int = 0
     problem: str = ""
     error: str = ""
-    usage: dict = None
+    usage: dict | None = None
 
 
 def usage_of(data) -> dict:
@@ -543,7 +546,7 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
             if status == 404:
                 raise SetupError(f"HTTP 404 from {url}: {message}. Check the model name (--model or $LLM_MODEL, "
                                  f"now {cfg.model!r}) and --base-url or $OPENAI_BASE_URL (usually ending in /v1).")
-            if status >= 400 and is_quota(status, error):
+            if status in (402, 429) and is_quota(status, error):
                 raise QuotaError(f"HTTP {status} from {url}: {message}. The quota or credit of this key is used "
                                  f"up (not a rate limit), so no user can be answered until it is topped up.")
             if status == 400 and rejects_token_field(error, field) and switch_token_field(cfg, field, message):
@@ -623,6 +626,8 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return text.strip(), ""
 
 
+REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i can'?t|i cannot|i am unable|i'?m unable|"
+                     r"as an ai)\b", re.IGNORECASE)  # an apology in the first 200 characters: refused
 PREAMBLE = re.compile(r"^[^:\n]{0,100}?\b(?:here|interests?|interested|likes?|enjoys?|based on|answer|user)\b"
                       r"[^:\n]{0,100}:[ \t]*", re.I)
 BULLET = re.compile(r"^\s*(?:[-*+•·‣▪]+|\(?\d{1,2}[.):]|#+)\s*")
@@ -1098,8 +1103,6 @@ with won wouldn would y you your yours yourself yourselves
 """.split())
 LEMMA_EXCEPTIONS = {"movies": "movie", "zombies": "zombie", "cookies": "cookie", "series": "series",
                     "species": "species", "news": "news", "christmas": "christmas", "texas": "texas"}
-REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i can'?t|i cannot|i am unable|i'?m unable|"
-                     r"as an ai)\b", re.IGNORECASE)
 
 
 def lemma(word: str) -> str:
