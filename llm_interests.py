@@ -646,6 +646,7 @@ def split_answer(text: str, truncated: bool = False) -> list:
     a colon that speaks of the interests or the user). Markdown emphasis, quotes and trailing
     full stops are stripped. truncated (the answer was cut at the token limit): the last piece
     is a fragment and is dropped, unless the text ends with a separator."""
+    ends_complete = bool(re.search(r"[,;/|\n，；、][ \t]*$", text or ""))  # cut right after a separator
     text = re.sub(r"^```[a-zA-Z]*\s*|\s*```\s*$", "", (text or "").strip()).strip()
     if text.startswith("["):
         try:
@@ -665,7 +666,7 @@ def split_answer(text: str, truncated: bool = False) -> list:
             pieces += SEPARATOR.split(part)
     pieces = [p.strip(PIECE_EDGES) for p in pieces]
     pieces = [p for p in pieces if p]
-    if truncated and pieces and not SEPARATOR.search(text.rstrip(" \t")[-1:]):
+    if truncated and pieces and not ends_complete:
         pieces.pop()
     return pieces
 

@@ -1064,6 +1064,7 @@ def test_still_truncated_at_4x_the_fragment_is_dropped_and_the_record_marked(tmp
 @pytest.mark.parametrize("text, truncated, pieces", [
     ("Sci-fi, horror, photog", True, ["Sci-fi", "horror"]),
     ("Sci-fi, horror,", True, ["Sci-fi", "horror"]),  # cut right after a separator: nothing lost
+    ("- Sci-fi\n- Horror\n", True, ["Sci-fi", "Horror"]),
     ("- Sci-fi\n- Horror\n- Phot", True, ["Sci-fi", "Horror"]),
     ('["Sci-fi", "Horror", "Pho', True, ["Sci-fi", "Horror"]),
     ("Photog", True, []),
