@@ -1630,8 +1630,8 @@ def cmd_infer(args, cfg: ClientConfig, jobs: list, answers: Path, failures: Path
     say(f"infer summary: {c['answered']} answered now{truncated}{counted(c)}, {c['failed']} failed, "
         f"{c['skipped']} already answered, {len(read_answers(answers))} users in {answers}")
     if c["total"]:
-        say(f"infer usage: {format_usage(c['usage'], args.price_in, args.price_out)}"
-            + ("" if sum(c["usage"].values()) else " (the server reported no usage)"))
+        say(f"infer usage: {format_usage(c['usage'], args.price_in, args.price_out)}" if sum(c["usage"].values())
+            else "infer usage: the server reported none")
     if c["thinking"]:
         say(f"infer: {c['thinking']} answers came with reasoning (a thinking model): their reasoning is not used; "
             f"if answers are cut or fail at the token limit, {THINKING_HINT}")
@@ -1670,9 +1670,9 @@ def cmd_cluster(args, folder: Path, out: Path, answers: Path) -> int:
     edges_path, tsv_path, cov_path = write_outputs(r, out, coverage)
     bad = ", ".join(f"{n} {kind}" for kind, n in sorted(r["problems"].items())) or "none"
     say(f"cluster summary: {r['n_answers']} answers ({bad} without interests; {r['n_truncated']} truncated, "
-        f"fragment dropped), {r['n_phrases']} phrases ({r['n_distinct']} distinct; {r['n_dropped']} dropped by "
-        f"cleaning: no Latin letters or too long), k = {r['n_clusters']}, {r['n_kept']} interest nodes kept, "
-        f"{len(r['edges'])} edges for {r['n_users_linked']} users -> {edges_path}, {tsv_path}")
+        f"their fragment dropped), {r['n_phrases']} phrases ({r['n_distinct']} distinct; {r['n_dropped']} more "
+        f"dropped by cleaning: no Latin letters, or too long), k = {r['n_clusters']}, {r['n_kept']} interest nodes "
+        f"kept, {len(r['edges'])} edges for {r['n_users_linked']} users -> {edges_path}, {tsv_path}")
     share = coverage["users_answered"] / max(coverage["users_with_prompt"], 1)
     say(f"cluster: the answers cover {coverage['users_answered']} of the {coverage['users_with_prompt']} users "
         f"with a prompt ({share:.0%}) -> {cov_path}")

@@ -1089,14 +1089,17 @@ def test_refused_and_filtered_are_final_outcomes_named_in_the_summaries(tmp_path
                3: ok(""),  # empty content, finish_reason stop: refused
                4: ok("I'm sorry, I cannot infer interests."),  # an apology: refused
                5: http(400, {"error": {"message": "The response was filtered due to the prompt triggering Azure "
-                                                  "OpenAI's content management policy.", "code": "content_filter"}})}
+                                                  "OpenAI's content management policy.", "code": "content_filter"}}),
+               6: ok("Cozy mystery, gothic horror, phot", finish="length"),  # truncated at 1x, 2x, 4x
+               7: ok("Cozy mystery, Ελληνική ποίηση, poetry")}  # one phrase that cleaning empties
     script = lambda msg, n: replies.get(user_of(msg), ok(fixture_answer(msg)))
     common = ["--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
     with FakeLLM(script) as srv:
         assert L.main(["infer", *common, "--base-url", srv.url, "--model", "fake"]) == 0
         assert all(srv.calls_for(u) == 1 for u in range(6))  # none retried
     err = capsys.readouterr().err
-    assert "infer summary: 18 answered now, 3 refused, 3 filtered, 0 failed" in err
+    assert "infer summary: 18 answered now (1 cut at the token limit, fragment dropped), 3 refused, 3 filtered, " \
+           "0 failed" in err
     recs = {r["user"]: r for r in lines_of(tmp_path / "o" / "d" / "llm_answers.jsonl")}
     assert [recs[u]["outcome"] for u in range(7)] == ["filtered"] * 2 + ["refused"] * 3 + ["filtered", "answered"]
     assert recs[2]["refusal"] == "I can't help with profiling people." and recs[3]["refusal"] == ""
@@ -1108,7 +1111,9 @@ def test_refused_and_filtered_are_final_outcomes_named_in_the_summaries(tmp_path
         assert not srv.calls
     assert "resume: 24 users already" in capsys.readouterr().err
     assert L.main(["cluster", *common, "--k", "12"]) == 0
-    assert "(3 filtered, 3 refused without interests;" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cluster summary: 24 answers (3 filtered, 3 refused without interests; 1 truncated, their fragment " \
+           "dropped), 36 phrases (" in err and "; 1 more dropped by cleaning: no Latin letters, or too long)" in err
 
 
 # 4. Quota is not rate limit
