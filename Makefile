@@ -30,19 +30,19 @@ bench-interests:  ## time TF-IDF and k-means at the size of the largest dataset
 	$(PYTHON) llm_interests.py bench
 
 table1: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 1 (CIKGRec, LightGCN, SimGCL) over SEEDS seeds (default 5)
-	$(PYTHON) cikgrec.py tables --table table1 --seeds $(or $(SEEDS),5) $(if $(ONLY),--only $(ONLY)) --dataset $(DATASET) \
+	$(PYTHON) experiments.py tables --table table1 --seeds $(or $(SEEDS),5) $(if $(ONLY),--only $(ONLY)) --dataset $(DATASET) \
 	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
 
 ablation: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 3 (ablations) over SEEDS seeds (default 1)
-	$(PYTHON) cikgrec.py tables --table ablation --seeds $(or $(SEEDS),1) $(if $(ONLY),--only $(ONLY)) --dataset $(DATASET) \
+	$(PYTHON) experiments.py tables --table ablation --seeds $(or $(SEEDS),1) $(if $(ONLY),--only $(ONLY)) --dataset $(DATASET) \
 	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
 
 lightgcn-variants: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 4 (LightGCN on CG/CIG/CKG/CIKG), SEEDS default 1
-	$(PYTHON) cikgrec.py tables --table lightgcn-variants --seeds $(or $(SEEDS),1) $(if $(ONLY),--only $(ONLY)) --dataset $(DATASET) \
+	$(PYTHON) experiments.py tables --table lightgcn-variants --seeds $(or $(SEEDS),1) $(if $(ONLY),--only $(ONLY)) --dataset $(DATASET) \
 	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
 
 plots:  ## optional (needs matplotlib): Fig. 3 bars from results/<dataset>/groups.json, Eq. 3 curves
-	$(PYTHON) plots.py --results-dir results
+	$(PYTHON) experiments.py plots --results-dir results
 
 test:  ## the test suite (reads the datasets from $$CIKGREC_DATA, default ../shared/data)
 	$(PYTHON) -m pytest -q test_cikgrec.py test_llm_interests.py test_experiments.py

@@ -1,19 +1,29 @@
-"""CIKGRec: knowledge-aware recommendation with LLM-inferred user interests (AAAI 2025).
+"""CIKGRec: knowledge-aware recommendation with LLM-inferred user interests (Hu et al., AAAI 2025).
 
-One readable file, in the order the data flows: settings -> data -> validation split -> the CIKG
--> LightGCN -> losses (Eqs. 3-12) -> sampling -> evaluation -> training -> benchmark -> download
--> experiments (the paper's tables, Fig. 3, Fig. 4) -> command line. Equation, table and figure
-numbers refer to the paper (Hu et al., AAAI 2025).
+The method and what runs it, in the order the data flows. Equation, table and figure numbers are
+the paper's; `../shared/REFERENCE.md` has the facts about the authors' code.
+
+    1. Settings       Settings, DATASET_DEFAULTS (the authors' configs), MODELS (the baselines),
+                      VARIANTS (every difference between the paper and the authors' code)
+    2. Data           load_dataset: the published format, errors naming file, line and value
+    3. Split          split_validation: the validation carve-out from train.txt
+    4. The CIKG       cikg_edges, Graph (D^-1/2 (A+I) D^-1/2), build_graphs (CIKG, views, GMAE graph)
+    5. Fast kernels   SymmetricSpMM, MeanLogSumExp: autograd functions, each equal to a plain expression
+    6. The model      class CIKGRec: encode (f_G), bpr_loss (Eq. 10), contrastive_loss (Eqs. 8-9),
+                      simgcl_loss, reconstruction_loss (Eqs. 3-7), transe_loss (Eq. 12), loss (Eq. 11)
+    7. Sampling       negatives (Eq. 10's i'), TransE triples and corrupted tails
+    8. Evaluation     ranking_metrics, evaluate_ranking: full-ranking Recall@K, NDCG@K
+    9. Training       Trainer (batches, optimisers), fit (early stopping on validation, checkpoints)
+   10. Commands       bench, download, the command line
 
     python cikgrec.py train --dataset book-crossing --data-dir ../shared/data
     python cikgrec.py bench --dataset book-crossing --data-dir ../shared/data
-    python cikgrec.py tables --table table1 --dataset book-crossing --seeds 5
-    python cikgrec.py explain --run runs/book-crossing-seed2024.json --user 2362
+
+The paper's tables, sweeps, Fig. 3-4 and plots are in experiments.py, which imports this file.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
 import dataclasses
 import hashlib
@@ -30,33 +40,16 @@ import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def _keep_freed_memory() -> None:
-    """Ask glibc to reuse freed memory instead of returning it to the system.
-
-    Every training step allocates and frees tens of MB (InfoNCE logits, propagated layers). With
-    glibc's defaults each such block is a fresh mmap whose pages the kernel must zero again, which
-    doubles the run time on small CPUs. Raising the mmap and trim thresholds keeps those pages.
-    """
-    if platform.system() == "Linux":
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: 1 GiB
-            libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: never trim
-        except (OSError, AttributeError):  # not glibc: keep the allocator's defaults
-            pass
-
-
-_keep_freed_memory()
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 # ----------------------------------------------------------------------------------------------
-# Settings
+# 1. Settings
 # ----------------------------------------------------------------------------------------------
 DATASETS = ("ml1m", "dbbook2014", "book-crossing")
 DATA_URL = "https://raw.githubusercontent.com/laowangzi/CIKGRec/{commit}/data/{dataset}/{file}"
@@ -76,8 +69,8 @@ class Settings:
     seed: int = 2024  # model seed (initialisation, sampling)
     split_seed: int = 0  # validation split seed, separate from the model seed
     select_on: str = "valid"  # valid | test (test = the authors' protocol, no validation split)
-    variant: str = "paper"  # paper | authors (see README: where the paper and their code differ)
-    model: str = "cikgrec"  # cikgrec | lightgcn | simgcl
+    variant: str = "paper"  # paper | authors (VARIANTS: where the paper and their code differ)
+    model: str = "cikgrec"  # cikgrec | lightgcn | simgcl: a preset of the settings below (MODELS)
     graph: str = "cikg"  # cikg | cg | cig | ckg: which parts the main graph holds
     device: str = "auto"  # auto | cpu | cuda
     epochs: int = 2000  # maximum epochs
@@ -89,27 +82,29 @@ class Settings:
     # encoder and BPR (Eq. 10)
     dim: int = 64  # embedding dimension D
     layers: int = 3  # LightGCN layers l
+    layer0: bool = True  # the final embedding is the mean of layers 0..l (off: 1..l, as SimGCL)
     lr: float = 5e-4  # Adam learning rate
     batch_size: int = 1024  # BPR triples per batch
-    lambda1: float = 1.8  # weight of BPR, Eq. 11
+    lambda1: float = 1.8  # lambda1, weight of BPR, Eq. 11
     l2: float = 5e-5  # L2 on the batch's layer-0 embeddings
     self_loops: bool = True  # D^-1/2 (A+I) D^-1/2 instead of D^-1/2 A D^-1/2
     edge_drop: float = 0.1  # share of undirected CIKG edges dropped in the BPR pass
-    node_drop: float = 0.0  # message dropout on every layer's output in the BPR pass
+    node_drop: float = 0.0  # dropout on the layer-0 embedding table, once, before the BPR pass
     # cross-domain contrastive learning (Eqs. 8-9)
-    lambda3: float = 0.03  # weight of the contrastive loss, Eq. 11
-    tau: float = 0.2  # InfoNCE temperature
-    eps: float = 0.1  # SimGCL noise magnitude on view 1
+    contrast: str = "cross-domain"  # cross-domain (Eqs. 8-9) | simgcl (SimGCL's in-batch rule)
+    lambda3: float = 0.03  # lambda3, weight of the contrastive loss, Eq. 11
+    tau: float = 0.2  # tau, InfoNCE temperature, Eq. 9
+    eps: float = 0.1  # gamma's magnitude: SimGCL noise on view 1, Eq. 8
     # user interest reconstruction, GMAE (Eqs. 3-7)
-    lambda2: float = 0.15  # weight of the reconstruction loss, Eq. 11
-    eta: float = 3.0  # exponent of the cosine loss, Eq. 7
-    alpha: float = 0.1  # initial mask rate, Eq. 3
-    omega: float = 0.95  # maximum mask rate, Eq. 3
+    lambda2: float = 0.15  # lambda2, weight of the reconstruction loss, Eq. 11
+    eta: float = 3.0  # eta, exponent of the cosine loss, Eq. 7
+    alpha: float = 0.1  # alpha, initial mask rate, Eq. 3
+    omega: float = 0.95  # omega, maximum mask rate, Eq. 3
     mask_epochs: int = 80  # Lambda, epochs to reach omega, Eq. 3
     schedule: str = "exp"  # exp | lin | fixed (fixed: the rate is omega throughout)
     enc_layers: int = 2  # GMAE encoder layers (l-1), Eq. 6
     dec_layers: int = 1  # GMAE decoder layers, Eq. 6
-    replace_rate: float = 0.0  # share of masked nodes given another node's embedding
+    replace_rate: float = 0.0  # share of masked nodes given another interest node's embedding
     recon_edge_drop: float = 0.0  # edge dropout inside the reconstruction pass
     # TransE (Eq. 12)
     transe: bool = False  # alternate a TransE step on the KG triples after each epoch
@@ -136,9 +131,78 @@ DATASET_DEFAULTS = {
                           recon_edge_drop=0.0, transe=False),
 }
 
-CHOICES = {"select_on": ("valid", "test"), "variant": ("paper", "authors"),
-           "model": ("cikgrec", "lightgcn", "simgcl"), "graph": ("cikg", "cg", "cig", "ckg"),
-           "device": ("auto", "cpu", "cuda"), "schedule": ("exp", "lin", "fixed")}
+# The baselines of Table 1 are settings of the same model, each at its own paper's definition, on
+# top of the dataset's dimension, layers, batch size, learning rate and L2.
+BASELINE = dict(graph="cg", lambda1=1.0, lambda2=0.0, self_loops=False, edge_drop=0.0, node_drop=0.0,
+                transe=False)
+MODELS = {
+    "cikgrec": {},
+    # LightGCN (He et al. 2020): BPR alone on D^-1/2 A D^-1/2 of the user-item graph, no dropout
+    "lightgcn": dict(BASELINE, lambda3=0.0),
+    # SimGCL (Yu et al. 2022): LightGCN plus InfoNCE between two noisy views of the same graph, in
+    # batch; the final embedding is the mean of layers 1..l (layer 0 left out)
+    "simgcl": dict(BASELINE, contrast="simgcl", layer0=False),
+}
+
+# Where the paper and the authors' code differ (../shared/REFERENCE.md): each switch once, as
+# (paper, authors' code). --variant paper (the default) takes the first, --variant authors the
+# second. The graph builders, the model and the training loop read switches(); nothing else
+# looks at the variant.
+VARIANTS = {
+    # Eq. 8's views. Paper: G_R (noised), G_R + G_J, G_R + KG. Authors' code (list aliasing and a
+    # src/src typo in its edge construction): the whole CIKG (noised), G_J alone, the KG alone.
+    "views": ((("ui",), ("ui", "uj"), ("ui", "kg")), (("ui", "kg", "uj"), ("uj",), ("kg",))),
+    # Self-loops of the views. Paper: silent, so as on the CIKG (--self-loops). Authors' code: none
+    # on view 1, one on every user and item node of views 2 and 3.
+    "view_loops": (("main",) * 3, ("none", "ui", "ui")),
+    # Eq. 9's item candidates. Paper: the items of view 3. Authors' code: every entity row of view
+    # 3, interest nodes included.
+    "item_candidates": ("items", "entities"),
+    # The GMAE's graph (Eq. 6). Paper: G, as in the BPR pass. Authors' code: G without self-loops.
+    "recon_loops": ("main", "none"),
+    # Edge dropout. Paper: silent; we drop whole edges and keep the self-loops. Authors' code: a
+    # self-loop is dropped like an edge, then one is added to every node (a kept one counts twice).
+    "dropout_readds_loops": (False, True),
+    # Eq. 12's distances. Paper: ||h + r - t||. Authors' code: squared.
+    "transe_squared": (False, True),
+    # TransE triples. Paper: the KG's, with inverse relations. Authors' code: also user->item and
+    # item->user "interact" triples.
+    "transe_interactions": (False, True),
+    # TransE batches. Paper: silent; we shuffle all triples into max(1, n // batch) batches.
+    # Authors' code (KGAT's sampler): heads first, then one triple of each head; n_kg // batch
+    # batches, n_kg counting KG triples and inverses only (we add: at least 1, cases.md T10).
+    "transe_head_first": (False, True),
+}
+
+
+def switches(variant: str) -> SimpleNamespace:
+    """The VARIANTS column of `variant` ("paper" or "authors"): switches("authors").views, ..."""
+    col = ("paper", "authors").index(variant)
+    return SimpleNamespace(**{name: pair[col] for name, pair in VARIANTS.items()})
+
+
+# Changes to the computation since results files were first written, as (version, what, runs it
+# changes). fit records definition(s) in every results file; experiments.py refuses a file made
+# under another definition. Runs that no change touches (e.g. CIKGRec on book-crossing) stay at 1.
+DEFINITION_CHANGES = (
+    (2, "baselines at their own papers' definitions (no self-loops, no dropout, BPR weight 1; SimGCL "
+        "without layer 0)", lambda s: s.model != "cikgrec"),
+    (2, "GMAE replacement donors drawn from the interest rows",
+     lambda s: s.replace_rate > 0 and s.lambda2 > 0 and s.interest_nodes),
+    (2, "node dropout once on the layer-0 table", lambda s: s.node_drop > 0),
+    (2, "--variant authors: self-loops under edge dropout, KGAT's head-first TransE batches",
+     lambda s: s.variant == "authors" and (s.edge_drop > 0 or s.recon_edge_drop > 0 or s.transe)),
+)
+
+
+def definition(s: Settings) -> int:
+    """The version of the computation a run with settings s performs (DEFINITION_CHANGES)."""
+    return max([v for v, _, changes in DEFINITION_CHANGES if changes(s)], default=1)
+
+
+CHOICES = {"select_on": ("valid", "test"), "variant": ("paper", "authors"), "model": tuple(MODELS),
+           "graph": ("cikg", "cg", "cig", "ckg"), "device": ("auto", "cpu", "cuda"),
+           "schedule": ("exp", "lin", "fixed"), "contrast": ("cross-domain", "simgcl")}
 
 
 class SettingsError(ValueError):
@@ -162,29 +226,22 @@ def check_settings(s: Settings) -> Settings:
     for f in dataclasses.fields(Settings):
         if f.type in ("float", float) and not math.isfinite(getattr(s, f.name)):
             raise SettingsError(f"{option(f.name)} must be a finite number, got {getattr(s, f.name)}")
-    for name in ("dim", "layers", "dec_layers", "batch_size", "eval_batch", "transe_batch",
-                 "mask_epochs", "epochs", "patience"):
-        if getattr(s, name) < 1:
-            raise SettingsError(f"{option(name)} must be at least 1, got {getattr(s, name)}")
-    for name in ("enc_layers", "min_epochs", "max_minutes", "threads", "seed", "split_seed", "l2", "transe_l2",
-                 "lambda1", "lambda2", "lambda3", "eps"):
-        if getattr(s, name) < 0:
-            raise SettingsError(f"{option(name)} must be >= 0, got {getattr(s, name)}")
-    for name in ("seed", "split_seed"):
-        if getattr(s, name) >= 2**32:  # what numpy's and torch's generators all accept
-            raise SettingsError(f"{option(name)} must be < 2**32, got {getattr(s, name)}")
-    for name in ("lr", "transe_lr"):
-        if getattr(s, name) <= 0:
-            raise SettingsError(f"{option(name)} must be > 0, got {getattr(s, name)}")
-    for name in ("edge_drop", "node_drop", "replace_rate", "recon_edge_drop"):
-        if not 0.0 <= getattr(s, name) < 1.0:
-            raise SettingsError(f"{option(name)} must be in [0, 1), got {getattr(s, name)}")
-    if not (0.0 <= s.alpha <= 1.0 and 0.0 <= s.omega <= 1.0):
-        raise SettingsError(f"--alpha and --omega are rates in [0, 1], got {s.alpha} and {s.omega}")
+    rules = ((lambda v: v >= 1, "must be at least 1", ("dim", "layers", "dec_layers", "batch_size", "eval_batch",
+                                                        "transe_batch", "mask_epochs", "epochs", "patience")),
+             (lambda v: v >= 0, "must be >= 0", ("enc_layers", "min_epochs", "max_minutes", "threads", "seed",
+                                                 "split_seed", "l2", "transe_l2", "lambda1", "lambda2", "lambda3",
+                                                 "eps")),
+             (lambda v: v < 2**32, "must be < 2**32", ("seed", "split_seed")),  # numpy's and torch's generators
+             (lambda v: v > 0, "must be > 0", ("lr", "transe_lr", "tau")),
+             (lambda v: 0 <= v < 1, "must be in [0, 1)", ("edge_drop", "node_drop", "replace_rate", "recon_edge_drop")),
+             (lambda v: 0 <= v <= 1, "is a rate in [0, 1]", ("alpha", "omega")),
+             (lambda v: v >= 1, "must be >= 1 (Eq. 7)", ("eta",)))
+    for ok, message, names in rules:
+        for name in names:
+            if not ok(getattr(s, name)):
+                raise SettingsError(f"{option(name)} {message}, got {getattr(s, name)}")
     if s.schedule == "exp" and s.alpha <= 0.0:
         raise SettingsError(f"--schedule exp needs --alpha > 0 (Eq. 3 divides by it), got {s.alpha}")
-    if s.tau <= 0.0 or s.eta < 1.0:
-        raise SettingsError(f"--tau must be > 0 and --eta >= 1, got {s.tau} and {s.eta}")
     try:
         ks = parse_ks(s.ks)
     except ValueError:
@@ -200,7 +257,7 @@ def parse_ks(text: str) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Data
+# 2. Data
 # ----------------------------------------------------------------------------------------------
 class DataError(Exception):
     """Bad input data: carries the file, the line number (0 = the whole file) and the problem."""
@@ -463,7 +520,7 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation split
+# 3. Validation split
 # ----------------------------------------------------------------------------------------------
 def n_valid_items(n: int) -> int:
     """How many of a user's n training items go to validation: round-half-up(n/8), at most n-1.
@@ -495,7 +552,7 @@ def split_validation(train: list, seed: int = 0) -> tuple[list, list]:
 
 
 # ----------------------------------------------------------------------------------------------
-# The CIKG: node layout, edges, normalised adjacency
+# 4. The CIKG: node layout, edges, normalised adjacency
 # ----------------------------------------------------------------------------------------------
 # Node layout: [users | entities (items first) | interests]. User u -> node u, entity e -> node
 # n_users + e, interest j -> node n_users + n_entities + j.
@@ -537,44 +594,52 @@ class Graph:
 
     edges: int64 [m, 2] unique undirected pairs; n_nodes: matrix size (never the largest index:
     isolated nodes keep an all-zero row and column); loops: bool [n_nodes] of the nodes given a
-    self-loop (None: none). The directed entries are sorted once by (row, col), so a dropout mask
-    only has to select entries and recount row pointers.
+    self-loop (None: none). The directed entries and a diagonal entry per node are sorted once by
+    (row, col), so a dropout mask only has to weigh entries and recount row pointers.
     """
 
     def __init__(self, edges: np.ndarray, n_nodes: int, loops=None, device="cpu"):
-        m = len(edges)
-        loop_nodes = np.flatnonzero(loops) if loops is not None else np.zeros(0, dtype=np.int64)
-        row = np.concatenate([edges[:, 0], edges[:, 1], loop_nodes])
-        col = np.concatenate([edges[:, 1], edges[:, 0], loop_nodes])
-        eid = np.concatenate([np.arange(m), np.arange(m), np.full(len(loop_nodes), -1)])
+        m, nodes = len(edges), np.arange(n_nodes)
+        row = np.concatenate([edges[:, 0], edges[:, 1], nodes])
+        col = np.concatenate([edges[:, 1], edges[:, 0], nodes])
+        eid = np.concatenate([np.arange(m), np.arange(m), np.full(n_nodes, m)])  # m: the diagonal
         order = np.lexsort((col, row))
         self.n_nodes, self.n_edges = n_nodes, m
         self.row = torch.as_tensor(row[order], device=device)
         self.col = torch.as_tensor(col[order], device=device)
         self.eid = torch.as_tensor(eid[order], device=device)
+        self.loops = torch.as_tensor(np.zeros(n_nodes, bool) if loops is None else np.asarray(loops, bool),
+                                     device=device).float()  # [n_nodes]: 1 where the node has a self-loop
         self._full = None
 
-    def adjacency(self, drop: float = 0.0) -> torch.Tensor:
+    def adjacency(self, drop: float = 0.0, readd_loops: bool = False) -> torch.Tensor:
         """Sparse CSR [n_nodes, n_nodes] float32: D^-1/2 (A+I) D^-1/2 (or without I).
 
         drop: share of undirected edges removed (both directions at once, self-loops kept), drawn
-        from torch's global generator; the matrix is renormalised after the drop. Rows of nodes of
-        degree 0 stay zero (no NaN).
+        from torch's global generator; the matrix is renormalised after the drop. readd_loops (the
+        authors' dropout, VARIANTS): self-loops are dropped like edges, then one is added to every
+        node, so a kept one weighs 2. Rows of nodes of degree 0 stay zero (no NaN).
         """
         if drop == 0.0 and self._full is not None:
             return self._full
-        row, col = self.row, self.col
+        dev, diagonal = self.row.device, self.eid == self.n_edges
+        kept = torch.ones(self.n_edges + 1, device=dev)  # per undirected edge, and 0 for the diagonal
+        loop = self.loops
         if drop > 0.0:
-            keep_edge = torch.rand(self.n_edges, device=row.device) >= drop
-            keep = (self.eid < 0) | keep_edge[self.eid.clamp(min=0)]
-            row, col = row[keep], col[keep]
-        deg = torch.bincount(row, minlength=self.n_nodes).float()
+            kept[:self.n_edges] = (torch.rand(self.n_edges, device=dev) >= drop).float()
+            if readd_loops:
+                loop = loop * (torch.rand(self.n_nodes, device=dev) >= drop).float() + 1.0
+        kept[self.n_edges] = 0.0
+        w = torch.where(diagonal, loop[self.row], kept[self.eid])
+        nz = w > 0
+        row, col, w = self.row[nz], self.col[nz], w[nz]
+        deg = torch.bincount(row, weights=w, minlength=self.n_nodes).float()
         dinv = deg.pow(-0.5)
         dinv[deg == 0] = 0.0
-        crow = torch.zeros(self.n_nodes + 1, dtype=torch.int32, device=row.device)
+        crow = torch.zeros(self.n_nodes + 1, dtype=torch.int32, device=dev)
         crow[1:] = torch.cumsum(torch.bincount(row, minlength=self.n_nodes), 0)
         # int32 indices: the sparse kernels would otherwise convert them on every product
-        adj = torch.sparse_csr_tensor(crow, col.int(), dinv[row] * dinv[col], (self.n_nodes, self.n_nodes),
+        adj = torch.sparse_csr_tensor(crow, col.int(), w * dinv[row] * dinv[col], (self.n_nodes, self.n_nodes),
                                       check_invariants=False)
         if drop == 0.0:
             self._full = adj
@@ -593,82 +658,88 @@ def build_graph(ds: Dataset, train: list, parts, loops: str = "all", device="cpu
     return Graph(cikg_edges(ds, train, parts), n, mask, device)
 
 
+GRAPHS = {"cikg": ("ui", "kg", "uj"), "cg": ("ui",), "cig": ("ui", "uj"), "ckg": ("ui", "kg")}  # --graph
+
+
+@dataclass
+class Graphs:
+    """The graphs a CIKGRec model propagates on (built from the training interactions only)."""
+    main: Graph  # G: the CIKG (or the part --graph names), for the BPR pass (Eq. 10) and scoring
+    views: list  # Eq. 8's graphs of views 1, 2, 3 (SimGCL: G_R twice); [] without contrastive loss
+    recon: Graph | None  # the GMAE's graph (Eq. 6); None without reconstruction loss
+
+
+def build_graphs(ds: Dataset, train: list, hp, device="cpu") -> Graphs:
+    """The Graphs of a model with settings hp (its graph, self_loops, contrast, lambda2, lambda3
+    and variant, read through VARIANTS). train: the training items per user (never test items:
+    case T3). Reconstruction needs interest nodes in the graph."""
+    sw, parts = switches(hp.variant), GRAPHS[hp.graph]
+    loops = "all" if hp.self_loops else "none"
+    main = build_graph(ds, train, parts, loops, device)
+    views = []
+    if hp.lambda3 > 0 and hp.contrast == "simgcl":
+        views = [build_graph(ds, train, ("ui",), loops, device)] * 2
+    elif hp.lambda3 > 0:
+        views = [build_graph(ds, train, p, loops if lp == "main" else lp, device)
+                 for p, lp in zip(sw.views, sw.view_loops)]
+    recon = None
+    if hp.lambda2 > 0 and "uj" in parts and ds.n_interests > 0:
+        recon = main if sw.recon_loops == "main" else build_graph(ds, train, parts, sw.recon_loops, device)
+    return Graphs(main, views, recon)
+
+
 # ----------------------------------------------------------------------------------------------
-# LightGCN propagation (with SimGCL noise)
+# 5. Fast kernels: the same mathematics as a plain expression, with fewer passes over memory
 # ----------------------------------------------------------------------------------------------
-TIMES: dict = {}  # seconds per part of a training step, filled as it runs (read by `bench`)
-
-
-def _tick(part: str, t0: float) -> None:
-    TIMES[part] = TIMES.get(part, 0.0) + time.perf_counter() - t0
-
-
-class _SymmetricSpMM(torch.autograd.Function):
-    """y = A x for a symmetric sparse A; the backward is A grad, reusing A (A^T = A)."""
+# Why they exist: a CIKGRec step is ~20 full-graph sparse products and two dense [N, B] InfoNCE
+# matrices. test_cikgrec.py holds each to its plain expression (values and gradcheck in float64).
+class SymmetricSpMM(torch.autograd.Function):
+    """y = A x for a symmetric sparse A. Equals torch.sparse.mm(adj, x); the backward is A grad,
+    reusing A (A^T = A) instead of building its transpose."""
 
     @staticmethod
     def forward(ctx, adj, x):
-        t0 = time.perf_counter()
         ctx.adj = adj
-        y = torch.sparse.mm(adj, x)
-        _tick("propagation", t0)
-        return y
+        return torch.sparse.mm(adj, x)
 
     @staticmethod
     def backward(ctx, grad):
-        t0 = time.perf_counter()
-        g = torch.sparse.mm(ctx.adj, grad.contiguous())
-        _tick("propagation", t0)
-        return None, g
+        return None, torch.sparse.mm(ctx.adj, grad.contiguous())
 
 
-def simgcl_noise(h: torch.Tensor, eps: float, r: torch.Tensor | None = None) -> torch.Tensor:
-    """SimGCL's perturbation (Yu et al. 2022): sign(h) * normalize(r) * eps, r ~ U(0, 1) per row.
+class MeanLogSumExp(torch.autograd.Function):
+    """The denominator of InfoNCE for unit rows a [B, D], c [N, D]: equals
+    torch.logsumexp(a @ c.T / tau, dim=1).mean().
 
-    h: [n, D]. Returns the noise [n, D] to add to h. Used for view 1 of Eq. 8.
+    The exponentials of the dense [N, B] matrix are computed once, in place, and reused by the
+    backward: d/da_b = sum_n softmax_bn c_n / (B tau), d/dc_n = sum_b softmax_bn a_b / (B tau).
+    Cosines are <= 1, so no logit exceeds 1/tau and exp cannot overflow unless 1/tau > 80; then
+    every logit is shifted by 1/tau first (the result is the same).
     """
-    if r is None:
-        r = torch.rand_like(h)
-    return torch.sign(h) * F.normalize(r, dim=1) * eps
 
+    @staticmethod
+    def forward(ctx, a, c, tau):
+        shift = 1.0 / tau if tau < 1.0 / 80 else 0.0
+        e = torch.mm(c, a.t() / tau)  # [N, B] logits: this layout multiplies fastest on CPU
+        if shift:
+            e.sub_(shift)
+        e.exp_()
+        total = e.sum(dim=0)  # [B]
+        ctx.save_for_backward(a, c, e, total)
+        ctx.tau = tau
+        return (total.log() + shift).mean()
 
-def propagate(x: torch.Tensor, adj: torch.Tensor, layers: int, eps: float = 0.0,
-              drop: float = 0.0, rng: np.random.Generator | None = None) -> torch.Tensor:
-    """LightGCN (He et al. 2020): mean of x, Ax, A^2 x, ..., A^l x.
-
-    x: [n_nodes, D]; adj: normalised sparse [n_nodes, n_nodes]. eps > 0 adds SimGCL noise after
-    every layer (view 1 of Eq. 8), its uniform draws from `rng` when given (numpy's generator
-    is twice as fast as torch's on a CPU) or else from torch; drop > 0 is message dropout on
-    every layer's output. This is f_G^l of the paper, shared by the BPR pass (Eq. 10), the views
-    (Eq. 8) and the GMAE (Eq. 6).
-    """
-    h, total = x, x
-    for _ in range(layers):
-        h = _SymmetricSpMM.apply(adj, h)
-        if eps > 0.0:
-            r = None if rng is None else torch.from_numpy(rng.random(h.shape, dtype=np.float32))
-            h = h + simgcl_noise(h, eps, r)
-        if drop > 0.0:
-            h = F.dropout(h, drop)
-        total = total + h
-    return total / (layers + 1)
-
-
-class CIKGRecModel(torch.nn.Module):
-    """The trainable parts: node embeddings Z [n_nodes, D] (users | entities | interests), the
-    relation embeddings of TransE [n_relations, D], the GMAE mask token [M] [1, D] and the linear
-    projection chi (Eq. 6). Xavier-uniform initialisation as in the authors' code."""
-
-    def __init__(self, n_nodes: int, n_relations: int, dim: int):
-        super().__init__()
-        self.emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_nodes, dim)))
-        self.rel = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(max(n_relations, 1), dim)))
-        self.mask_token = torch.nn.Parameter(torch.zeros(1, dim))
-        self.chi = torch.nn.Linear(dim, dim)
+    @staticmethod
+    def backward(ctx, g):
+        a, c, e, total = ctx.saved_tensors
+        w = (g / (a.shape[0] * ctx.tau)) / total  # [B]: softmax = e / total, per column
+        grad_a = torch.mm(e.t(), c).mul_(w[:, None])
+        grad_c = torch.mm(e, a * w[:, None])
+        return grad_a, grad_c, None
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses
+# 6. The model (Fig. 2, right half)
 # ----------------------------------------------------------------------------------------------
 def mask_rate(q: int, schedule: str, alpha: float, omega: float, big_lambda: int) -> float:
     """Eq. 3: the mask rate p^q at epoch q (from 0), capped at omega.
@@ -693,7 +764,8 @@ def mask_interests(x: torch.Tensor, first: int, count: int, rate: float, replace
 
     x: [n_nodes, D]; interest nodes are rows first..first+count-1; token: [1, D]. At least one
     node is masked (int(rate * count), at least 1). Of the m masked nodes, int(replace_rate * m)
-    get the embedding of a random node instead of [M] (GraphMAE's replacement). Returns
+    get instead the embedding of another interest node (GraphMAE's replacement): the donors are
+    the first rows of a fresh permutation of the interest rows, as in the authors' code. Returns
     (x' [n_nodes, D], masked node ids int64 [m]). Raises ValueError when count is 0.
     """
     if count <= 0:
@@ -704,85 +776,53 @@ def mask_interests(x: torch.Tensor, first: int, count: int, rate: float, replace
     x_masked = x.clone()
     x_masked[masked[n_replace:]] = token.expand(m - n_replace, -1)
     if n_replace:
-        source = torch.randint(0, x.shape[0], (n_replace,), device=x.device)
-        x_masked[masked[:n_replace]] = x[source]
+        donors = first + torch.randperm(count, device=x.device)[:n_replace]
+        x_masked[masked[:n_replace]] = x[donors]
     return x_masked, masked
 
 
-def reconstruction_loss(target: torch.Tensor, recon: torch.Tensor, eta: float) -> torch.Tensor:
-    """Eq. 7: mean over masked nodes of (1 - cos(z_j, z'''_j))^eta. target, recon: [m, D]."""
-    return (1.0 - F.cosine_similarity(target, recon, dim=1)).pow(eta).mean()
+def simgcl_noise(h: torch.Tensor, eps: float, r: torch.Tensor | None = None) -> torch.Tensor:
+    """SimGCL's perturbation gamma (Yu et al. 2022): sign(h) * normalize(r) * eps, r ~ U(0, 1) per
+    row. h: [n, D]. Returns the noise [n, D] to add to h (view 1 of Eq. 8)."""
+    if r is None:
+        r = torch.rand_like(h)
+    return torch.sign(h) * F.normalize(r, dim=1) * eps
 
 
-class _MeanLogSumExp(torch.autograd.Function):
-    """mean_b log sum_n exp(a_b . c_n / tau) for unit rows a [B, D], c [N, D]: the denominator
-    of InfoNCE.
-
-    Same mathematics as autograd through logsumexp, fewer passes over the dense [N, B] matrix,
-    which dominates a CIKGRec step: the exponentials are computed once, in place, and the
-    backward reuses them: d/da_b = sum_n softmax_bn c_n / (B tau), d/dc_n = sum_b softmax_bn a_b
-    / (B tau). Cosines are <= 1, so no logit exceeds 1/tau and exp cannot overflow unless
-    1/tau > 80; then every logit is shifted by 1/tau first (the result is the same).
-    """
-
-    @staticmethod
-    def forward(ctx, a, c, tau):
-        t0 = time.perf_counter()
-        shift = 1.0 / tau if tau < 1.0 / 80 else 0.0
-        e = torch.mm(c, a.t() / tau)  # [N, B] logits: this layout multiplies fastest on CPU
-        if shift:
-            e.sub_(shift)
-        e.exp_()
-        total = e.sum(dim=0)  # [B]
-        ctx.save_for_backward(a, c, e, total)
-        ctx.tau = tau
-        _tick("contrastive", t0)
-        return (total.log() + shift).mean()
-
-    @staticmethod
-    def backward(ctx, g):
-        t0 = time.perf_counter()
-        a, c, e, total = ctx.saved_tensors
-        w = (g / (a.shape[0] * ctx.tau)) / total  # [B]: softmax = e / total, per column
-        grad_a = torch.mm(e.t(), c).mul_(w[:, None])
-        grad_c = torch.mm(e, a * w[:, None])
-        _tick("contrastive", t0)
-        return grad_a, grad_c, None
-
-
-def info_nce(anchor: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor,
-             tau: float) -> torch.Tensor:
-    """Eq. 9, one term: InfoNCE with cosine similarity, averaged over the anchors.
-
-    anchor: [B, D] (view 1 rows of the batch, duplicates kept); candidates: [N, D] (all users of
-    view 2, or all items of view 3); positive: int64 [B], the row of candidates that is each
-    anchor's positive. Returns mean_b -log(exp(s(a_b, c_pos)/tau) / sum_n exp(s(a_b, c_n)/tau)).
-    """
-    a = F.normalize(anchor, dim=1)
-    c = F.normalize(candidates, dim=1)
-    pos = (a * c[positive]).sum(dim=1) / tau
-    return _MeanLogSumExp.apply(a, c, tau) - pos.mean()
-
-
-def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+def bpr(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Eq. 10: mean of -ln sigma(pos - neg), computed as softplus(neg - pos) (finite for any
     margin; -log(sigmoid(x)) overflows to inf at x = -100 in float32). pos, neg: [B]."""
     return F.softplus(neg - pos).mean()
 
 
-def l2_reg(*rows: torch.Tensor) -> torch.Tensor:
+def l2(*rows: torch.Tensor) -> torch.Tensor:
     """1/2 * sum of squared L2 norms of the given layer-0 rows, divided by the batch size B.
-
-    rows: tensors [B, D] (e.g. e_u, e_i, e_j of the batch): only the batch's rows count.
-    """
+    rows: tensors [B, D] (e.g. e_u, e_i, e_j of the batch): only the batch's rows count."""
     return sum(r.pow(2).sum() for r in rows) / 2.0 / rows[0].shape[0]
 
 
-def transe_loss(h, r, t, t_neg, squared: bool = False) -> torch.Tensor:
-    """Eq. 12: mean of -ln sigma(||h + r - t'|| - ||h + r - t||), each argument [B, D].
+def info_nce(anchor: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor,
+             tau: float) -> torch.Tensor:
+    """Eq. 9, one term: InfoNCE with cosine similarity s, averaged over the anchors.
 
-    squared=True uses squared distances (what the authors' code does); the paper writes norms.
+    anchor: [B, D] (view 1 rows of the batch, duplicates kept); candidates: [N, D]; positive:
+    int64 [B], the row of candidates that is each anchor's positive. Returns
+    mean_b -log(exp(s(a_b, c_pos)/tau) / sum_n exp(s(a_b, c_n)/tau)).
     """
+    a = F.normalize(anchor, dim=1)
+    c = F.normalize(candidates, dim=1)
+    pos = (a * c[positive]).sum(dim=1) / tau
+    return MeanLogSumExp.apply(a, c, tau) - pos.mean()
+
+
+def sce(target: torch.Tensor, recon: torch.Tensor, eta: float) -> torch.Tensor:
+    """Eq. 7: mean over masked nodes of (1 - cos(z_j, z'''_j))^eta. target, recon: [m, D]."""
+    return (1.0 - F.cosine_similarity(target, recon, dim=1)).pow(eta).mean()
+
+
+def translation(h, r, t, t_neg, squared: bool = False) -> torch.Tensor:
+    """Eq. 12: mean of -ln sigma(||h + r - t'|| - ||h + r - t||), each argument [B, D].
+    squared=True uses squared distances (the authors' code); the paper writes norms."""
     d_pos = (h + r - t).norm(dim=1)
     d_neg = (h + r - t_neg).norm(dim=1)
     if squared:
@@ -790,8 +830,124 @@ def transe_loss(h, r, t, t_neg, squared: bool = False) -> torch.Tensor:
     return F.softplus(d_pos - d_neg).mean()
 
 
+class CIKGRec(torch.nn.Module):
+    """CIKGRec: LightGCN on the CIKG trained with BPR, interest reconstruction and cross-domain
+    contrastive learning (Eq. 11), and optionally TransE (Eq. 12).
+
+    n_users, n_items, n_entities (items included), n_interests, n_relations: the node counts of
+    the layout [users | entities, items first | interests]. graphs: build_graphs(...). hp: the
+    settings it reads (a Settings, or any object with the same attributes): dim, layers, layer0,
+    lambda1-3, l2, edge_drop, node_drop, contrast, tau, eps, eta, enc_layers, dec_layers,
+    replace_rate, recon_edge_drop, transe_l2, variant. LightGCN is this model with lambda2 =
+    lambda3 = 0; SimGCL with lambda2 = 0 and contrast = "simgcl" (MODELS).
+    """
+
+    def __init__(self, n_users: int, n_items: int, n_entities: int, n_interests: int, n_relations: int,
+                 graphs: Graphs, hp):
+        super().__init__()
+        n_nodes, dim = n_users + n_entities + n_interests, hp.dim
+        self.emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_nodes, dim)))  # Z
+        # TransE's relations: the KG's, their inverses, and user->item / item->user
+        self.rel = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(2 * n_relations + 2, dim)))
+        self.mask_token = torch.nn.Parameter(torch.zeros(1, dim))  # [M], Eq. 5
+        self.chi = torch.nn.Linear(dim, dim)  # chi, Eq. 6
+        self.graphs, self.hp, self.sw = graphs, hp, switches(hp.variant)
+        self.e0, self.j0 = n_users, n_users + n_entities  # first entity (item) node, first interest node
+        self.n_items, self.n_interests = n_items, n_interests
+        self.noise_rng = None  # a numpy Generator for SimGCL's draws (twice as fast as torch's on a CPU)
+
+    def encode(self, adj: torch.Tensor, x: torch.Tensor | None = None, layers: int | None = None,
+               eps: float = 0.0) -> torch.Tensor:
+        """f_G (LightGCN, He et al. 2020): the mean of x, Ax, ..., A^l x (without x when hp.layer0
+        is off). adj: normalised sparse [n_nodes, n_nodes]; x: [n_nodes, D] (default Z); layers:
+        default hp.layers. eps > 0 adds SimGCL noise after every layer (view 1 of Eq. 8)."""
+        x = self.emb if x is None else x
+        layers = self.hp.layers if layers is None else layers
+        h, total = x, (x if self.hp.layer0 else 0.0)
+        for _ in range(layers):
+            h = SymmetricSpMM.apply(adj, h)
+            if eps > 0.0:
+                r = None if self.noise_rng is None else torch.from_numpy(
+                    self.noise_rng.random(h.shape, dtype=np.float32))
+                h = h + simgcl_noise(h, eps, r)
+            total = total + h
+        return total / (layers + 1 if self.hp.layer0 else layers)
+
+    def bpr_loss(self, z: torch.Tensor, u, i, j) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 10 and its L2 term for a batch: z = f_G(Z, G) [n_nodes, D]; u, i, j: int64 [B] user,
+        positive and negative item ids. Returns (mean -ln sigma(z_u.z_i - z_u.z_j), l2 of the
+        batch's layer-0 rows)."""
+        e0, x = self.e0, self.emb
+        zu, zi, zj = z[u], z[e0 + i], z[e0 + j]
+        return bpr((zu * zi).sum(1), (zu * zj).sum(1)), l2(x[u], x[e0 + i], x[e0 + j])
+
+    def contrastive_loss(self, u, i) -> torch.Tensor:
+        """Eqs. 8-9: view 1 (noised) against view 2 for the batch's users, and against view 3 for
+        its positive items, every user (item) of the other view a candidate. u, i: int64 [B]."""
+        hp, e0, views = self.hp, self.e0, self.graphs.views
+        v1 = self.encode(views[0].adjacency(), eps=hp.eps)  # Z^v1 = f_G(Z, G_R, gamma)
+        v2 = self.encode(views[1].adjacency())  # Z^v2 = f_G(Z, G_v2), G_R + G_J
+        v3 = self.encode(views[2].adjacency())  # Z^v3 = f_G(Z, G_v3), G_R + KG
+        items = v3[e0:e0 + self.n_items] if self.sw.item_candidates == "items" else v3[e0:]
+        return info_nce(v1[u], v2[:e0], u, hp.tau) + info_nce(v1[e0 + i], items, i, hp.tau)  # Eq. 9
+
+    def simgcl_loss(self, u, i) -> torch.Tensor:
+        """SimGCL's own rule (Yu et al. 2022): InfoNCE between two noisy views of G_R, in batch:
+        over the batch's distinct users, and over its distinct positive items."""
+        adj, hp, tau = self.graphs.views[0].adjacency(), self.hp, self.hp.tau
+        v1, v2 = self.encode(adj, eps=hp.eps), self.encode(adj, eps=hp.eps)
+        uu, ii = torch.unique(u), self.e0 + torch.unique(i)
+        same = lambda rows: torch.arange(len(rows), device=rows.device)
+        return info_nce(v1[uu], v2[uu], same(uu), tau) + info_nce(v1[ii], v2[ii], same(ii), tau)
+
+    def reconstruction_loss(self, rate: float) -> torch.Tensor:
+        """Eqs. 5-7 at mask rate p^q (Eq. 3): mask interest nodes, encode with l-1 layers,
+        project with chi, re-mask (GraphMAE), decode with 1 layer, and score the masked nodes."""
+        hp = self.hp
+        adj = self.graphs.recon.adjacency(hp.recon_edge_drop, self.sw.dropout_readds_loops)
+        x_masked, masked = mask_interests(self.emb, self.j0, self.n_interests, rate, hp.replace_rate,
+                                          self.mask_token)  # Eq. 5: Z'
+        h = self.chi(self.encode(adj, x_masked, hp.enc_layers))  # Eq. 6: chi(Z''), Z'' = f_G^{l-1}(Z', G)
+        h = h.index_fill(0, masked, 0.0)  # GraphMAE's re-mask before the decoder
+        z3 = self.encode(adj, h, hp.dec_layers)  # Eq. 6: Z''' = f_G^1(chi(Z''), G)
+        return sce(self.emb[masked], z3[masked], hp.eta)  # Eq. 7
+
+    def transe_loss(self, h, r, t, t_neg) -> torch.Tensor:
+        """Eq. 12 and its L2 term for a batch of triples: node ids h, t, t_neg and relation ids r,
+        each int64 [B]."""
+        e, rel = self.emb, self.rel
+        loss = translation(e[h], rel[r], e[t], e[t_neg], squared=self.sw.transe_squared)
+        return loss + self.hp.transe_l2 * l2(e[h], rel[r], e[t], e[t_neg])
+
+    def loss(self, batch, mask_rate: float) -> tuple[torch.Tensor, dict]:
+        """Eq. 11 for one batch: lambda1 L_r + L2 + lambda3 L_c + lambda2 L_u.
+
+        batch: (u, i, j) int64 [B] user, positive and negative item ids; mask_rate: p^q of
+        Eq. 3. Returns (the total, {"bpr", "cl", "rec": the parts before their weights}).
+        """
+        hp, u = self.hp, batch[0]
+        x = F.dropout(self.emb, hp.node_drop) if hp.node_drop else self.emb  # the authors' node dropout
+        z = self.encode(self.graphs.main.adjacency(hp.edge_drop, self.sw.dropout_readds_loops), x)  # f_G(Z, G)
+        rec_loss, reg = self.bpr_loss(z, *batch)  # Eq. 10
+        total, parts = hp.lambda1 * rec_loss + hp.l2 * reg, {"bpr": rec_loss}
+        if self.graphs.views:  # Eqs. 8-9 (SimGCL: its own rule)
+            cl = self.simgcl_loss(u, batch[1]) if hp.contrast == "simgcl" else self.contrastive_loss(u, batch[1])
+            total, parts["cl"] = total + hp.lambda3 * cl, cl
+        if self.graphs.recon is not None:  # Eqs. 5-7
+            rec = self.reconstruction_loss(mask_rate)
+            total, parts["rec"] = total + hp.lambda2 * rec, rec
+        return total, parts
+
+    @torch.no_grad()
+    def user_item_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user [n_users, D] and item [n_items, D] embeddings: f_G(Z, G), no dropout or
+        noise. Scores are their dot products."""
+        z = self.encode(self.graphs.main.adjacency())
+        return z[:self.e0], z[self.e0:self.e0 + self.n_items]
+
+
 # ----------------------------------------------------------------------------------------------
-# Sampling
+# 7. Sampling
 # ----------------------------------------------------------------------------------------------
 def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     """Sorted unique int64 keys user * n_items + item of the given (user, item) pairs."""
@@ -862,9 +1018,17 @@ def corrupt_tails(triples: np.ndarray, first: int, count: int, rng: np.random.Ge
     keep = np.setdiff1d(np.arange(len(triples)), todo)
     return keep, neg[keep]
 
+def head_first(heads: np.ndarray, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """KGAT's TransE sampler (the authors' code): `batch` heads, without replacement where there
+    are enough, then one triple of each uniformly. heads: int64 [n], the head of each triple,
+    sorted. Returns row indices int64 [batch] into those triples."""
+    distinct, starts, counts = np.unique(heads, return_index=True, return_counts=True)
+    pick = rng.choice(len(distinct), size=batch, replace=batch > len(distinct))
+    return starts[pick] + (rng.random(batch) * counts[pick]).astype(np.int64)
+
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation: full ranking, Recall@K, NDCG@K, Precision@K, HitRatio@K
+# 8. Evaluation: full ranking, Recall@K, NDCG@K, Precision@K, HitRatio@K
 # ----------------------------------------------------------------------------------------------
 def _flatten(lists) -> tuple[np.ndarray, np.ndarray]:
     """List of id lists -> (row index per entry, id per entry), both int64."""
@@ -982,7 +1146,7 @@ class EarlyStopping:
 
 
 # ----------------------------------------------------------------------------------------------
-# Training
+# 9. Training: the loop around the model (batches, optimisers, early stopping, checkpoints)
 # ----------------------------------------------------------------------------------------------
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss): the last good checkpoint is kept."""
@@ -993,11 +1157,9 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-MAIN_PARTS = {"cikg": ("ui", "kg", "uj"), "cg": ("ui",), "cig": ("ui", "uj"), "ckg": ("ui", "kg")}
-
-
 class Trainer:
-    """One CIKGRec (or baseline) run on one dataset: graphs, model, optimisers and their state.
+    """One run's training loop around a CIKGRec model: the training pairs, negative sampling and
+    batches, the optimisers, the random generators and the evaluation sets.
 
     train_part: the training items per user (train.txt less validation); valid: the validation
     items per user, or None when selecting on test (the authors' protocol).
@@ -1005,33 +1167,18 @@ class Trainer:
 
     def __init__(self, s: Settings, ds: Dataset, train_part: list, valid: list | None, device):
         self.s, self.ds, self.train, self.valid, self.device = s, ds, train_part, valid, device
-        self.e0, self.j0, self.n_nodes = node_counts(ds)
-        loops = "all" if s.self_loops else "none"
-        parts = MAIN_PARTS[s.graph]
-        self.main = build_graph(ds, train_part, parts, loops, device)  # the CIKG G (Eq. 10)
-        self.contrast = s.model in ("cikgrec", "simgcl") and s.lambda3 > 0
-        self.reconstruct = (s.model == "cikgrec" and s.lambda2 > 0 and "uj" in parts
-                            and ds.n_interests > 0)
-        if s.model == "simgcl" and self.contrast:  # two noisy views of the user-item graph
-            self.views = [build_graph(ds, train_part, ("ui",), loops, device)] * 2
-        elif self.contrast and s.variant == "paper":  # Eq. 8
-            self.views = [build_graph(ds, train_part, p, loops, device)
-                          for p in (("ui",), ("ui", "uj"), ("ui", "kg"))]
-        elif self.contrast:  # what the authors' script builds (REFERENCE.md)
-            self.views = [build_graph(ds, train_part, ("ui", "kg", "uj"), "none", device),
-                          build_graph(ds, train_part, ("uj",), "ui", device),
-                          build_graph(ds, train_part, ("kg",), "ui", device)]
-        if self.reconstruct:
-            rec_loops = loops if s.variant == "paper" else ("all" if s.recon_edge_drop > 0 else "none")
-            self.recon_graph = (self.main if rec_loops == loops
-                                else build_graph(ds, train_part, parts, rec_loops, device))
-        self.model = CIKGRecModel(self.n_nodes, 2 * ds.n_relations + 2, s.dim).to(device)
+        self.sw = switches(s.variant)
+        graphs = build_graphs(ds, train_part, s, device)
+        self.model = CIKGRec(ds.n_users, ds.n_items, ds.n_entities, ds.n_interests, ds.n_relations,
+                             graphs, s).to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=s.lr)
-        self.transe = s.transe and s.model == "cikgrec" and len(ds.kg) > 0
+        self.transe = s.transe and len(ds.kg) > 0
         if self.transe:
-            self.triples = kg_triples(ds, train_part, with_interactions=s.variant == "authors")
+            self.triples = kg_triples(ds, train_part, with_interactions=self.sw.transe_interactions)
+            self.n_kg_triples = len(kg_triples(ds, train_part))  # the authors' count of batches
             self.opt_transe = torch.optim.Adam([self.model.emb, self.model.rel], lr=s.transe_lr)
         self.rng = np.random.default_rng(s.seed)
+        self.model.noise_rng = self.rng if device.type == "cpu" else None
         # BPR pairs; users with every item have no negative and are left out (case T5)
         users = np.repeat(np.arange(ds.n_users), [len(x) for x in train_part])
         items = np.concatenate(train_part).astype(np.int64)
@@ -1050,8 +1197,7 @@ class Trainer:
             self.notes.append(f"{int(no_train.sum())} users have no training items: left out of BPR "
                               "and evaluation")
         self.eval_sets, self.eval_pairs = {}, {}
-        for name, truth, exclude in (("valid", valid, train_part),
-                                     ("test", ds.test, ds.train)):
+        for name, truth, exclude in (("valid", valid, train_part), ("test", ds.test, ds.train)):
             if truth is None:
                 continue
             users = np.array([u for u in range(ds.n_users) if len(truth[u]) and not no_train[u]],
@@ -1063,52 +1209,9 @@ class Trainer:
                             "no user has enough training items for a validation split (4 or more);"
                             " use --select-on test")
 
-    # -- one epoch -----------------------------------------------------------------------------
-    def step_loss(self, u, i, j, rate: float) -> tuple[torch.Tensor, dict]:
-        """Eq. 11 for one batch: lambda1 BPR + L2 + lambda2 L_u + lambda3 L_c.
-
-        u, i, j: int64 [B] user ids, positive and negative item ids. Returns (loss, parts).
-        """
-        s, x, e0 = self.s, self.model.emb, self.e0
-        z = propagate(x, self.main.adjacency(s.edge_drop), s.layers, drop=s.node_drop)
-        zu, zi, zj = z[u], z[e0 + i], z[e0 + j]
-        bpr = bpr_loss((zu * zi).sum(1), (zu * zj).sum(1))  # Eq. 10
-        reg = l2_reg(x[u], x[e0 + i], x[e0 + j])
-        loss = s.lambda1 * bpr + s.l2 * reg
-        parts = {"bpr": bpr.item()}
-        if self.contrast:  # Eqs. 8-9
-            rng = self.rng if self.device.type == "cpu" else None
-            v1 = propagate(x, self.views[0].adjacency(), s.layers, eps=s.eps, rng=rng)
-            v2 = propagate(x, self.views[1].adjacency(), s.layers, eps=s.eps if s.model == "simgcl" else 0.0,
-                           rng=rng)
-            if s.model == "simgcl":  # SimGCL's own InfoNCE: in-batch, over the batch's distinct
-                uu, ii = torch.unique(u), e0 + torch.unique(i)  # users and items (Yu et al. 2022)
-                cl = (info_nce(v1[uu], v2[uu], torch.arange(len(uu), device=uu.device), s.tau)
-                      + info_nce(v1[ii], v2[ii], torch.arange(len(ii), device=ii.device), s.tau))
-            else:  # Eq. 9: every user (item) of view 2 (view 3) is a candidate
-                v3 = propagate(x, self.views[2].adjacency(), s.layers)
-                items3 = v3[e0:e0 + self.ds.n_items] if s.variant == "paper" else v3[e0:]
-                cl = (info_nce(v1[u], v2[:e0], u, s.tau)
-                      + info_nce(v1[e0 + i], items3, i, s.tau))
-            loss = loss + s.lambda3 * cl
-            parts["cl"] = cl.item()
-        if self.reconstruct:  # Eqs. 5-7
-            t0, p0 = time.perf_counter(), TIMES.get("propagation", 0.0)
-            adj = self.recon_graph.adjacency(s.recon_edge_drop)
-            x_masked, masked = mask_interests(x, self.j0, self.ds.n_interests, rate, s.replace_rate,
-                                              self.model.mask_token)  # Eq. 5
-            h = self.model.chi(propagate(x_masked, adj, s.enc_layers))  # Eq. 6, encoder + chi
-            h = h.index_fill(0, masked, 0.0)  # GraphMAE's re-mask before the decoder
-            z3 = propagate(h, adj, s.dec_layers)  # Eq. 6, decoder
-            rec = reconstruction_loss(x[masked], z3[masked], s.eta)  # Eq. 7
-            loss = loss + s.lambda2 * rec
-            parts["rec"] = rec.item()
-            TIMES["reconstruction"] = (TIMES.get("reconstruction", 0.0) + time.perf_counter() - t0
-                                       - (TIMES.get("propagation", 0.0) - p0))
-        return loss, parts
-
-    def train_epoch(self, epoch: int) -> dict:
-        """One pass over the shuffled training pairs, one negative each. Returns mean loss parts."""
+    def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict:
+        """One pass over the shuffled training pairs, one negative each (max_batches: stop
+        early, for bench). Returns the mean loss parts, the mask rate and the TransE loss."""
         s = self.s
         order = self.rng.permutation(len(self.pair_u))
         users, items = self.pair_u[order], self.pair_i[order]
@@ -1117,10 +1220,11 @@ class Trainer:
         totals, n_batches = {}, math.ceil(len(users) / s.batch_size)
         last_report = time.perf_counter()
         self.model.train()
-        for b in range(n_batches):
+        for b in range(min(n_batches, max_batches or n_batches)):
             sl = slice(b * s.batch_size, (b + 1) * s.batch_size)
-            u, i, j = (torch.from_numpy(a[sl]).to(self.device) for a in (users, items, negs))
-            loss, parts = self.step_loss(u, i, j, rate)
+            batch = tuple(torch.from_numpy(a[sl]).to(self.device) for a in (users, items, negs))
+            loss, parts = self.model.loss(batch, rate)
+            parts = {k: v.item() for k, v in parts.items()}
             if not math.isfinite(loss.item()):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b + 1}/{n_batches}; "
                                     "its parts before the lambdas: " + ", ".join(f"{k} {v:.4g}" for k, v in parts.items()))
@@ -1133,53 +1237,42 @@ class Trainer:
                 log(f"  epoch {epoch}: batch {b + 1}/{n_batches}")
                 last_report = time.perf_counter()
         out = {k: v / n_batches for k, v in totals.items()}
-        out["mask_rate"] = rate if self.reconstruct else None
-        if self.transe:
+        out["mask_rate"] = rate if self.model.graphs.recon is not None else None
+        if self.transe and max_batches is None:
             out["transe"] = self.transe_epoch()
         return out
 
     def transe_epoch(self) -> float:
-        """The alternating TransE step (Eq. 12): max(1, n_triples // batch) batches of triples,
-        a corrupted entity tail each, with its own Adam optimiser. Returns the mean loss."""
-        s, t0 = self.s, time.perf_counter()
-        keep, neg = corrupt_tails(self.triples, self.e0, self.ds.n_entities, self.rng)
+        """The alternating TransE step (Eq. 12) with its own Adam optimiser: batches of triples,
+        a corrupted entity tail each (VARIANTS: shuffled, or head-first). Returns the mean loss."""
+        s, sw = self.s, self.sw
+        keep, neg = corrupt_tails(self.triples, self.ds.n_users, self.ds.n_entities, self.rng)
         trip, neg = self.triples[keep], neg[keep]
-        order = self.rng.permutation(len(trip))
-        n_batches = max(1, len(trip) // s.transe_batch)
+        n_batches = max(1, (self.n_kg_triples if sw.transe_head_first else len(trip)) // s.transe_batch)
+        order = None if sw.transe_head_first else self.rng.permutation(len(trip))
         total = 0.0
         for b in range(n_batches):
-            sel = order[b * s.transe_batch:(b + 1) * s.transe_batch]
-            h, r, t = (torch.from_numpy(trip[sel, c]).to(self.device) for c in range(3))
-            tn = torch.from_numpy(neg[sel]).to(self.device)
-            e, rel = self.model.emb, self.model.rel
-            loss = transe_loss(e[h], rel[r], e[t], e[tn], squared=s.variant == "authors")
-            loss = loss + s.transe_l2 * l2_reg(e[h], rel[r], e[t], e[tn])
+            sel = (head_first(trip[:, 0], s.transe_batch, self.rng) if order is None
+                   else order[b * s.transe_batch:(b + 1) * s.transe_batch])
+            h, r, t, tn = (torch.from_numpy(a).to(self.device) for a in (trip[sel, 0], trip[sel, 1], trip[sel, 2], neg[sel]))
+            loss = self.model.transe_loss(h, r, t, tn)
             self.opt_transe.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_transe.step()
             total += loss.item()
-        _tick("transe", t0)
         return total / n_batches
-
-    # -- evaluation ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final user [n_users, D] and item [n_items, D] embeddings: LightGCN on the CIKG, no
-        dropout, no noise."""
-        self.model.eval()
-        z = propagate(self.model.emb, self.main.adjacency(), self.s.layers)
-        return z[:self.e0], z[self.e0:self.e0 + self.ds.n_items]
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
         """Metrics on "valid" (training items excluded) or "test" (train.txt items excluded)."""
         users = self.eval_sets[split][0]
-        ue, ie = self.embeddings()
+        self.model.eval()
+        ue, ie = self.model.user_item_embeddings()
         ks = sorted(set(parse_ks(self.s.ks)) | {50, 100})  # @50 selects the model; @50, @100: the tables
         return evaluate_ranking(ue, ie, users, *self.eval_pairs[split], ks, self.s.eval_batch)
 
-    # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict:
+        """Everything a checkpoint needs to continue exactly: model, optimisers, random states."""
         st = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
               "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state}
         if self.transe:
@@ -1197,6 +1290,169 @@ class Trainer:
         self.rng.bit_generator.state = st["numpy_rng"]
         if "cuda_rng" in st and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda_rng"]])
+
+
+def fit(s: Settings) -> dict:
+    """Train with early stopping on validation Recall@50 + NDCG@50, evaluate the selected model
+    on test once, write the results JSON and the best model's state. With select_on="test"
+    (the authors' protocol) there is no validation split and epochs are selected on test.
+
+    A checkpoint after every epoch lets resume=True continue exactly. With max_minutes, training
+    stops after the epoch in which that many minutes (wall clock, this call) have passed; the
+    results of the best epoch so far are written with stopped_by "time limit: ..." (a sweep counts
+    such a run as unfinished and resumes it). Raises DataError,
+    SettingsError, TrainingError.
+    """
+    check_settings(s)
+    device = pick_device(s.device)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    ds, train_part, valid = read_data(s)  # bad input stops here, before anything is written
+    check_memory(s, ds, device)
+    out, best_path, ckpt_path = output_paths(s)
+    torch.manual_seed(s.seed)
+    trainer = Trainer(s, ds, train_part, valid, device)
+    for note in trainer.notes:
+        log(f"note: {note}")
+    sel = "valid" if s.select_on == "valid" else "test"
+    stopper, history, start = EarlyStopping(s.patience), [], 0
+    data_sha256 = {p.name: _sha256(str(p)) for p in data_files(s)}
+    if s.dataset not in DATASET_DEFAULTS:
+        log(f"note: no per-dataset defaults for {s.dataset!r}: the Settings defaults apply")
+    if s.resume and ckpt_path.is_file():
+        try:
+            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except Exception as e:  # a truncated or foreign file: say which, not a traceback
+            raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
+        free = ("epochs", "patience", "min_epochs", "max_minutes", "resume", "device", "threads", "out", "data_dir", "interests")
+        changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
+        changed |= {name for name, sha in ck.get("data_sha256", {}).items() if data_sha256.get(name) != sha}
+        if changed:
+            raise SettingsError(f"--resume: {ckpt_path} was made with other settings or data "
+                                f"({', '.join(sorted(changed))})")
+        try:  # a checkpoint from older code may lack data hashes or keys: check before training
+            trainer.load_state(ck["trainer"])
+            missing = {k for h in ck["history"] for k in ("seconds", "eval_seconds") if k not in h}
+            if missing:
+                raise KeyError(f"history without {', '.join(sorted(missing))}")
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().strip("'").splitlines()[-1].strip()
+            raise SettingsError(f"--resume: {ckpt_path} does not fit this code, graph or model ({first}); "
+                                "was it made by older code, with other data or another interest file?") from None
+        stopper.__dict__.update(ck["stopper"], patience=s.patience)
+        history, start = ck["history"], ck["epoch"] + 1
+        log(f"resuming {ckpt_path} after epoch {ck['epoch']}")
+    elif s.resume:
+        log(f"note: --resume: no checkpoint at {ckpt_path}, starting afresh")
+    elif ckpt_path.is_file():
+        log(f"note: starting afresh: the checkpoint {ckpt_path} will be replaced (--resume continues it)")
+    check_writable(out, best_path, ckpt_path)
+    unused = "" if "uj" in GRAPHS[s.graph] else f" (not in the {s.graph.upper()} graph)"
+    log(f"{s.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.n_entities} entities, "
+        f"{ds.n_interests} interest nodes{unused}, {trainer.model.graphs.main.n_edges} undirected {s.graph.upper()} edges, "
+        f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
+        f"selection on {sel}, device {device}")
+    epoch, failure, limit = start - 1, None, None
+    started = time.perf_counter()
+    going_on = lambda e: e + 1 < s.epochs and not (stopper.stop and e + 1 >= s.min_epochs)
+    while going_on(epoch):
+        epoch += 1
+        t0 = time.perf_counter()
+        try:
+            losses = trainer.train_epoch(epoch)
+        except TrainingError as e:
+            if not history:
+                raise TrainingError(f"{e}; no epoch finished, so there is no checkpoint and no result") from None
+            failure = f"{e}; the checkpoint of epoch {epoch - 1} is kept ({ckpt_path})"
+            epoch -= 1
+            break
+        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        metrics = trainer.evaluate(sel)
+        eval_seconds = time.perf_counter() - t1
+        if stopper.update(epoch, selection_score(metrics)):
+            _save(trainer.model.state_dict(), best_path)
+        history.append({"epoch": epoch, **losses, sel: metrics, "seconds": round(seconds, 3),
+                        "eval_seconds": round(eval_seconds, 3)})
+        _save({"trainer": trainer.state(), "stopper": {k: v for k, v in stopper.__dict__.items()
+                                                      if k != "patience"},
+               "history": history, "epoch": epoch,
+               "data_sha256": data_sha256,
+               "settings": dataclasses.asdict(s)}, ckpt_path)
+        parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "mask_rate" and v is not None)
+        mask = f" | mask {losses['mask_rate']:.3f}" if losses.get("mask_rate") is not None else ""
+        log(f"epoch {epoch:4d} | {parts}{mask} | {sel} R@50 {metrics['recall@50']:.4f} "
+            f"N@50 {metrics['ndcg@50']:.4f}{' *' if stopper.best_epoch == epoch else ''} | "
+            f"{seconds:.1f}s + eval {eval_seconds:.2f}s")
+        if s.max_minutes and time.perf_counter() - started >= 60 * s.max_minutes and going_on(epoch):
+            limit = (f"time limit: --max-minutes {s.max_minutes:g} reached after epoch {epoch}, before early "
+                     f"stopping; --resume (in a sweep: the same tables command) continues from {ckpt_path}")
+            log(limit)
+            break
+    trainer.model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    t1 = time.perf_counter()
+    test = trainer.evaluate("test")  # the one and only look at test (valid selection)
+    eval_seconds = time.perf_counter() - t1
+    groups = group_ndcg(trainer)  # Fig. 3, kept in the results so tables need no model file
+    best = next(h for h in history if h["epoch"] == stopper.best_epoch)
+    results = {
+        "dataset": s.dataset, "settings": dataclasses.asdict(s), "definition": definition(s), "seed": s.seed,
+        "split_seed": s.split_seed if sel == "valid" else None, "selected_on": sel,
+        "best_epoch": stopper.best_epoch, "epochs_run": epoch + 1,
+        "valid": best["valid"] if sel == "valid" else None, "test": test, "groups": groups,
+        "epoch_seconds": [h["seconds"] for h in history], "eval_seconds": round(eval_seconds, 4),
+        "minutes": round(sum(h["seconds"] + h["eval_seconds"] for h in history) / 60, 2),
+        "history": history, "notes": ds.warnings + trainer.notes, "stopped_by": failure or limit,
+        "provenance": {"data_sha256": data_sha256, "interest_file": ds.interest_file or None,
+                       "interest_sha256": data_sha256.get(Path(ds.interest_file).name) if ds.interest_file
+                       else None, "model_sha256": _sha256(str(best_path)), "git_commit": _git_commit(),
+                       "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "device": str(device), "python": platform.python_version()},
+    }
+    _write_json(results, out)
+    log(f"selected epoch {stopper.best_epoch} on {sel}; results in {out}, model in {best_path}")
+    if failure:  # the results of the epochs before the failure are written; the run still failed
+        raise TrainingError(f"{failure}; the results of the best epoch before it ({stopper.best_epoch}) are in {out}")
+    return results
+
+
+# -- at the edges: memory, files, provenance ----------------------------------------------------
+def memory_needed(s: Settings, ds: Dataset) -> dict:
+    """A rough estimate in bytes of a run's largest tensors, by the setting that sizes each:
+    {"dim": embeddings, the propagated layers kept for the backward, Adam's moments, the batch's
+    rows; "batch_size": the InfoNCE [N, B] matrices; "eval_batch": a chunk of evaluation scores}."""
+    n_nodes = node_counts(ds)[2]
+    passes = 1 + 3 * (s.lambda3 > 0) + 2 * (s.lambda2 > 0)  # full-graph encodes per batch
+    candidates = max(ds.n_users, ds.n_items) if s.contrast == "cross-domain" else s.batch_size
+    return {"dim": 4 * s.dim * (n_nodes * (2 * (s.layers + 1) * passes + 4) + 12 * s.batch_size),
+            "batch_size": 16 * s.batch_size * candidates * (s.lambda3 > 0),
+            "eval_batch": 9 * min(s.eval_batch, ds.n_users) * ds.n_items}  # scores, relevance, hits
+
+
+def free_memory(device) -> int | None:
+    """Bytes free on the device (CUDA: torch's count; CPU: MemAvailable of /proc/meminfo), or None
+    where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_memory(s: Settings, ds: Dataset, device, free: int | None = None) -> None:
+    """SettingsError naming the setting that sizes most of a run's memory (memory_needed) when the
+    run would not fit in `free` bytes (default: free_memory(device)), before anything is trained."""
+    need = memory_needed(s, ds)
+    free = free_memory(device) if free is None else free
+    if free is None or sum(need.values()) <= free:
+        return
+    name = max(need, key=need.get)
+    gb = lambda b: f"{b / 2**30:.1f} GB"
+    raise SettingsError(f"{option(name)} {getattr(s, name)}: this run needs about {gb(sum(need.values()))} of "
+                        f"memory ({gb(need[name])} of it sized by {option(name)}), but {device} has {gb(free)} "
+                        f"free; lower {option(name)}")
 
 
 def _save(obj, path: Path) -> None:
@@ -1287,8 +1543,9 @@ def data_changed(saved_sha256: dict, s: Settings) -> list:
             for name, sha in sorted(saved_sha256.items()) if name not in now or _sha256(str(now[name])) != sha]
 
 
-def prepare(s: Settings) -> tuple[Dataset, list, list | None]:
-    """Read the dataset and carve the validation split. Raises DataError on bad files."""
+def read_data(s: Settings) -> tuple[Dataset, list, list | None]:
+    """Read the dataset and carve the validation split: (dataset, training items per user,
+    validation items per user or None with --select-on test). Raises DataError on bad files."""
     # --no-interest-nodes (Table 3 "w/o UIK"): the interest file is not even read
     ds = load_dataset(Path(s.data_dir) / s.dataset, s.interests or None, s.dataset, s.interest_nodes)
     for note in ds.warnings:
@@ -1299,342 +1556,8 @@ def prepare(s: Settings) -> tuple[Dataset, list, list | None]:
     return ds, train_part, valid
 
 
-def fit(s: Settings) -> dict:
-    """Train with early stopping on validation Recall@50 + NDCG@50, evaluate the selected model
-    on test once, write the results JSON and the best model's state. With select_on="test"
-    (the authors' protocol) there is no validation split and epochs are selected on test.
-
-    A checkpoint after every epoch lets resume=True continue exactly. With max_minutes, training
-    stops after the epoch in which that many minutes (wall clock, this call) have passed; the
-    results of the best epoch so far are written with stopped_by "time limit: ..." (a sweep counts
-    such a run as unfinished and resumes it). Raises DataError,
-    SettingsError, TrainingError.
-    """
-    check_settings(s)
-    device = pick_device(s.device)
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    ds, train_part, valid = prepare(s)  # bad input stops here, before anything is written
-    out, best_path, ckpt_path = output_paths(s)
-    torch.manual_seed(s.seed)
-    trainer = Trainer(s, ds, train_part, valid, device)
-    for note in trainer.notes:
-        log(f"note: {note}")
-    sel = "valid" if s.select_on == "valid" else "test"
-    stopper, history, start = EarlyStopping(s.patience), [], 0
-    data_sha256 = {p.name: _sha256(str(p)) for p in data_files(s)}
-    if s.dataset not in DATASET_DEFAULTS:
-        log(f"note: no per-dataset defaults for {s.dataset!r}: the Settings defaults apply")
-    if s.resume and ckpt_path.is_file():
-        try:
-            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        except Exception as e:  # a truncated or foreign file: say which, not a traceback
-            raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
-        free = ("epochs", "patience", "min_epochs", "max_minutes", "resume", "device", "threads", "out", "data_dir", "interests")
-        changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
-        changed |= {name for name, sha in ck.get("data_sha256", {}).items() if data_sha256.get(name) != sha}
-        if changed:
-            raise SettingsError(f"--resume: {ckpt_path} was made with other settings or data "
-                                f"({', '.join(sorted(changed))})")
-        try:  # a checkpoint from older code may lack data hashes or keys: check before training
-            trainer.load_state(ck["trainer"])
-            missing = {k for h in ck["history"] for k in ("seconds", "eval_seconds") if k not in h}
-            if missing:
-                raise KeyError(f"history without {', '.join(sorted(missing))}")
-        except (RuntimeError, KeyError, ValueError) as e:
-            first = str(e).strip().strip("'").splitlines()[-1].strip()
-            raise SettingsError(f"--resume: {ckpt_path} does not fit this code, graph or model ({first}); "
-                                "was it made by older code, with other data or another interest file?") from None
-        stopper.__dict__.update(ck["stopper"], patience=s.patience)
-        history, start = ck["history"], ck["epoch"] + 1
-        log(f"resuming {ckpt_path} after epoch {ck['epoch']}")
-    elif s.resume:
-        log(f"note: --resume: no checkpoint at {ckpt_path}, starting afresh")
-    elif ckpt_path.is_file():
-        log(f"note: starting afresh: the checkpoint {ckpt_path} will be replaced (--resume continues it)")
-    check_writable(out, best_path, ckpt_path)
-    unused = "" if "uj" in MAIN_PARTS[s.graph] else f" (not in the {s.graph.upper()} graph)"
-    log(f"{s.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.n_entities} entities, "
-        f"{ds.n_interests} interest nodes{unused}, {trainer.main.n_edges} undirected {s.graph.upper()} edges, "
-        f"{len(trainer.pair_u)} training pairs; model {s.model}, variant {s.variant}, "
-        f"selection on {sel}, device {device}")
-    epoch, failure, limit = start - 1, None, None
-    started = time.perf_counter()
-    going_on = lambda e: e + 1 < s.epochs and not (stopper.stop and e + 1 >= s.min_epochs)
-    while going_on(epoch):
-        epoch += 1
-        t0 = time.perf_counter()
-        try:
-            losses = trainer.train_epoch(epoch)
-        except TrainingError as e:
-            if not history:
-                raise TrainingError(f"{e}; no epoch finished, so there is no checkpoint and no result") from None
-            failure = f"{e}; the checkpoint of epoch {epoch - 1} is kept ({ckpt_path})"
-            epoch -= 1
-            break
-        seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        metrics = trainer.evaluate(sel)
-        eval_seconds = time.perf_counter() - t1
-        if stopper.update(epoch, selection_score(metrics)):
-            _save(trainer.model.state_dict(), best_path)
-        history.append({"epoch": epoch, **losses, sel: metrics, "seconds": round(seconds, 3),
-                        "eval_seconds": round(eval_seconds, 3)})
-        _save({"trainer": trainer.state(), "stopper": {k: v for k, v in stopper.__dict__.items()
-                                                      if k != "patience"},
-               "history": history, "epoch": epoch,
-               "data_sha256": data_sha256,
-               "settings": dataclasses.asdict(s)}, ckpt_path)
-        parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "mask_rate" and v is not None)
-        mask = f" | mask {losses['mask_rate']:.3f}" if losses.get("mask_rate") is not None else ""
-        log(f"epoch {epoch:4d} | {parts}{mask} | {sel} R@50 {metrics['recall@50']:.4f} "
-            f"N@50 {metrics['ndcg@50']:.4f}{' *' if stopper.best_epoch == epoch else ''} | "
-            f"{seconds:.1f}s + eval {eval_seconds:.2f}s")
-        if s.max_minutes and time.perf_counter() - started >= 60 * s.max_minutes and going_on(epoch):
-            limit = (f"time limit: --max-minutes {s.max_minutes:g} reached after epoch {epoch}, before early "
-                     f"stopping; --resume (in a sweep: the same tables command) continues from {ckpt_path}")
-            log(limit)
-            break
-    trainer.model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
-    t1 = time.perf_counter()
-    test = trainer.evaluate("test")  # the one and only look at test (valid selection)
-    eval_seconds = time.perf_counter() - t1
-    groups = group_ndcg(trainer)  # Fig. 3, kept in the results so tables need no model file
-    best = next(h for h in history if h["epoch"] == stopper.best_epoch)
-    results = {
-        "dataset": s.dataset, "settings": dataclasses.asdict(s), "seed": s.seed,
-        "split_seed": s.split_seed if sel == "valid" else None, "selected_on": sel,
-        "best_epoch": stopper.best_epoch, "epochs_run": epoch + 1,
-        "valid": best["valid"] if sel == "valid" else None, "test": test, "groups": groups,
-        "epoch_seconds": [h["seconds"] for h in history], "eval_seconds": round(eval_seconds, 4),
-        "minutes": round(sum(h["seconds"] + h["eval_seconds"] for h in history) / 60, 2),
-        "history": history, "notes": ds.warnings + trainer.notes, "stopped_by": failure or limit,
-        "provenance": {"data_sha256": data_sha256, "interest_file": ds.interest_file or None,
-                       "interest_sha256": data_sha256.get(Path(ds.interest_file).name) if ds.interest_file
-                       else None, "model_sha256": _sha256(str(best_path)), "git_commit": _git_commit(),
-                       "torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "device": str(device), "python": platform.python_version()},
-    }
-    _write_json(results, out)
-    log(f"selected epoch {stopper.best_epoch} on {sel}; results in {out}, model in {best_path}")
-    if failure:  # the results of the epochs before the failure are written; the run still failed
-        raise TrainingError(f"{failure}; the results of the best epoch before it ({stopper.best_epoch}) are in {out}")
-    return results
-
-
-# ----------------------------------------------------------------------------------------------
-# Benchmark
-# ----------------------------------------------------------------------------------------------
-def bench(s: Settings, epochs: int = 3, evals: int = 5) -> dict:
-    """Seconds per training epoch (with a breakdown), per full evaluation (median) and peak memory.
-
-    propagation: every sparse product, forward and backward, of every pass; contrastive: the
-    dense InfoNCE products (forward and backward); reconstruction: the GMAE forward outside its
-    propagation; transe: the TransE step; rest: everything else (BPR, optimiser, sampling,
-    adjacency builds, autograd bookkeeping). Does not train to the end. Prints the figures and
-    writes them to runs/<dataset>-bench.json. Raises SettingsError, DataError.
-    """
-    import resource
-    check_settings(s)
-    if epochs < 1:
-        raise SettingsError(f"--bench-epochs must be at least 1, got {epochs}")
-    device = pick_device(s.device)
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    ds, train_part, valid = prepare(s)
-    out = Path("runs") / f"{s.dataset}-bench.json"
-    check_writable(out)
-    torch.manual_seed(s.seed)
-    trainer = Trainer(s, ds, train_part, valid, device)
-    rows = []
-    for epoch in range(epochs):
-        TIMES.clear()
-        t0 = time.perf_counter()
-        trainer.train_epoch(epoch)
-        total = time.perf_counter() - t0
-        row = {k: TIMES.get(k, 0.0) for k in ("propagation", "contrastive", "reconstruction", "transe")}
-        row["rest"] = total - sum(row.values())
-        row["total"] = total
-        rows.append(row)
-        log(f"epoch {epoch}: {total:.1f}s (" + ", ".join(f"{k} {v:.1f}s" for k, v in row.items()
-                                                        if k != "total") + ")")
-    eval_times = []
-    for _ in range(evals):
-        t0 = time.perf_counter()
-        trainer.evaluate("valid" if valid is not None else "test")
-        eval_times.append(time.perf_counter() - t0)
-    median = lambda v: float(np.median(v))
-    result = {"dataset": s.dataset, "device": str(device), "threads": torch.get_num_threads(),
-              "epochs": epochs, "batches_per_epoch": math.ceil(len(trainer.pair_u) / s.batch_size),
-              "epoch_seconds": median([r["total"] for r in rows]),
-              "breakdown_seconds": {k: median([r[k] for r in rows]) for k in rows[0] if k != "total"},
-              "eval_seconds": median(eval_times),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    print(f"{s.dataset}: {result['epoch_seconds']:.1f} s per training epoch (median of {epochs}; "
-          f"{result['batches_per_epoch']} batches) = "
-          + " + ".join(f"{k} {v:.1f}" for k, v in result["breakdown_seconds"].items())
-          + f"\n{s.dataset}: {result['eval_seconds']:.3f} s per full evaluation (median of {evals})"
-          + f"\n{s.dataset}: peak resident memory {result['peak_rss_mb']:.0f} MB"
-          + f" ({result['threads']} threads, {device})")
-    out.write_text(json.dumps({**result, "per_epoch_seconds": rows, "settings": dataclasses.asdict(s)}, indent=1))
-    log(f"wrote {out}")
-    return result
-
-
-# ----------------------------------------------------------------------------------------------
-# Data download
-# ----------------------------------------------------------------------------------------------
-def git_blob_id(data: bytes) -> str:
-    """The id git gives a file's content: SHA-1 of b"blob <size>\\0" + content."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def download(datasets, data_dir, blobs_file=Path(__file__).parent / "data" / "GIT_BLOBS") -> None:
-    """Fetch the datasets from the authors' repository at the pinned commit, checking every file
-    against its upstream git blob id; files already present and verified are skipped.
-
-    Raises DataError with one clear line when a file cannot be fetched or does not verify.
-    """
-    expected = {}
-    for no, line in enumerate(Path(blobs_file).read_text().splitlines(), 1):
-        if line.strip():
-            blob, name = line.split()
-            expected[name] = blob
-    for ds in datasets:
-        for name, blob in sorted(expected.items()):
-            if not name.startswith(ds + "/"):
-                continue
-            path = Path(data_dir) / name
-            if path.is_file() and git_blob_id(path.read_bytes()) == blob:
-                continue
-            url = DATA_URL.format(commit=DATA_COMMIT, dataset=ds, file=name.split("/", 1)[1])
-            log(f"downloading {url}")
-            try:
-                with urllib.request.urlopen(url, timeout=60) as r:
-                    data = r.read()
-            except OSError as e:
-                present = (f"present but not the upstream file (git blob {blob}), and " if path.is_file() else "")
-                raise DataError(path, 0, f"{present}cannot download {url} ({getattr(e, 'reason', e)}); "
-                                         "without network, set DATA_DIR to a folder that has the "
-                                         "files, e.g. make train DATA_DIR=../shared/data") from None
-            if git_blob_id(data) != blob:
-                raise DataError(path, 0, f"downloaded file does not match its upstream git blob {blob}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-
-
-# ----------------------------------------------------------------------------------------------
-# Experiments: tables, sparsity groups, case study
-# ----------------------------------------------------------------------------------------------
-# `python cikgrec.py tables --table table1|ablation|lightgcn-variants --dataset NAME --seeds N`
-# trains every configuration of a table over seeds 2024, 2025, ..., 2024 + N - 1 (one fit() each,
-# results in runs/<dataset>/<table>/<config>-seed<seed>.json), then writes
-# results/<dataset>/<table>.md and .csv (mean +- sample std over seeds beside the paper's value)
-# and results/<dataset>/groups.md (Fig. 3). `explain` prints the case study of Fig. 4.
-FIRST_SEED = 2024  # seed i of a sweep is FIRST_SEED + i
-TABLE_METRICS = ("recall@50", "recall@100", "ndcg@50", "ndcg@100")
-METRIC_NAMES = {"recall@50": "R@50", "recall@100": "R@100", "ndcg@50": "N@50", "ndcg@100": "N@100"}
-
-# Each table: config name -> (row label, settings given on top of the dataset's defaults).
-TABLES = {
-    "table1": {  # Table 1: overall performance (our code's baselines)
-        "cikgrec": ("CIKGRec", {}),
-        "lightgcn": ("LightGCN", {"model": "lightgcn", "graph": "cg"}),
-        # SimGCL peaks on validation within its first epochs and dips before it climbs (as
-        # LightGCN on dbbook2014's CKG, README): patience 10 from epoch 0 would keep that early
-        # model, so its row holds off early stopping for 30 epochs (a fair baseline)
-        "simgcl": ("SimGCL", {"model": "simgcl", "min_epochs": 30}),
-    },
-    "ablation": {  # Table 3: ablations by flags on the full model
-        "full": ("CIKGRec (ours)", {}),
-        "wo-uik": ("w/o UIK", {"interest_nodes": False}),  # no interest nodes at all
-        "wo-uir": ("w/o UIR", {"lambda2": 0.0}),  # no interest reconstruction
-        "wo-cl": ("w/o CL", {"lambda3": 0.0}),  # no contrastive loss
-        "wo-dmr": ("w/o DMR", {"schedule": "fixed"}),  # mask rate = omega throughout
-        "linear": ("w linear", {"schedule": "lin"}),  # linear mask schedule (Eq. 3)
-    },
-    "lightgcn-variants": {  # Table 4: LightGCN on graphs with more auxiliary information
-        "lightgcn-cg": ("LightGCN_CG", {"model": "lightgcn", "graph": "cg"}),
-        "lightgcn-cig": ("LightGCN_CIG", {"model": "lightgcn", "graph": "cig"}),
-        "lightgcn-ckg": ("LightGCN_CKG", {"model": "lightgcn", "graph": "ckg"}),
-        "lightgcn-cikg": ("LightGCN_CIKG", {"model": "lightgcn", "graph": "cikg"}),
-    },
-}
-# Configurations that are the same run as one of another table: its results are reused when
-# their settings match (a CIKGRec run takes hours; no need to train it twice).
-SAME_RUN = {("ablation", "full"): ("table1", "cikgrec"),
-            ("lightgcn-variants", "lightgcn-cg"): ("table1", "lightgcn")}
-
-
-def _paper(metrics, rows):
-    return {ds: {cfg: dict(zip(metrics, vals)) for cfg, vals in by_cfg.items()} for ds, by_cfg in rows.items()}
-
-
-# The paper's numbers (selected on TEST, mean of 10 seeds): PAPER[table][dataset][config][metric].
-PAPER = {
-    "table1": _paper(("recall@50", "recall@100", "ndcg@50", "ndcg@100"), {  # Table 1
-        "dbbook2014": {"lightgcn": (0.4214, 0.5358, 0.2230, 0.2481), "simgcl": (0.4280, 0.5369, 0.2376, 0.2610),
-                       "cikgrec": (0.4642, 0.5756, 0.2494, 0.2739)},
-        "book-crossing": {"lightgcn": (0.1607, 0.2246, 0.0765, 0.0911), "simgcl": (0.1653, 0.2211, 0.0860, 0.0988),
-                          "cikgrec": (0.1791, 0.2455, 0.0889, 0.1041)},
-        "ml1m": {"lightgcn": (0.4086, 0.5574, 0.3977, 0.4432), "simgcl": (0.4131, 0.5560, 0.4048, 0.4482),
-                 "cikgrec": (0.4250, 0.5718, 0.4162, 0.4609)}}),
-    "ablation": _paper(("recall@100", "ndcg@100"), {  # Table 3 (its w/o DMR row is empty)
-        "dbbook2014": {"full": (0.5756, 0.2739), "wo-uik": (0.5673, 0.2615), "wo-uir": (0.5701, 0.2704),
-                       "wo-cl": (0.5732, 0.2659), "linear": (0.5733, 0.2716)},
-        "book-crossing": {"full": (0.2455, 0.1041), "wo-uik": (0.2330, 0.0991), "wo-uir": (0.2081, 0.0843),
-                          "wo-cl": (0.2291, 0.0917), "linear": (0.2452, 0.1036)},
-        "ml1m": {"full": (0.5718, 0.4609), "wo-uik": (0.5662, 0.4527), "wo-uir": (0.5713, 0.4601),
-                 "wo-cl": (0.5583, 0.4480), "linear": (0.5714, 0.4603)}}),
-    "lightgcn-variants": _paper(("recall@50", "ndcg@50", "recall@100", "ndcg@100"), {  # Table 4
-        "dbbook2014": {"lightgcn-cg": (0.4214, 0.2230, 0.5358, 0.2481),
-                       "lightgcn-cig": (0.4240, 0.2283, 0.5395, 0.2537),
-                       "lightgcn-ckg": (0.4273, 0.2276, 0.5394, 0.2524),
-                       "lightgcn-cikg": (0.4272, 0.2279, 0.5428, 0.2534)},
-        "book-crossing": {"lightgcn-cg": (0.1607, 0.0765, 0.2246, 0.0911),
-                          "lightgcn-cig": (0.1611, 0.0773, 0.2247, 0.0916),
-                          "lightgcn-ckg": (0.1602, 0.0790, 0.2197, 0.0928),
-                          "lightgcn-cikg": (0.1603, 0.0759, 0.2231, 0.0901)},
-        "ml1m": {"lightgcn-cg": (0.4086, 0.3977, 0.5574, 0.4432), "lightgcn-cig": (0.4079, 0.3982, 0.5571, 0.4439),
-                 "lightgcn-ckg": (0.4097, 0.3985, 0.5584, 0.4441),
-                 "lightgcn-cikg": (0.4096, 0.3995, 0.5574, 0.4446)}}),
-}
-
-
-@dataclass
-class PlannedRun:
-    """One fit() of a sweep: its table, configuration, seed, settings and results file."""
-    table: str
-    config: str
-    seed: int
-    settings: Settings
-    out: Path
-
-
-def run_settings(base: dict, flags: dict, seed: int, out) -> Settings:
-    """Settings as the command line would build them: `base` (the options given, e.g.
-    {"dataset": "ml1m", "data_dir": "data"}), then the configuration's flags, seed and out, all
-    through resolve_settings (so the dataset's defaults apply to everything not given)."""
-    ns = argparse.Namespace(**{f.name: None for f in dataclasses.fields(Settings)})
-    values = {k: v for k, v in base.items() if v is not None}
-    values.update(flags, seed=seed, out=str(out))
-    vars(ns).update(values)
-    return resolve_settings(ns)
-
-
-def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
-    """Every run of a table, configuration by configuration, seeds FIRST_SEED.. in order."""
-    dataset = base.get("dataset") or Settings.dataset
-    runs = []
-    for config, (_, flags) in TABLES[table].items():
-        for i in range(n_seeds):
-            seed = FIRST_SEED + i
-            out = Path(runs_dir) / dataset / table / f"{config}-seed{seed}.json"
-            runs.append(PlannedRun(table, config, seed, run_settings(base, flags, seed, out), out))
-    return runs
-
-
-_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes")
+# -- a saved run: its results, its model, its Fig. 3 groups -------------------------------------
+HEADLINE_METRICS = ("recall@50", "recall@100", "ndcg@50", "ndcg@100")  # what every results file has
 
 
 def _finite(v) -> bool:
@@ -1654,7 +1577,7 @@ def read_results(path) -> dict:
         raise DataError(path, 0, f"not a results JSON ({type(e).__name__}: {e})") from None
     if not isinstance(r, dict) or not isinstance(r.get("test"), dict):
         raise DataError(path, 0, "not the results JSON of a run (no \"test\" metrics)")
-    missing = [m for m in TABLE_METRICS if m not in r["test"]]
+    missing = [m for m in HEADLINE_METRICS if m not in r["test"]]
     if missing:
         raise DataError(path, 0, f"no test {missing[0]} in it")
     bad = [k for k, v in r["test"].items() if not _finite(v)]
@@ -1672,204 +1595,12 @@ def read_results(path) -> dict:
         raise DataError(path, 0, "provenance data_sha256 is not an object")
     return r
 
-
-def run_data_changed(results: dict, settings: Settings) -> list:
-    """The data files (names) that differ from those the run of `results` (read_results) was
-    trained on, read as `settings` would read them (data_changed)."""
-    return data_changed(results.get("provenance", {}).get("data_sha256", {}), settings)
-
-
-def check_groups(g, path) -> dict:
-    """Fig. 3 groups as group_ndcg returns them ({"bounds": [[lo, hi, users, interactions]...],
-    "ndcg": [...]}, one value per group); DataError naming `path` otherwise."""
-    ok = (isinstance(g, dict) and isinstance(g.get("bounds"), list) and isinstance(g.get("ndcg"), list)
-          and len(g["bounds"]) == len(g["ndcg"]) > 0
-          and all(isinstance(b, (list, tuple)) and len(b) == 4 for b in g["bounds"])
-          and all(_finite(v) for v in g["ndcg"]))
-    if not ok:
-        raise DataError(path, 0, "not Fig. 3 groups ({\"bounds\": [...], \"ndcg\": [...]}, one value per group)")
-    return g
-
-
-def time_limited(results: dict) -> bool:
-    """True for the results (read_results) of a run stopped by --max-minutes before early stopping."""
-    return str(results.get("stopped_by") or "").startswith("time limit")
-
-
-def settings_differ(results: dict, settings: Settings) -> list:
-    """The settings (names) in which the results (read_results) differ from `settings`, leaving
-    out those that do not change a run's numbers (_NOT_COMPARED)."""
-    saved = results.get("settings", {})
-    if saved:  # a setting newer than the file counts as its default, which keeps the old behaviour
-        saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **saved}
-    return [k for k, v in dataclasses.asdict(settings).items() if k not in _NOT_COMPARED and saved.get(k) != v]
-
-
-def done_results(run: PlannedRun) -> Path | None:
-    """The results file of a planned run if it exists: its own, or that of the same run made
-    elsewhere when the settings agree (all but _NOT_COMPARED): in another table (SAME_RUN), or by
-    `train` at its default --out (runs/<dataset>-seed<seed>.json, so `make train` counts as
-    Table 1's CIKGRec row). None when the run is still to do. Raises SettingsError when the run's
-    own file was made with other settings (e.g. a quick --epochs 1 trial) or on other data (the
-    SHA-256 of its files): it is neither reused nor overwritten. A run stopped by --max-minutes is
-    not done (the sweep resumes it)."""
-    if run.out.is_file():
-        results = read_results(run.out)
-        differ = settings_differ(results, run.settings)
-        if differ:
-            more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
-            raise SettingsError(f"{run.out} was made with other settings ({', '.join(differ[:4])}{more}): "
-                                "delete it or give another --runs-dir")
-        changed = run_data_changed(results, run.settings)
-        if changed:
-            raise SettingsError(f"{run.out} was trained on other data (the SHA-256 of {', '.join(changed)} "
-                                "differs from the run's): delete it or give another --runs-dir")
-        return None if time_limited(results) else run.out
-    runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
-    others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
-    same = SAME_RUN.get((run.table, run.config))
-    if same:
-        others.insert(0, run.out.parent.parent / same[0] / f"{same[1]}-seed{run.seed}.json")
-    for other in others:
-        if other.is_file():
-            results = read_results(other)
-            if not (settings_differ(results, run.settings) or time_limited(results)
-                    or run_data_changed(results, run.settings)):
-                return other
-    return None
-
-
-def _fmt_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def run_sweep(runs: list, dry_run: bool = False) -> int:
-    """fit() every planned run whose results file does not exist yet (an interrupted sweep
-    resumes: finished runs are skipped, a run cut mid-way continues from its checkpoint). Progress
-    on stderr: "run i/n: config seed s (elapsed, ~time left)", the time left estimated from the
-    runs finished so far. A run that fails (TrainingError) is reported and the sweep goes on.
-    Returns the number of failed runs."""
-    todo = [r for r in runs if done_results(r) is None]
-    log(f"{len(runs) - len(todo)} of {len(runs)} runs already done; {len(todo)} to run")
-    if dry_run:
-        for r in todo:
-            log(f"  to run: {r.config} seed {r.seed} -> {r.out}")
-        return 0
-    start, finished, failed, cut = time.perf_counter(), 0, 0, 0
-    for n, r in enumerate(todo, 1):
-        elapsed = time.perf_counter() - start
-        left = f"~{_fmt_duration(elapsed / finished * (len(todo) - n + 1))} left" if finished else "time left unknown yet"
-        log(f"run {n}/{len(todo)}: {r.config} seed {r.seed} ({_fmt_duration(elapsed)} elapsed, {left})")
-        ckpt = output_paths(r.settings)[2]
-        try:
-            cut += time_limited(fit(dataclasses.replace(r.settings, resume=ckpt.is_file())))
-            finished += 1
-        except TrainingError as e:
-            failed += 1
-            log(f"run {n}/{len(todo)} failed: {e} (its checkpoint is kept; going on)")
-    if cut:
-        log(f"{cut} of {len(todo)} runs stopped at --max-minutes before early stopping: they are not in the "
-            "tables yet; the same command continues them")
-    return failed
-
-
-def _mean_std(values: list) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (ddof=1; None for a single value)."""
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
-
-
-def aggregate_table(table: str, dataset: str, files: dict) -> list:
-    """One row per configuration of the table: {"config", "label", "n", "files", "minutes" (mean
-    minutes per run; None without runs), "minutes_by_device" ({"cpu": mean, "cuda": mean} from
-    each file's provenance), and for each metric m of TABLE_METRICS: m (mean),
-    m+"_std" (sample std, None when n < 2), m+"_paper" (None where the paper has no value) and
-    m+"_diff" (100 (ours - paper) / paper)}.
-
-    files: {config: [results JSON paths]} (test metrics are read from each file's "test")."""
-    paper = PAPER.get(table, {}).get(dataset, {})
-    rows = []
-    for config, (label, _) in TABLES[table].items():
-        paths = files.get(config, [])
-        runs = [read_results(p) for p in paths]
-        tests = [r["test"] for r in runs]
-        minutes = [r["minutes"] for r in runs if r.get("minutes") is not None]
-        by_device = {}  # runs made on different machines (e.g. a lent GPU) are timed apart
-        for r in runs:
-            if r.get("minutes") is not None:
-                by_device.setdefault(r.get("provenance", {}).get("device", "?"), []).append(r["minutes"])
-        row = {"config": config, "label": label, "n": len(tests), "files": [str(p) for p in paths],
-               "minutes": _mean_std(minutes)[0] if minutes else None,
-               "minutes_by_device": {d: _mean_std(v)[0] for d, v in sorted(by_device.items())}}
-        for m in TABLE_METRICS:
-            mean, std = _mean_std([t[m] for t in tests]) if tests else (None, None)
-            ref = paper.get(config, {}).get(m)
-            row.update({m: mean, m + "_std": std, m + "_paper": ref,
-                        m + "_diff": 100.0 * (mean - ref) / ref if mean is not None and ref else None})
-        rows.append(row)
-    return rows
-
-
-_TABLE_TITLES = {"table1": "Table 1: overall performance", "ablation": "Table 3: ablation study",
-                 "lightgcn-variants": "Table 4: LightGCN with more auxiliary information"}
-
-
-_TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, and no numbers for w/o DMR "
-                            "(ours: the mask rate is omega throughout).",
-                "table1": " Our LightGCN and SimGCL rows are trained by this code with the dataset's settings."}
-
-
-def _device_minutes(row: dict) -> str:
-    """The min/run cell: '114 (cpu)', or '138 (cpu), 6.4 (cuda)' when the seeds ran on different machines."""
-    return ", ".join(f"{v:.0f} ({d})" if v >= 10 else f"{v:.1f} ({d})"
-                     for d, v in row.get("minutes_by_device", {}).items())
-
-
-def _non_defaults(base: dict) -> str:
-    """The options a tables command gave beyond the dataset and the run-independent ones, e.g.
-    "--min-epochs 30", so a table says what it was made with."""
-    skip = ("dataset",) + _NOT_COMPARED
-    return " ".join(f"{option(k)} {v}" for k, v in sorted(base.items()) if k not in skip and v is not None)
-
-
-def _made_with(given: str) -> list:
-    return [f"Made with `{given}` on top of the dataset's settings.", ""] if given else []
-
-
-def write_table(rows: list, table: str, dataset: str, results_dir="results", given: str = "") -> tuple[Path, Path]:
-    """results/<dataset>/<table>.md and .csv from aggregate_table's rows; `given`: the options the
-    runs were made with beyond the dataset's settings (_non_defaults), stated under the title."""
-    folder = Path(results_dir) / dataset
-    folder.mkdir(parents=True, exist_ok=True)
-    num = lambda x, fmt: "" if x is None else format(x, fmt)
-    header = ["model", "n", "min/run"] + [h for m in TABLE_METRICS for h in (METRIC_NAMES[m], "paper", "diff %")]
-    md = [f"# {dataset}: {_TABLE_TITLES[table]}", "",
-          "Ours: test metrics of the epoch selected on validation, mean ± sample std over n seeds "
-          f"({FIRST_SEED}, {FIRST_SEED + 1}, ...; std '-' when n = 1). Paper: selected on test, "
-          "mean of 10 seeds. diff % = 100 (ours - paper) / paper. min/run: mean minutes of training and "
-          "evaluation per run, by device (each results file's provenance names the device and threads; "
-          "the README says which machines and how many runs shared them)."
-          + _TABLE_NOTES.get(table, ""), ""] + _made_with(given) + [
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["label"], str(r["n"]), _device_minutes(r)]
-        for m in TABLE_METRICS:
-            ours = "" if r[m] is None else f"{r[m]:.4f} ± " + ("-" if r[m + "_std"] is None else f"{r[m + '_std']:.4f}")
-            diff = "" if r[m + "_diff"] is None else f"{r[m + '_diff']:+.1f}"
-            cells += [ours, num(r[m + "_paper"], ".4f"), diff]
-        md.append("| " + " | ".join(cells) + " |")
-    md_path, csv_path = folder / f"{table}.md", folder / f"{table}.csv"
-    md_path.write_text("\n".join(md) + "\n")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["config", "model", "n", "minutes_per_run", "minutes_per_run_by_device"]
-                   + [f"{m}_{k}" for m in TABLE_METRICS for k in ("mean", "std", "paper", "diff_pct")])
-        for r in rows:
-            w.writerow([r["config"], r["label"], r["n"], num(r["minutes"], ".4g"),
-                        ";".join(f"{d}:{v:.4g}" for d, v in r.get("minutes_by_device", {}).items())]
-                       + [num(r[m + s], ".6g") for m in TABLE_METRICS for s in ("", "_std", "_paper", "_diff")])
-    return md_path, csv_path
+def definition_changes(results: dict, s: Settings) -> list:
+    """What changed in the computation of a run with settings s since its results (read_results)
+    were made: the DEFINITION_CHANGES newer than their "definition" (1 when absent) that apply to
+    s. [] when the results are still what this code computes."""
+    made = results.get("definition", 1)
+    return [what for version, what, changes in DEFINITION_CHANGES if version > made and changes(s)]
 
 
 def load_trained(results_path, data_dir: str | None = None, device: str = "cpu") -> tuple[Trainer, dict]:
@@ -1889,8 +1620,12 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu")
     known = {f.name for f in dataclasses.fields(Settings)}
     s = Settings(**{k: v for k, v in results["settings"].items() if k in known})
     s = dataclasses.replace(s, resume=False, device=device, **({"data_dir": data_dir} if data_dir else {}))
-    ds, train_part, valid = prepare(s)  # a missing folder or file is named here
-    changed = run_data_changed(results, s)
+    ds, train_part, valid = read_data(s)  # a missing folder or file is named here
+    newer = definition_changes(results, s)
+    if newer:
+        raise DataError(results_path, 0, f"made under an older definition of the model; since then: {'; '.join(newer)}. "
+                                         "Train it again")
+    changed = data_changed(results.get("provenance", {}).get("data_sha256", {}), s)
     if changed:
         raise DataError(results_path, 0, f"the run was trained on other data (the SHA-256 of {', '.join(changed)} "
                                          "differs from the run's); give its --data-dir or --interests")
@@ -1936,7 +1671,8 @@ def group_ndcg(trainer: Trainer, k: int = 50, n_groups: int = 4) -> dict:
     users by their number of train.txt interactions. Returns {"bounds": [...], "ndcg": [...]}."""
     users, exclude, truth = trainer.eval_sets["test"]
     group, bounds = sparsity_groups([len(trainer.ds.train[u]) for u in users], n_groups)
-    ue, ie = trainer.embeddings()
+    trainer.model.eval()
+    ue, ie = trainer.model.user_item_embeddings()
     ndcg = []
     for g in range(len(bounds)):
         sel = np.flatnonzero(group == g)
@@ -1946,271 +1682,135 @@ def group_ndcg(trainer: Trainer, k: int = 50, n_groups: int = 4) -> dict:
     return {"bounds": bounds, "ndcg": ndcg}
 
 
-def results_groups(results_path, data_dir: str | None = None) -> dict:
-    """group_ndcg of a results file: its "groups" (written by fit), else computed from the model
-    file <results>.pt and cached in <results>.groups.json (redone when the model is newer than
-    the cache). Raises DataError for an older results file with neither model nor cache."""
-    results_path = Path(results_path)
-    saved = read_results(results_path).get("groups") if results_path.is_file() else None
-    if saved is not None:
-        return check_groups(saved, results_path)
-    cache, model = results_path.with_suffix(".groups.json"), results_path.with_suffix(".pt")
-    if cache.is_file() and (not model.is_file() or cache.stat().st_mtime_ns >= model.stat().st_mtime_ns):
-        try:
-            with _open_text(cache) as f:
-                return check_groups(json.loads(f.read()), cache)
-        except ValueError as e:
-            raise DataError(cache, 0, f"not a groups JSON ({type(e).__name__}: {e})") from None
-    trainer, _ = load_trained(results_path, data_dir)
-    out = group_ndcg(trainer)
-    _write_json(out, cache)
-    return out
+# ----------------------------------------------------------------------------------------------
+# 10. Commands: benchmark, download, command line
+# ----------------------------------------------------------------------------------------------
+# bench's breakdown: torch.profiler's names of the kernels (forward and backward) and of the
+# model's methods (bench wraps them in record_function from outside; their forward only).
+PROFILED = {"propagation": ("SymmetricSpMM", "SymmetricSpMMBackward"),
+            "infonce": ("MeanLogSumExp", "MeanLogSumExpBackward")}
+WRAPPED = ("contrastive_loss", "simgcl_loss", "reconstruction_loss")
 
 
-def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str | None = None,
-                 given: str = "") -> Path:
-    """results/<dataset>/groups.md: Fig. 3 as a table, test NDCG@50 of each user group (sparse to
-    dense) for every configuration with results, mean ± sample std over seeds; `given` as in
-    write_table.
-
-    files: {(table, config): [results paths]}."""
-    rows, bounds, data = [], None, []
-    for (table, config), paths in files.items():
-        if not paths:
-            continue
-        per_seed = []
-        for p in paths:
-            try:
-                g = results_groups(p, data_dir)
-            except DataError as e:  # e.g. results copied without their model file
-                log(f"warning: groups.md leaves out {p}: {e}")
-                continue
-            if bounds is not None and [list(b) for b in g["bounds"]] != [list(b) for b in bounds]:
-                log(f"warning: groups.md leaves out {p}: its groups differ from the other runs' (other data?)")
-                continue
-            bounds = bounds or g["bounds"]
-            per_seed.append(g)
-        if not per_seed:
-            continue
-        cells, stats = [], [_mean_std([r["ndcg"][g] for r in per_seed]) for g in range(len(bounds))]
-        for mean, std in stats:
-            cells.append(f"{mean:.4f} ± " + ("-" if std is None else f"{std:.4f}"))
-        data.append({"label": f"{TABLES[table][config][0]} ({table})", "n": len(per_seed),
-                     "mean": [m for m, _ in stats], "std": [sd for _, sd in stats]})
-        rows.append(f"| {TABLES[table][config][0]} ({table}) | {len(per_seed)} | " + " | ".join(cells) + " |")
-    folder = Path(results_dir) / dataset
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "groups.md"
-    if bounds is None:
-        path.write_text(f"# {dataset}: sparsity groups (Fig. 3)\n\nNo results yet.\n")
-        path.with_suffix(".json").write_text(json.dumps({"dataset": dataset, "groups": [], "rows": []}))
-        return path
-    heads = [f"{lo}-{hi} items ({u} users, {n} interactions)" for lo, hi, u, n in bounds]
-    text = [f"# {dataset}: test NDCG@50 by user sparsity group (Fig. 3)", "",
-            "Test users split by their number of train.txt interactions into groups holding about the "
-            "same total number of interactions (KGAT's protocol), sparse to dense. Mean ± sample std "
-            "over n seeds. Each run once, in the first row it belongs to.", ""] + _made_with(given)
-    text += ["| model | n | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 2)]
-    path.write_text("\n".join(text + rows) + "\n")
-    path.with_suffix(".json").write_text(json.dumps({"dataset": dataset, "groups": heads, "rows": data}, indent=1))
-    return path
-
-
-def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="results",
-           dry_run: bool = False, only: str | None = None) -> int:
-    """Run a table's sweep (unless dry_run; only the configurations named in `only`, comma
-    separated, when given), then write its .md/.csv and groups.md from every results file there
-    is. Returns the number of failed runs. Raises SettingsError on an unknown configuration."""
-    dataset = base.get("dataset") or Settings.dataset
-    planned = plan_runs(table, base, n_seeds, runs_dir)
-    for r in planned:
-        check_settings(r.settings)
-    dataset_folder(Path(planned[0].settings.data_dir) / dataset)
-    wanted = [c.strip() for c in (only or "").split(",") if c.strip()]
-    unknown = [c for c in wanted if c not in TABLES[table]]
-    if only is not None and not wanted:
-        raise SettingsError(f"--only {only!r} names no configuration: {table} has {', '.join(TABLES[table])}")
-    if unknown:
-        raise SettingsError(f"--only {','.join(unknown)}: {table} has the configurations "
-                            f"{', '.join(TABLES[table])}")
-    todo = [r for r in planned if not wanted or r.config in wanted]
-    by_rows = sorted({"model", "graph"} | {k for _, flags in TABLES[table].values() for k in flags})
-    clash = [k for k in by_rows if k in base]
-    if clash:  # e.g. --model simgcl would run SimGCL in the row labelled CIKGRec
-        raise SettingsError(f"{option(clash[0])}: the rows of {table} set {', '.join(map(option, by_rows))} "
-                            "themselves")
-    existing = Path(results_dir) / dataset  # checked before hours of training, not after; made later
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise SettingsError(f"--results-dir {results_dir}: {existing} is a file, not a folder")
+def profile_batches(trainer: Trainer, batches: int = 8) -> dict:
+    """Shares of the CPU time of `batches` training batches, by part: "propagation" (every sparse
+    product, forward and backward), "infonce" (the InfoNCE denominators, forward and backward),
+    the forward of each method of WRAPPED that ran, and "rest"; measured with torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    model = trainer.model
+    for name in WRAPPED:  # wrapped on the instance: the model's code holds no timing
+        method = getattr(model, name)
+        setattr(model, name, lambda *a, _m=method, _n=name: _run_recorded(record_function, _n, _m, *a))
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise SettingsError(f"--results-dir {results_dir}: cannot write into {existing} ({e.strerror})") from None
-    failed = run_sweep(todo, dry_run)
-    files = {}  # (table, config) -> results files found, for every table of the dataset
-    for t in TABLES:
-        for r in plan_runs(t, base, n_seeds, runs_dir):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            trainer.train_epoch(0, max_batches=batches)
+            wall = time.perf_counter() - t0
+    finally:
+        for name in WRAPPED:
+            delattr(model, name)
+    totals = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages()}
+    share = {part: sum(totals.get(k, 0.0) for k in keys) / wall for part, keys in PROFILED.items()}
+    share.update({f"{n} forward": totals[n] / wall for n in WRAPPED if n in totals})
+    return share
+
+
+def _run_recorded(record_function, name, method, *args):
+    with record_function(name):
+        return method(*args)
+
+
+def bench(s: Settings, epochs: int = 3, evals: int = 5) -> dict:
+    """Seconds per training epoch (median of `epochs`), per full evaluation (median of `evals`),
+    peak memory, and a breakdown of an epoch by part (profile_batches, scaled to the median
+    epoch). The timed epochs run unprofiled. Prints the figures and writes them to
+    runs/<dataset>-bench.json. Raises SettingsError, DataError."""
+    import resource
+    check_settings(s)
+    if epochs < 1:
+        raise SettingsError(f"--bench-epochs must be at least 1, got {epochs}")
+    device = pick_device(s.device)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    ds, train_part, valid = read_data(s)
+    check_memory(s, ds, device)
+    out = Path("runs") / f"{s.dataset}-bench.json"
+    check_writable(out)
+    torch.manual_seed(s.seed)
+    trainer = Trainer(s, ds, train_part, valid, device)
+    seconds = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        trainer.train_epoch(epoch)
+        seconds.append(time.perf_counter() - t0)
+        log(f"epoch {epoch}: {seconds[-1]:.1f}s")
+    eval_times = []
+    for _ in range(evals):
+        t0 = time.perf_counter()
+        trainer.evaluate("valid" if valid is not None else "test")
+        eval_times.append(time.perf_counter() - t0)
+    median = lambda v: float(np.median(v))
+    breakdown = {k: v * median(seconds) for k, v in profile_batches(trainer).items()}
+    result = {"dataset": s.dataset, "device": str(device), "threads": torch.get_num_threads(),
+              "epochs": epochs, "batches_per_epoch": math.ceil(len(trainer.pair_u) / s.batch_size),
+              "epoch_seconds": median(seconds), "breakdown_seconds": breakdown,
+              "eval_seconds": median(eval_times),
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print(f"{s.dataset}: {result['epoch_seconds']:.1f} s per training epoch (median of {epochs}; "
+          f"{result['batches_per_epoch']} batches); of it, by torch.profiler over 8 batches: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items())
+          + f"\n{s.dataset}: {result['eval_seconds']:.3f} s per full evaluation (median of {evals})"
+          + f"\n{s.dataset}: peak resident memory {result['peak_rss_mb']:.0f} MB"
+          + f" ({result['threads']} threads, {device})")
+    out.write_text(json.dumps({**result, "per_epoch_seconds": seconds, "settings": dataclasses.asdict(s)}, indent=1))
+    log(f"wrote {out}")
+    return result
+
+
+def git_blob_id(data: bytes) -> str:
+    """The id git gives a file's content: SHA-1 of b"blob <size>\\0" + content."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def download(datasets, data_dir, blobs_file=Path(__file__).parent / "data" / "GIT_BLOBS") -> None:
+    """Fetch the datasets from the authors' repository at the pinned commit, checking every file
+    against its upstream git blob id; files already present and verified are skipped.
+
+    Raises DataError with one clear line when a file cannot be fetched or does not verify.
+    """
+    expected = {}
+    for no, line in enumerate(Path(blobs_file).read_text().splitlines(), 1):
+        if line.strip():
+            blob, name = line.split()
+            expected[name] = blob
+    for ds in datasets:
+        for name, blob in sorted(expected.items()):
+            if not name.startswith(ds + "/"):
+                continue
+            path = Path(data_dir) / name
+            if path.is_file() and git_blob_id(path.read_bytes()) == blob:
+                continue
+            url = DATA_URL.format(commit=DATA_COMMIT, dataset=ds, file=name.split("/", 1)[1])
+            log(f"downloading {url}")
             try:
-                found = done_results(r)
-            except SettingsError:  # another table's run with other settings (e.g. no --min-epochs):
-                if t == table:     # not one of these runs; only this table's own files must agree
-                    raise
-                found = None
-            files.setdefault((t, r.config), []).extend([found] if found else [])
-    if not any(files.values()):  # e.g. --dry-run in a fresh clone: keep the committed tables
-        log(f"no results made with these settings under {Path(runs_dir) / dataset} yet: "
-            f"{Path(results_dir) / dataset} left as it is")
-        return failed
-    rows = aggregate_table(table, dataset, {c: p for (t, c), p in files.items() if t == table})
-    md, csv_path = write_table(rows, table, dataset, results_dir, _non_defaults(base))
-    # groups: each results file once, in the first row that has it (SAME_RUN rows share files:
-    # Table 4's CG seeds are Table 1's LightGCN ones)
-    unique, seen = {}, set()
-    for key, paths in files.items():
-        mine = [p for p in paths if p not in seen]
-        seen.update(mine)
-        if mine:
-            unique[key] = mine
-    groups = write_groups(dataset, unique, results_dir, base.get("data_dir"), _non_defaults(base))
-    print(md.read_text())
-    log(f"wrote {md}, {csv_path}, {groups}")
-    return failed
+                with urllib.request.urlopen(url, timeout=60) as r:
+                    data = r.read()
+            except OSError as e:
+                present = (f"present but not the upstream file (git blob {blob}), and " if path.is_file() else "")
+                raise DataError(path, 0, f"{present}cannot download {url} ({getattr(e, 'reason', e)}); "
+                                         "without network, set DATA_DIR to a folder that has the "
+                                         "files, e.g. make train DATA_DIR=../shared/data") from None
+            if git_blob_id(data) != blob:
+                raise DataError(path, 0, f"downloaded file does not match its upstream git blob {blob}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
 
 
-def read_cluster_terms(path) -> dict:
-    """interest_clusters.tsv (llm_interests.py cluster) -> {interest id: "top terms"} of the kept
-    clusters (rows whose interest_id column is a number)."""
-    terms = {}
-    with _open_text(Path(path)) as f:
-        next(f, None)  # header: cluster users interest_id top_terms example_phrases
-        for line in f:
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) >= 4 and cols[2].isdigit():
-                terms[int(cols[2])] = cols[3]
-    return terms
-
-
-@torch.no_grad()
-def explain(trainer: Trainer, user: int, top: int = 10, answers: dict | None = None,
-            terms: dict | None = None) -> dict:
-    """The case study of Fig. 4 for one user: training items, interests, top recommendations and,
-    for each, the strongest path user -> interest -> another user who has the item in training.
-
-    Path strength = mean cosine similarity of the final (propagated) embeddings along its three
-    edges, (cos(u, j) + cos(j, v) + cos(v, i)) / 3, in [-1, 1]: the space the model scores in,
-    independent of embedding norms. Edges are the run's training interactions (validation items
-    excluded) and the dataset's user-interest edges. Returns a dict (printed by print_explain)."""
-    ds, e0, j0 = trainer.ds, trainer.e0, trainer.j0
-    if not 0 <= user < ds.n_users:
-        raise SettingsError(f"--user must be in 0..{ds.n_users - 1}, got {user}")
-    trainer.model.eval()
-    raw = propagate(trainer.model.emb, trainer.main.adjacency(), trainer.s.layers)  # [n_nodes, D]
-    z = F.normalize(raw, dim=1)
-    scores = raw[user] @ raw[e0:e0 + ds.n_items].t()
-    scores[torch.as_tensor(ds.train[user], dtype=torch.long)] = float("-inf")  # train.txt items
-    recs = torch.topk(scores, min(top, int(torch.isfinite(scores).sum()))).indices.tolist()
-    edges = ds.interest_edges
-    mine = edges[edges[:, 0] == user, 1]  # interest indices of the user
-    title = lambda i: item_title(ds.item_names[i]) if i < len(ds.item_names) and ds.item_names[i] else f"item {i}"
-    raw_id = lambda j: int(ds.interest_ids[j])
-    out = {"user": user, "train": [(int(i), title(i)) for i in ds.train[user]],
-           "interests": [(raw_id(j), (terms or {}).get(raw_id(j), "")) for j in mine],
-           "answer": (answers or {}).get(user), "recommendations": [],
-           "graph_has_interests": "uj" in MAIN_PARTS[trainer.s.graph]}
-    share = edges[np.isin(edges[:, 1], mine) & (edges[:, 0] != user)]  # (other user, shared interest)
-    if not out["graph_has_interests"]:  # the interest embeddings of such a model were never trained
-        share = share[:0]
-    has_item = np.zeros((ds.n_users, ds.n_items), dtype=bool) if len(share) else None
-    if has_item is not None:
-        rows, cols = _flatten(trainer.train)
-        has_item[rows, cols] = True
-    test = set(ds.test[user].tolist())
-    for i in recs:
-        best = None
-        if has_item is not None:
-            cand = share[has_item[share[:, 0], i]]  # (v, j) with v holding item i in training
-            if len(cand):
-                v, j = torch.as_tensor(cand[:, 0]), torch.as_tensor(cand[:, 1])
-                strength = ((z[user] * z[j0 + j]).sum(1) + (z[j0 + j] * z[v]).sum(1)
-                            + (z[v] * z[e0 + i]).sum(1)) / 3
-                b = int(strength.argmax())
-                best = (int(cand[b, 1]), raw_id(int(cand[b, 1])), int(cand[b, 0]), float(strength[b]))
-        out["recommendations"].append({"item": i, "title": title(i), "score": float(scores[i]),
-                                       "in_test": i in test, "path": best})
-    return out
-
-
-def print_explain(ex: dict) -> None:
-    """Print explain()'s dict for a reader (stdout)."""
-    u = ex["user"]
-    print(f"user {u}: {len(ex['train'])} training items")
-    for i, t in ex["train"]:
-        print(f"  item {i}: {t}")
-    print(f"interests of user {u}: {len(ex['interests'])}" + ("" if ex["graph_has_interests"] else
-                                                             " (not in this model's graph)"))
-    for j, t in ex["interests"]:
-        print(f"  interest {j}" + (f": {t}" if t else ""))
-    if ex["answer"] is not None:
-        print(f"LLM answer: {ex['answer']}")
-    print(f"top-{len(ex['recommendations'])} recommendations (train.txt items excluded; * = in test.txt):")
-    for r, rec in enumerate(ex["recommendations"], 1):
-        print(f"  {r:2d}. item {rec['item']}{' *' if rec['in_test'] else ''}: {rec['title']} "
-              f"(score {rec['score']:.3f})")
-        if rec["path"]:
-            j_idx, j, v, s = rec["path"]
-            print(f"      path: user {u} -> interest {j} -> user {v} -> item {rec['item']} (strength {s:.3f})")
-        elif not ex["graph_has_interests"]:
-            print("      no path: this model's graph has no interest nodes")
-        else:
-            print("      no path through a shared interest")
-
-
-def explain_command(run: str, user: int, answers_path: str | None = None, clusters_path: str | None = None,
-                    data_dir: str | None = None, top: int = 10) -> dict:
-    """`explain`: load the run's model and print the case study for one user. The answers and
-    clusters files default to those beside the run's interest file (interests/<dataset>/), since
-    cluster terms and answers only fit the interest file they were made with (a run on the
-    dataset's published file has neither unless given). Raises DataError, SettingsError."""
-    if top < 1:
-        raise SettingsError(f"--top must be at least 1, got {top}")
-    trainer, results = load_trained(run, data_dir)
-    s = trainer.s
-    folder = Path(s.interests).parent if s.interests else None
-    if answers_path is None and folder and (folder / "llm_answers.jsonl").is_file():
-        answers_path = str(folder / "llm_answers.jsonl")  # only answers that made the run's interests
-    if clusters_path is None and folder and (folder / "interest_clusters.tsv").is_file():
-        clusters_path = str(folder / "interest_clusters.tsv")
-    answers = {}
-    if answers_path:
-        with _open_text(Path(answers_path)) as f:
-            lines = f.read().splitlines()
-        for line in lines:
-            try:
-                rec = json.loads(line)
-                answers.setdefault(int(rec["user"]), rec.get("answer"))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn or foreign line: this is only a display
-        if not answers:
-            raise DataError(answers_path, 0, 'no line of llm_interests.py\'s answers ({"user": ..., "answer": ...})')
-    terms = read_cluster_terms(Path(clusters_path)) if clusters_path else {}
-    if clusters_path and not terms:
-        raise DataError(clusters_path, 0, "no kept cluster row of llm_interests.py's interest_clusters.tsv")
-    if terms and set(terms) != set(int(j) for j in trainer.ds.interest_ids):
-        log(f"warning: {clusters_path} does not describe the run's interest nodes; terms may not match")
-    ex = explain(trainer, user, top, answers, terms)
-    print_explain(ex)
-    return ex
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
+# -- command line -----------------------------------------------------------------------------
 HELP = {"interests": "default: <data-dir>/<dataset>/user_interest_clustered.txt",
         "out": "results JSON; default runs/<dataset>[-model-graph-...]-seed<seed>.json (model and "
-               "checkpoint beside it)"}
+               "checkpoint beside it)",
+        "model": "a preset of the settings (MODELS): the baselines at their own papers' definitions"}
 
 
 def add_settings_arguments(p: argparse.ArgumentParser, skip=()) -> None:
@@ -2231,23 +1831,25 @@ def add_settings_arguments(p: argparse.ArgumentParser, skip=()) -> None:
                                                      else "default: the dataset's"))
 
 
-def resolve_settings(args: argparse.Namespace) -> Settings:
-    """Settings defaults < the dataset's defaults (the authors' configs) < the command line.
+def make_settings(**given) -> Settings:
+    """Settings as the command line builds them: the Settings defaults < the dataset's defaults
+    (the authors' configs) < the model's preset (MODELS: a baseline's own definition) < `given`,
+    e.g. make_settings(dataset="book-crossing", model="lightgcn", lr=1e-3)."""
+    dataset, model = given.get("dataset", Settings.dataset), given.get("model", Settings.model)
+    return dataclasses.replace(Settings(), **{**DATASET_DEFAULTS.get(dataset, {}), **MODELS.get(model, {}), **given})
 
-    Baselines (--model lightgcn/simgcl) default to the user-item graph (--graph cg).
-    """
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
-             if getattr(args, f.name, None) is not None}
-    s = Settings()
-    dataset = given.get("dataset", s.dataset)
-    values = {**DATASET_DEFAULTS.get(dataset, {}), **given}
-    if values.get("model") in ("lightgcn", "simgcl") and "graph" not in given:
-        values["graph"] = "cg"
-    return dataclasses.replace(s, **values)
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """make_settings from the options given on the command line (those not None)."""
+    return make_settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+                            if getattr(args, f.name, None) is not None})
+
+
+MOVED = {"tables": "python experiments.py tables", "explain": "python experiments.py explain"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: train, bench, download, tables, explain."""
+    """The command line: train, bench, download."""
     p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train, select on validation, evaluate on test"),
@@ -2256,44 +1858,39 @@ def build_parser() -> argparse.ArgumentParser:
         add_settings_arguments(sp, skip=("out", "resume", "epochs", "patience") if name == "bench" else ())
         if name == "bench":
             sp.add_argument("--bench-epochs", type=int, default=3)
-    tp = sub.add_parser("tables", allow_abbrev=False, help="run a paper table's configurations over seeds, write results/<dataset>/")
-    add_settings_arguments(tp, skip=("seed", "out", "resume"))  # the sweep sets these itself
-    tp.add_argument("--table", required=True, choices=list(TABLES))
-    tp.add_argument("--seeds", type=int, default=1, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
-    tp.add_argument("--only", default=None, help="run only these configurations (comma separated; "
-                    "the tables still show every finished run)")
-    tp.add_argument("--runs-dir", default="runs")
-    tp.add_argument("--results-dir", default="results")
-    tp.add_argument("--dry-run", "--aggregate-only", dest="dry_run", action="store_true",
-                    help="train nothing: list the runs still to do, aggregate the existing results")
-    ep = sub.add_parser("explain", allow_abbrev=False, help="case study (Fig. 4): a user's interests, recommendations, paths")
-    ep.add_argument("--run", required=True, help="results JSON of a finished run (its .pt beside it)")
-    ep.add_argument("--user", type=int, required=True)
-    ep.add_argument("--answers", default=None, help="llm_answers.jsonl (default: beside the run's interests)")
-    ep.add_argument("--clusters", default=None, help="interest_clusters.tsv (default: beside the run's interests)")
-    ep.add_argument("--data-dir", default=None, help="default: the run's")
-    ep.add_argument("--top", type=int, default=10)
     dp = sub.add_parser("download", allow_abbrev=False, help="fetch datasets from the authors' repository (verified)")
     dp.add_argument("--dataset", nargs="+", default=list(DATASETS), choices=DATASETS)
     dp.add_argument("--data-dir", default="data")
     return p
 
 
+def _keep_freed_memory() -> None:
+    """Ask glibc to reuse freed memory instead of returning it to the system (the command line
+    only: a library import leaves the process's allocator alone).
+
+    Every training step allocates and frees tens of MB (InfoNCE logits, propagated layers). With
+    glibc's defaults each such block is a fresh mmap whose pages the kernel must zero again, which
+    doubles the run time on small CPUs. Raising the mmap and trim thresholds keeps those pages.
+    """
+    if platform.system() == "Linux":
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: 1 GiB
+            libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: never trim
+        except (OSError, AttributeError):  # not glibc: keep the allocator's defaults
+            pass
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in MOVED:
+        log(f"error: `{argv[0]}` moved to experiments.py: {MOVED[argv[0]]} {' '.join(argv[1:])}".rstrip())
+        return 2
     args = build_parser().parse_args(argv)
+    _keep_freed_memory()
     try:
         if args.command == "download":
             download(args.dataset, args.data_dir)
-            return 0
-        if args.command == "tables":
-            base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
-                    if getattr(args, f.name, None) is not None}
-            if args.seeds < 1:
-                raise SettingsError(f"--seeds must be at least 1, got {args.seeds}")
-            return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run,
-                               args.only) else 0
-        if args.command == "explain":
-            explain_command(args.run, args.user, args.answers, args.clusters, args.data_dir, args.top)
             return 0
         s = resolve_settings(args)
         if args.command == "bench":
@@ -2310,9 +1907,8 @@ def main(argv=None) -> int:
         log(f"error: {e}")
         return 1
     except KeyboardInterrupt:
-        log("interrupted: every finished epoch is in the checkpoint; " + (
-            "the same tables command continues from it." if args.command == "tables"
-            else "the same command with --resume continues from it."))
+        log("interrupted: every finished epoch is in the checkpoint; the same command with --resume "
+            "continues from it.")
         return 130
 
 

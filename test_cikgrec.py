@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def tiny_settings(tmp_path, **kw):
                 layers=2, enc_layers=1, batch_size=4, epochs=2, patience=5, lr=0.01, mask_epochs=5,
                 transe_batch=4, eval_batch=3, seed=1)
     base.update(kw)
-    return C.Settings(**base)
+    return C.make_settings(**base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,9 +164,9 @@ def test_t11_no_interest_nodes_skips_reconstruction(tmp_path):
     folder = small_dataset(tmp_path)
     (folder / "user_interest_clustered.txt").unlink()
     s = tiny_settings(tmp_path)
-    ds, tr, va = C.prepare(s)
+    ds, tr, va = C.read_data(s)
     t = C.Trainer(s, ds, tr, va, torch.device("cpu"))
-    assert ds.n_interests == 0 and not t.reconstruct
+    assert ds.n_interests == 0 and t.model.graphs.recon is None
     assert "rec" not in t.train_epoch(0)
 
 
@@ -222,9 +223,9 @@ def test_t7_id_offsets(tmp_path):
     uj = C.cikg_edges(ds, ds.train, ("uj",))
     assert uj.tolist() == [[0, 7], [1, 8]]
     s = tiny_settings(tmp_path, select_on="test")
-    t = C.Trainer(s, *C.prepare(s), torch.device("cpu"))
-    ue, ie = t.embeddings()
-    z = C.propagate(t.model.emb, t.main.adjacency(), s.layers)
+    t = C.Trainer(s, *C.read_data(s), torch.device("cpu"))
+    ue, ie = t.model.user_item_embeddings()
+    z = t.model.encode(t.model.graphs.main.adjacency())
     assert torch.allclose(ie, z[2:5]) and torch.allclose(ue, z[0:2])
 
 
@@ -280,7 +281,7 @@ def test_t5_negative_sampling():
 def test_t5_user_with_every_item_is_left_out(tmp_path):
     folder = write_dataset(tmp_path / "fx", ["0 0 1 2", "1 0"], ["0 1", "1 2"], n_items=3)
     s = tiny_settings(tmp_path, select_on="test", epochs=1)
-    ds, tr, va = C.prepare(s)
+    ds, tr, va = C.read_data(s)
     t = C.Trainer(s, ds, tr, va, torch.device("cpu"))
     assert t.pair_u.tolist() == [1]
     assert any("1 users have every item" in n for n in t.notes)
@@ -288,13 +289,13 @@ def test_t5_user_with_every_item_is_left_out(tmp_path):
 
 
 def test_t6_bpr_numerics_and_l2_scope():
-    loss = C.bpr_loss(torch.tensor([2.0, -100.0]), torch.tensor([0.0, 0.0]))
+    loss = C.bpr(torch.tensor([2.0, -100.0]), torch.tensor([0.0, 0.0]))
     assert loss.item() == pytest.approx(50.063464, abs=1e-5) and math.isfinite(loss.item())
     per = torch.nn.functional.softplus(torch.tensor([-2.0, 100.0]))
     assert per.tolist() == pytest.approx([0.126928, 100.0], abs=1e-6)
     table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [9.0, 9.0]])
     u, i, j = torch.tensor([0]), torch.tensor([1]), torch.tensor([2])
-    assert C.l2_reg(table[u], table[i], table[j]).item() == pytest.approx(2.0)
+    assert C.l2(table[u], table[i], table[j]).item() == pytest.approx(2.0)
 
 
 def test_t9_simgcl_noise_and_info_nce():
@@ -325,19 +326,56 @@ def test_info_nce_matches_autograd_reference():
     assert math.isfinite(ours.item()) and ours.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_propagation_gradient_uses_symmetric_adjacency():
+def tiny_model(graph, n_users, n_items, **hp):
+    """A CIKGRec on one Graph (as main graph, no views, no reconstruction), for the encoder."""
+    s = C.Settings(**{"dim": 3, "layers": 3, "lambda2": 0.0, "lambda3": 0.0, **hp})
+    return C.CIKGRec(n_users, n_items, graph.n_nodes - n_users, 0, 0, C.Graphs(graph, [], None), s)
+
+
+def test_symmetric_spmm_kernel_equals_the_plain_sparse_product():
+    """The fast kernel against its plain expression torch.sparse.mm(adj, x): values, and gradients
+    with gradcheck in float64 (its backward reuses A because A is symmetric)."""
     adj = C.Graph(np.array([[0, 1], [1, 2], [0, 3]]), 4, loops=np.ones(4, bool)).adjacency()
-    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     a64 = torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), adj.values().double(), (4, 4))
-    assert torch.autograd.gradcheck(lambda x: C.propagate(x, a64, 3), (x,))
-    dense_out = sum(torch.linalg.matrix_power(a64.to_dense(), k) @ x for k in range(4)) / 4
-    assert torch.allclose(C.propagate(x, a64, 3), dense_out)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(C.SymmetricSpMM.apply(a64, x), a64.to_dense() @ x)
+    assert torch.autograd.gradcheck(lambda x: C.SymmetricSpMM.apply(a64, x), (x,))
+    g = torch.randn(4, 3, dtype=torch.float64)
+    ours = torch.autograd.grad(C.SymmetricSpMM.apply(a64, x), x, g)[0]
+    plain = torch.autograd.grad(a64.to_dense() @ x, x, g)[0]
+    assert torch.allclose(ours, plain)
+
+
+def test_mean_log_sum_exp_kernel_equals_logsumexp():
+    """The InfoNCE denominator against torch.logsumexp(a @ c.T / tau, dim=1).mean(): values and
+    gradients (gradcheck, float64), on the plain and on the shifted (tiny tau) path."""
+    torch.manual_seed(0)
+    for tau in (0.2, 0.01):
+        a = torch.nn.functional.normalize(torch.randn(5, 4, dtype=torch.float64), dim=1).requires_grad_()
+        c = torch.nn.functional.normalize(torch.randn(7, 4, dtype=torch.float64), dim=1).requires_grad_()
+        plain = lambda a, c: torch.logsumexp(a @ c.T / tau, dim=1).mean()
+        assert C.MeanLogSumExp.apply(a, c, tau).item() == pytest.approx(plain(a, c).item(), rel=1e-12)
+        assert torch.autograd.gradcheck(lambda a, c: C.MeanLogSumExp.apply(a, c, tau), (a, c))
+        ours = torch.autograd.grad(C.MeanLogSumExp.apply(a, c, tau), (a, c))
+        ref = torch.autograd.grad(plain(a, c), (a, c))
+        assert all(torch.allclose(o, r) for o, r in zip(ours, ref))
+
+
+def test_encode_is_the_lightgcn_layer_mean():
+    """f_G = mean of x, Ax, ..., A^3 x; with layer0 off (SimGCL) the mean of Ax .. A^3 x."""
+    graph = C.Graph(np.array([[0, 1], [1, 2], [0, 3]]), 4, loops=np.ones(4, bool))
+    a = graph.adjacency().to_dense()
+    x = torch.randn(4, 3)
+    powers = [torch.linalg.matrix_power(a, k) @ x for k in range(4)]
+    assert torch.allclose(tiny_model(graph, 2, 2).encode(graph.adjacency(), x), sum(powers) / 4, atol=1e-6)
+    simgcl = tiny_model(graph, 2, 2, layer0=False)
+    assert torch.allclose(simgcl.encode(graph.adjacency(), x), sum(powers[1:]) / 3, atol=1e-6)
 
 
 def test_t10_transe():
     h, r, t, tn = (torch.tensor([v]) for v in ([0.6, 0.8], [0.1, 0.0], [0.7, 0.8], [0.0, 1.0]))
-    assert C.transe_loss(h, r, t, tn).item() == pytest.approx(0.393978, abs=1e-6)
-    assert C.transe_loss(h, r, t, tn, squared=True).item() == pytest.approx(0.462856, abs=1e-6)
+    assert C.translation(h, r, t, tn).item() == pytest.approx(0.393978, abs=1e-6)
+    assert C.translation(h, r, t, tn, squared=True).item() == pytest.approx(0.462856, abs=1e-6)
 
 
 def test_t10_triples_and_corrupted_tails(tmp_path):
@@ -357,7 +395,7 @@ def test_t10_triples_and_corrupted_tails(tmp_path):
 def test_t10_small_kg_gets_a_transe_batch(tmp_path):
     small_dataset(tmp_path)
     s = tiny_settings(tmp_path, transe=True, transe_batch=4096)
-    t = C.Trainer(s, *C.prepare(s), torch.device("cpu"))
+    t = C.Trainer(s, *C.read_data(s), torch.device("cpu"))
     before = t.model.rel.detach().clone()
     loss = t.transe_epoch()
     assert math.isfinite(loss) and not torch.equal(before, t.model.rel.detach())
@@ -472,13 +510,13 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch, capsy
     small_dataset(tmp_path)
     s = tiny_settings(tmp_path, epochs=3)
     calls = {"n": 0}
-    real = C.bpr_loss
+    real = C.bpr
 
     def exploding(pos, neg):
         calls["n"] += 1
         return real(pos, neg) * (float("nan") if calls["n"] > 6 else 1.0)  # epoch 0 has 6 batches
 
-    monkeypatch.setattr(C, "bpr_loss", exploding)
+    monkeypatch.setattr(C, "bpr", exploding)
     with pytest.raises(C.TrainingError, match=r"non-finite loss \(nan\) at epoch 1.*checkpoint of epoch 0 is kept"
                                               r".*results of the best epoch before it \(0\) are in .*fx.json"):
         C.fit(s)
@@ -617,7 +655,7 @@ def test_no_interest_nodes_flag(tmp_path):
     assert C.resolve_settings(args).interest_nodes is True
     folder = small_dataset(tmp_path)
     (folder / "user_interest_clustered.txt").write_text("not read\n")  # would be an error if read
-    ds, _, _ = C.prepare(tiny_settings(tmp_path, interest_nodes=False))
+    ds, _, _ = C.read_data(tiny_settings(tmp_path, interest_nodes=False))
     assert ds.n_interests == 0 and ds.interest_file == ""
 
 
@@ -788,3 +826,157 @@ def test_bad_out_is_refused_before_training(tmp_path, monkeypatch, out, expect):
     with pytest.raises(C.SettingsError, match=expect):
         C.fit(tiny_settings(tmp_path, out=str(tmp_path / out)))
     assert sorted(p.name for p in (tmp_path / "adir").iterdir()) == [] and not (tmp_path / "model.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The model as a reference: the README's example, configurations, and the review's six fixes
+# ---------------------------------------------------------------------------------------------
+def readme_block(marker):
+    """The ```python block of README.md that follows the line holding `marker`."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python", text.index(marker)) + len("```python")
+    return text[start:text.index("```", start)]
+
+
+def test_the_readme_example_uses_the_model_in_other_code(tmp_path):
+    folder = small_dataset(tmp_path)
+    code = readme_block("Use the model in your own code").replace("data/book-crossing", str(folder))
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert math.isfinite(float(scope["loss"])) and set(scope["parts"]) == {"bpr", "cl", "rec"}
+    assert scope["top5"].shape == (5, 5)
+
+
+def test_baselines_are_presets_of_the_same_model():
+    bc = C.make_settings(dataset="book-crossing")
+    for name in ("lightgcn", "simgcl"):
+        s = C.make_settings(dataset="book-crossing", model=name)
+        # their own papers' graph and losses: no self-loops, no dropout, BPR weight 1, no GMAE
+        assert (s.graph, s.self_loops, s.edge_drop, s.node_drop, s.lambda1, s.lambda2, s.transe) == (
+            "cg", False, 0.0, 0.0, 1.0, 0.0, False)
+        assert (s.dim, s.layers, s.batch_size, s.lr, s.l2) == (bc.dim, bc.layers, bc.batch_size, bc.lr, bc.l2)
+    assert C.make_settings(model="lightgcn").lambda3 == 0.0
+    simgcl = C.make_settings(dataset="book-crossing", model="simgcl")
+    assert (simgcl.contrast, simgcl.layer0, simgcl.lambda3) == ("simgcl", False, bc.lambda3)
+    assert C.make_settings(model="lightgcn", lr=0.01).lr == 0.01  # the command line wins
+
+
+def test_simgcl_scores_without_layer_0_and_without_self_loops(tmp_path):
+    small_dataset(tmp_path)
+    s = tiny_settings(tmp_path, model="simgcl")
+    t = C.Trainer(s, *C.read_data(s), torch.device("cpu"))
+    adj = t.model.graphs.main.adjacency()
+    assert float(adj.to_dense().diagonal().abs().sum()) == 0.0  # no self-loops
+    a, x = adj.to_dense(), t.model.emb.detach()
+    mean_1_to_l = sum(torch.linalg.matrix_power(a, k) @ x for k in range(1, s.layers + 1)) / s.layers
+    ue, ie = t.model.user_item_embeddings()
+    assert torch.allclose(ue, mean_1_to_l[:t.ds.n_users], atol=1e-6)
+
+
+def test_node_drop_is_dropout_once_on_the_layer_0_table(tmp_path):
+    """The authors' node dropout: F.dropout on Z before propagation (the dropped table is also layer
+    0 of the mean), not on every layer's output."""
+    small_dataset(tmp_path)
+    s = tiny_settings(tmp_path, node_drop=0.5, edge_drop=0.0, lambda2=0.0, lambda3=0.0, l2=0.0)
+    model = C.Trainer(s, *C.read_data(s), torch.device("cpu")).model
+    batch = (torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([5, 4]))
+    torch.manual_seed(3)
+    _, parts = model.loss(batch, 0.0)
+    torch.manual_seed(3)
+    z = model.encode(model.graphs.main.adjacency(), torch.nn.functional.dropout(model.emb, 0.5))
+    expect, _ = model.bpr_loss(z, *batch)
+    assert float(parts["bpr"]) == pytest.approx(float(expect), rel=1e-6)
+
+
+def test_replacement_donors_are_other_interest_rows_without_replacement():
+    """GraphMAE's replacement as in the authors' code: int(r * m) masked nodes take the rows of a
+    fresh permutation of the interest rows (never users or entities, never the same donor twice)."""
+    x = torch.arange(30, dtype=torch.float32)[:, None].repeat(1, 4)  # row k holds k everywhere
+    token = torch.full((1, 4), -1.0)
+    for seed in range(50):
+        torch.manual_seed(seed)
+        xm, masked = C.mask_interests(x, 20, 10, 1.0, 0.4, token)  # 10 masked, 4 replaced
+        donors = xm[masked[:4], 0]
+        assert ((donors >= 20) & (donors < 30)).all() and len(set(donors.tolist())) == 4
+        assert (xm[masked[4:]] == -1).all() and torch.equal(xm[:20], x[:20])
+
+
+def test_edge_dropout_on_a_graph_without_edges_is_the_empty_adjacency():
+    for loops in (None, np.ones(3, bool)):
+        g = C.Graph(np.zeros((0, 2), dtype=np.int64), 3, loops)
+        for readd in (False, True):
+            a = dense(g.adjacency(0.5, readd_loops=readd))
+            expect = np.eye(3) if loops is not None or readd else np.zeros((3, 3))
+            np.testing.assert_allclose(a, expect)
+
+
+def test_authors_dropout_drops_self_loops_and_adds_them_again():
+    """--variant authors: a self-loop is dropped like an edge, then one is added to every node, so a
+    kept loop weighs 2 in D^-1/2 (A + loops) D^-1/2; the paper variant keeps loops of weight 1."""
+    edges = np.array([[0, 1], [1, 2], [2, 3], [0, 3], [0, 2]])
+    g = C.Graph(edges, 4, loops=np.ones(4, bool))
+    for readd in (False, True):
+        torch.manual_seed(7)
+        got = dense(g.adjacency(0.5, readd_loops=readd))
+        torch.manual_seed(7)
+        keep_edge = (torch.rand(5) >= 0.5).numpy()
+        keep_loop = (torch.rand(4) >= 0.5).numpy() if readd else np.ones(4)
+        a = np.zeros((4, 4))
+        for (x, y), k in zip(edges, keep_edge):
+            a[x, y] = a[y, x] = float(k)
+        a += np.diag(keep_loop + 1.0 if readd else np.ones(4))
+        d = 1 / np.sqrt(a.sum(1))
+        np.testing.assert_allclose(got, d[:, None] * a * d[None, :], rtol=1e-6)
+
+
+def test_authors_transe_is_head_first_with_their_batch_count(tmp_path):
+    small_dataset(tmp_path)
+    heads = np.array([0, 0, 0, 1, 2, 2, 5])
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rows = C.head_first(heads, 4, rng)
+        assert len(set(heads[rows].tolist())) == 4  # 4 distinct heads of the 4 there are
+    counts = {}
+    for variant in ("paper", "authors"):
+        s = tiny_settings(tmp_path, transe=True, transe_batch=4, variant=variant)
+        t = C.Trainer(s, *C.read_data(s), torch.device("cpu"))
+        calls = []
+        real = t.model.transe_loss
+        t.model.transe_loss = lambda *a: calls.append(a[0]) or real(*a)
+        t.transe_epoch()
+        counts[variant] = len(calls)
+        kg_only = len(C.kg_triples(t.ds, t.train))
+        assert len(t.triples) == kg_only + (2 * len(t.pair_u) if variant == "authors" else 0)
+    # paper: every KG triple once (10 with inverses, batches of 4); authors: 10 // 4 as their
+    # count, though their triples also hold the interactions
+    assert counts == {"paper": 2, "authors": 2}
+
+
+def test_memory_too_large_names_the_setting(tmp_path, capsys):
+    big = SimpleNamespace(n_users=10**6, n_items=10**5, n_entities=10**5, n_interests=0)
+    for name, value in (("dim", 10**6), ("batch_size", 10**7), ("eval_batch", 10**6)):
+        s = C.Settings(**{name: value})
+        with pytest.raises(C.SettingsError, match=f"--{name.replace('_', '-')} {value}: this run needs about"):
+            C.check_memory(s, big, torch.device("cpu"), free=2**30)
+    C.check_memory(C.Settings(), big, torch.device("cpu"), free=2**40)  # fits: no error
+    small_dataset(tmp_path)
+    args = ["train", "--dataset", "fx", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r.json"),
+            "--dim", "100000000"]
+    assert C.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--dim 100000000: this run needs about" in err and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_tables_and_explain_moved_to_experiments(capsys):
+    assert C.main(["tables", "--table", "table1"]) == 2
+    assert "python experiments.py tables --table table1" in capsys.readouterr().err
+    assert C.main(["explain", "--run", "x.json", "--user", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "python experiments.py explain" in err and err.count("\n") == 1
+
+
+def test_importing_cikgrec_does_not_import_experiments():
+    code = "import sys, cikgrec; print('experiments' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "False"

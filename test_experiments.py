@@ -1,4 +1,4 @@
-"""Tests of the experiments section of cikgrec.py: table aggregation, sweep resume, that each
+"""Tests of experiments.py: table aggregation, sweep resume, that each
 variant flag removes its component, sparsity groups and the case study. Tiny fixtures only: no
 test trains on a published dataset. Run with `python -m pytest -q test_experiments.py`.
 """
@@ -11,12 +11,14 @@ import pytest
 import torch
 
 import cikgrec as C
+import experiments as E
 from test_cikgrec import small_dataset, tiny_settings
 
 
 def fake_results(path, test, settings=None, minutes=None, device="cpu"):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"test": test, "settings": settings or {}, "minutes": minutes,
+    made = C.definition(C.Settings(**settings)) if settings else 1  # as fit records it
+    path.write_text(json.dumps({"test": test, "settings": settings or {}, "definition": made, "minutes": minutes,
                                 "provenance": {"device": device}}))
     return path
 
@@ -33,7 +35,7 @@ def test_table_aggregation_mean_sample_std_and_paper(tmp_path):
     files = {"cikgrec": [fake_results(tmp_path / f"c{i}.json", metrics(v, 0.25, 0.09, 0.10), minutes=60 + 10 * i,
                                       device="cuda" if i == 2 else "cpu") for i, v in enumerate(r50)],
              "lightgcn": [fake_results(tmp_path / "l.json", metrics(0.16, 0.22, 0.08, 0.09))]}
-    rows = {r["config"]: r for r in C.aggregate_table("table1", "book-crossing", files)}
+    rows = {r["config"]: r for r in E.aggregate_table("table1", "book-crossing", files)}
     c = rows["cikgrec"]
     assert c["n"] == 3
     assert c["recall@50"] == pytest.approx(0.18)
@@ -43,7 +45,7 @@ def test_table_aggregation_mean_sample_std_and_paper(tmp_path):
     assert c["recall@50_diff"] == pytest.approx(100 * (0.18 - 0.1791) / 0.1791)
     assert rows["lightgcn"]["n"] == 1 and rows["lightgcn"]["recall@50_std"] is None
     assert rows["simgcl"]["n"] == 0 and rows["simgcl"]["recall@50"] is None
-    md, csv_path = C.write_table(list(rows.values()), "table1", "book-crossing", tmp_path / "results")
+    md, csv_path = E.write_table(list(rows.values()), "table1", "book-crossing", tmp_path / "results")
     text = md.read_text()
     assert c["minutes"] == pytest.approx(70) and rows["lightgcn"]["minutes"] is None
     assert c["minutes_by_device"] == {"cpu": pytest.approx(65), "cuda": pytest.approx(80)}
@@ -56,13 +58,13 @@ def test_table_aggregation_mean_sample_std_and_paper(tmp_path):
 
 
 def test_ablation_and_variant_tables_have_the_papers_values():
-    assert C.PAPER["ablation"]["ml1m"]["wo-cl"] == {"recall@100": 0.5583, "ndcg@100": 0.4480}
-    assert "wo-dmr" not in C.PAPER["ablation"]["dbbook2014"]  # the paper prints no numbers
-    assert C.PAPER["lightgcn-variants"]["book-crossing"]["lightgcn-ckg"]["ndcg@50"] == 0.0790
-    assert C.PAPER["table1"]["dbbook2014"]["simgcl"]["recall@100"] == 0.5369
-    for table in C.PAPER:  # every paper value belongs to a configuration of its table
-        for by_config in C.PAPER[table].values():
-            assert set(by_config) <= set(C.TABLES[table])
+    assert E.PAPER["ablation"]["ml1m"]["wo-cl"] == {"recall@100": 0.5583, "ndcg@100": 0.4480}
+    assert "wo-dmr" not in E.PAPER["ablation"]["dbbook2014"]  # the paper prints no numbers
+    assert E.PAPER["lightgcn-variants"]["book-crossing"]["lightgcn-ckg"]["ndcg@50"] == 0.0790
+    assert E.PAPER["table1"]["dbbook2014"]["simgcl"]["recall@100"] == 0.5369
+    for table in E.PAPER:  # every paper value belongs to a configuration of its table
+        for by_config in E.PAPER[table].values():
+            assert set(by_config) <= set(E.TABLES[table])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,25 +72,25 @@ def test_ablation_and_variant_tables_have_the_papers_values():
 # ---------------------------------------------------------------------------------------------
 def test_run_settings_follow_the_command_line(tmp_path):
     base = {"dataset": "book-crossing", "data_dir": "d"}
-    runs = {(r.config, r.seed): r for r in C.plan_runs("table1", base, 2, tmp_path)}
+    runs = {(r.config, r.seed): r for r in E.plan_runs("table1", base, 2, tmp_path)}
     assert len(runs) == 6
     s = runs[("lightgcn", 2025)].settings
     assert (s.model, s.graph, s.seed, s.layers, s.lr) == ("lightgcn", "cg", 2025, 4, 8e-4)  # dataset's
     assert s.out == str(tmp_path / "book-crossing" / "table1" / "lightgcn-seed2025.json")
     assert runs[("simgcl", 2024)].settings.graph == "cg" and runs[("simgcl", 2024)].settings.tau == 0.15
     assert runs[("simgcl", 2024)].settings.min_epochs == 30 and s.min_epochs == 0  # SimGCL's early peak
-    abl = {r.config: r.settings for r in C.plan_runs("ablation", base, 1, tmp_path)}
+    abl = {r.config: r.settings for r in E.plan_runs("ablation", base, 1, tmp_path)}
     assert not abl["wo-uik"].interest_nodes and abl["wo-uir"].lambda2 == 0 and abl["wo-cl"].lambda3 == 0
     assert abl["wo-dmr"].schedule == "fixed" and abl["linear"].schedule == "lin"
     assert abl["full"] == C.dataclasses.replace(runs[("cikgrec", 2024)].settings, out=abl["full"].out)
-    graphs = [r.settings.graph for r in C.plan_runs("lightgcn-variants", base, 1, tmp_path)]
+    graphs = [r.settings.graph for r in E.plan_runs("lightgcn-variants", base, 1, tmp_path)]
     assert graphs == ["cg", "cig", "ckg", "cikg"]
 
 
 def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch, capsys):
     small_dataset(tmp_path)
     base = {"dataset": "fx", "data_dir": str(tmp_path), "epochs": 1}
-    runs = C.plan_runs("table1", base, 2, tmp_path / "runs")
+    runs = E.plan_runs("table1", base, 2, tmp_path / "runs")
     done = runs[1]  # cikgrec seed 2025
     fake_results(done.out, metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(done.settings))
     half = runs[2]  # lightgcn seed 2024: interrupted, a checkpoint is left
@@ -100,8 +102,8 @@ def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch,
         fake_results(C.Path(s.out), metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(s))
         return {}
 
-    monkeypatch.setattr(C, "fit", spy)
-    assert C.run_sweep(runs) == 0
+    monkeypatch.setattr(E, "fit", spy)
+    assert E.run_sweep(runs) == 0
     assert calls == [("cikgrec", 2024, False), ("lightgcn", 2024, True), ("lightgcn", 2025, False),
                      ("simgcl", 2024, False), ("simgcl", 2025, False)]
     err = capsys.readouterr().err
@@ -109,39 +111,39 @@ def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch,
     assert "run 1/5: cikgrec seed 2024" in err and "run 5/5: simgcl seed 2025" in err
     assert re.search(r"run 2/5: lightgcn seed 2024 \(\d+m\d\ds elapsed, ~\d+m\d\ds left\)", err)
     calls.clear()
-    assert C.run_sweep(runs) == 0 and calls == []  # everything done: nothing runs again
+    assert E.run_sweep(runs) == 0 and calls == []  # everything done: nothing runs again
     # the ablation's "full" is table1's "cikgrec" (same settings): reused, not trained again
-    abl = C.plan_runs("ablation", base, 2, tmp_path / "runs")
-    assert C.done_results(abl[0]) == runs[0].out
-    C.run_sweep(abl, dry_run=True)
+    abl = E.plan_runs("ablation", base, 2, tmp_path / "runs")
+    assert E.done_results(abl[0]) == runs[0].out
+    E.run_sweep(abl, dry_run=True)
     assert calls == []
     # a `train` run at its default --out with the same settings is Table 1's CIKGRec row too
-    more = C.plan_runs("table1", base, 3, tmp_path / "runs")
-    assert C.done_results(more[2]) is None  # cikgrec seed 2026
+    more = E.plan_runs("table1", base, 3, tmp_path / "runs")
+    assert E.done_results(more[2]) is None  # cikgrec seed 2026
     plain = tmp_path / "runs" / "fx-seed2026.json"
     fake_results(plain, metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(more[2].settings))
-    assert C.done_results(more[2]) == plain
+    assert E.done_results(more[2]) == plain
     # a run stopped by --max-minutes is not done (the sweep resumes it); its limit is no setting
     cut = {**C.dataclasses.asdict(more[2].settings), "max_minutes": 8.0}
     plain.write_text(json.dumps({"test": metrics(0.1, 0.2, 0.1, 0.2), "settings": cut,
                                  "stopped_by": "time limit: --max-minutes 8 reached after epoch 3"}))
-    assert C.done_results(more[2]) is None
+    assert E.done_results(more[2]) is None
     fake_results(plain, metrics(0.1, 0.2, 0.1, 0.2), cut)  # finished within the limit: done
-    assert C.done_results(more[2]) == plain
+    assert E.done_results(more[2]) == plain
     fake_results(plain, metrics(0.1, 0.2, 0.1, 0.2),
                  C.dataclasses.asdict(C.dataclasses.replace(more[2].settings, lr=0.5)))
-    assert C.done_results(more[2]) is None  # other settings: not the same run
+    assert E.done_results(more[2]) is None  # other settings: not the same run
 
 
 def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch, capsys):
     small_dataset(tmp_path)
-    monkeypatch.setattr(C, "fit", lambda s: pytest.fail("--aggregate-only must not train"))
-    monkeypatch.setattr(C, "results_groups", lambda p, d=None: {"bounds": [(1, 3, 4, 8), (4, 9, 2, 8)],
+    monkeypatch.setattr(E, "fit", lambda s: pytest.fail("--aggregate-only must not train"))
+    monkeypatch.setattr(E, "results_groups", lambda p, d=None: {"bounds": [(1, 3, 4, 8), (4, 9, 2, 8)],
                                                                   "ndcg": [0.1, 0.3]})
-    planned = C.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path)}, 2, tmp_path / "runs")
+    planned = E.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path)}, 2, tmp_path / "runs")
     for r, m in zip(planned[:2], (metrics(0.2, 0.3, 0.1, 0.2), metrics(0.4, 0.3, 0.1, 0.2))):
         fake_results(r.out, m, C.dataclasses.asdict(r.settings))
-    rc = C.main(["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3",
+    rc = E.main(["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3",
                  "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--aggregate-only"])
     assert rc == 0
     text = (tmp_path / "res" / "fx" / "table1.md").read_text()
@@ -153,30 +155,30 @@ def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch, 
     lg = [r for r in planned if r.config == "lightgcn"]
     for r in lg:
         fake_results(r.out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(r.settings))
-    cg = C.plan_runs("lightgcn-variants", {"dataset": "fx", "data_dir": str(tmp_path), "min_epochs": 30}, 1,
+    cg = E.plan_runs("lightgcn-variants", {"dataset": "fx", "data_dir": str(tmp_path), "min_epochs": 30}, 1,
                      tmp_path / "runs")[0]
     fake_results(cg.out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(cg.settings))
     common = ["--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3", "--runs-dir", str(tmp_path / "runs"),
               "--results-dir", str(tmp_path / "res"), "--dry-run"]
-    assert C.main(["tables", "--table", "table1"] + common) == 0
+    assert E.main(["tables", "--table", "table1"] + common) == 0
     groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
     assert "| LightGCN (table1) | 2 |" in groups and "LightGCN_CG" not in groups and "Made with" not in groups
-    assert C.main(["tables", "--table", "lightgcn-variants", "--min-epochs", "30"] + common) == 0
+    assert E.main(["tables", "--table", "lightgcn-variants", "--min-epochs", "30"] + common) == 0
     groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
     assert "| LightGCN_CG (lightgcn-variants) | 1 |" in groups and "Made with `--min-epochs 30`" in groups
     assert "Made with `--min-epochs 30` on top of the dataset's settings." in (
         tmp_path / "res" / "fx" / "lightgcn-variants.md").read_text()
     with pytest.raises(SystemExit):  # the sweep sets --seed and --out itself: not options of tables
-        C.main(["tables", "--table", "table1", "--dataset", "fx", "--seed", "1"])
+        E.main(["tables", "--table", "table1", "--dataset", "fx", "--seed", "1"])
     capsys.readouterr()
     # found by a fresh user: a --dry-run took any setting and any dataset name, and made results/nosuch/
     base = ["tables", "--table", "table1", "--data-dir", str(tmp_path), "--results-dir", str(tmp_path / "res2"),
             "--dry-run"]
-    assert C.main(base + ["--dataset", "fx", "--lr", "nan"]) == 2
+    assert E.main(base + ["--dataset", "fx", "--lr", "nan"]) == 2
     assert "--lr must be a finite number" in capsys.readouterr().err
-    assert C.main(base + ["--dataset", "nosuch"]) == 2
+    assert E.main(base + ["--dataset", "nosuch"]) == 2
     assert "nosuch: dataset folder not found" in capsys.readouterr().err
-    assert C.main(base + ["--dataset", "fx", "--seeds", "0"]) == 2 and not (tmp_path / "res2").exists()
+    assert E.main(base + ["--dataset", "fx", "--seeds", "0"]) == 2 and not (tmp_path / "res2").exists()
 
 
 @pytest.mark.parametrize("table, option, expect", [
@@ -190,9 +192,9 @@ def test_tables_refuse_options_their_rows_set(tmp_path, capsys, table, option, e
     small_dataset(tmp_path)
     args = ["tables", "--table", table, "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
             "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
-    assert C.main(args + option) == 2
+    assert E.main(args + option) == 2
     assert expect in capsys.readouterr().err
-    assert C.main(["tables", "--table", "lightgcn-variants", "--min-epochs", "30"] + args[3:]) == 0  # the README's
+    assert E.main(["tables", "--table", "lightgcn-variants", "--min-epochs", "30"] + args[3:]) == 0  # the README's
 
 
 def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys):
@@ -200,37 +202,37 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     small_dataset(tmp_path)
     args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
             "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
-    trial = C.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path), "epochs": 1}, 1, tmp_path / "runs")
+    trial = E.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path), "epochs": 1}, 1, tmp_path / "runs")
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(trial[0].settings))
-    assert C.main(args + ["--epochs", "1"]) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
-    assert C.main(args) == 2
+    assert E.main(args + ["--epochs", "1"]) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
+    assert E.main(args) == 2
     err = capsys.readouterr().err
     assert "cikgrec-seed2024.json was made with other settings (epochs): delete it or give another --runs-dir" in err
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2))  # no settings at all
-    assert C.main(args) == 2 and " more): delete it" in capsys.readouterr().err
+    assert E.main(args) == 2 and " more): delete it" in capsys.readouterr().err
     # found by a fresh user: a run trained on other data (another train.txt) was counted as done
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(trial[0].settings))
     made = json.loads(trial[0].out.read_text())
     made["provenance"]["data_sha256"] = {"train.txt": "0" * 64}
     trial[0].out.write_text(json.dumps(made))
-    assert C.main(args + ["--epochs", "1"]) == 2
+    assert E.main(args + ["--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert f"cikgrec-seed2024.json was trained on other data (the SHA-256 of {tmp_path / 'fx' / 'train.txt'} differs" in err
     made["provenance"]["data_sha256"] = {"train.txt": C._sha256(str(tmp_path / "fx" / "train.txt"))}
     trial[0].out.write_text(json.dumps(made))
-    assert C.main(args + ["--epochs", "1"]) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
-    older = C.dataclasses.asdict(C.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path)}, 1,
+    assert E.main(args + ["--epochs", "1"]) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
+    older = C.dataclasses.asdict(E.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path)}, 1,
                                              tmp_path / "runs")[0].settings)
     del older["min_epochs"]  # made before --min-epochs existed: counts as its default, 0
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), older)
-    assert C.main(args) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
+    assert E.main(args) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
     older["min_epochs"] = 30
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), older)
-    assert C.main(args) == 2 and "other settings (min_epochs)" in capsys.readouterr().err
+    assert E.main(args) == 2 and "other settings (min_epochs)" in capsys.readouterr().err
     # another table run with other settings is only aggregated without that file, not refused
     other = ["tables", "--table", "lightgcn-variants", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
              "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
-    assert C.main(other + ["--min-epochs", "30"]) == 0 and "0 of 4 runs already done" in capsys.readouterr().err
+    assert E.main(other + ["--min-epochs", "30"]) == 0 and "0 of 4 runs already done" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content, expect", [
@@ -260,7 +262,7 @@ def test_tables_name_a_broken_results_file(tmp_path, capsys, content, expect):
     bad.write_bytes(content)
     args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
             "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
-    assert C.main(args) == 2
+    assert E.main(args) == 2
     err = capsys.readouterr().err
     assert f"{bad}: {expect}" in err and err.count("\n") == 1, err
 
@@ -270,15 +272,15 @@ def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys):
     args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
             "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--results-dir"]
     (tmp_path / "afile").write_text("x")
-    assert C.main(args + [str(tmp_path / "afile")]) == 2
+    assert E.main(args + [str(tmp_path / "afile")]) == 2
     err = capsys.readouterr().err
     assert f"--results-dir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder" in err, err
     assert err.count("\n") == 1
     # found by a fresh user: a --dry-run without results left an empty results folder behind
-    assert C.main(args[:-1] + ["--results-dir", str(tmp_path / "new")]) == 0 and not (tmp_path / "new").exists()
+    assert E.main(args[:-1] + ["--results-dir", str(tmp_path / "new")]) == 0 and not (tmp_path / "new").exists()
     # found by a fresh user: root passed the os.access check for /sys and /proc, and the sweep then
     # ended in a traceback after training (the tests run as root: /proc refuses even root)
-    assert C.main(args + ["/proc/cikgrec-test/res"]) == 2
+    assert E.main(args + ["/proc/cikgrec-test/res"]) == 2
     assert "--results-dir /proc/cikgrec-test/res: cannot write into /proc (" in capsys.readouterr().err
 
 
@@ -287,7 +289,7 @@ def test_tables_without_any_results_leave_the_committed_tables(tmp_path, capsys)
     committed = tmp_path / "res" / "fx" / "table1.md"
     fake_results(committed, {})  # stands for a table committed from earlier runs
     before = committed.read_text()
-    assert C.main(["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3",
+    assert E.main(["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3",
                    "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]) == 0
     assert committed.read_text() == before and sorted(p.name for p in committed.parent.iterdir()) == ["table1.md"]
     assert "left as it is" in capsys.readouterr().err
@@ -302,18 +304,18 @@ def test_tables_only_runs_the_named_configurations(tmp_path, monkeypatch, capsys
         fake_results(C.Path(s.out), metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(s))
         return {}
 
-    monkeypatch.setattr(C, "fit", spy)
-    monkeypatch.setattr(C, "results_groups", lambda p, d=None: {"bounds": [(1, 9, 8, 20)], "ndcg": [0.1]})
+    monkeypatch.setattr(E, "fit", spy)
+    monkeypatch.setattr(E, "results_groups", lambda p, d=None: {"bounds": [(1, 9, 8, 20)], "ndcg": [0.1]})
     args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "2",
             "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
-    assert C.main(args + ["--only", "simgcl, lightgcn"]) == 0
+    assert E.main(args + ["--only", "simgcl, lightgcn"]) == 0
     assert calls == [("lightgcn", 2024), ("lightgcn", 2025), ("simgcl", 2024), ("simgcl", 2025)]
     table = (tmp_path / "res" / "fx" / "table1.md").read_text()
     assert "| LightGCN | 2 |" in table and "| CIKGRec | 0 |" in table  # the table shows every row
     capsys.readouterr()
-    assert C.main(args + ["--only", "cikgrec,lightgnc"]) == 2 and len(calls) == 4
+    assert E.main(args + ["--only", "cikgrec,lightgnc"]) == 2 and len(calls) == 4
     assert "--only lightgnc: table1 has the configurations cikgrec, lightgcn, simgcl" in capsys.readouterr().err
-    assert C.main(args + ["--only", " , "]) == 2 and len(calls) == 4  # found by a fresh user: it ran them all
+    assert E.main(args + ["--only", " , "]) == 2 and len(calls) == 4  # found by a fresh user: it ran them all
     assert "--only ' , ' names no configuration: table1 has cikgrec, lightgcn, simgcl" in capsys.readouterr().err
 
 
@@ -322,7 +324,7 @@ def test_tables_only_runs_the_named_configurations(tmp_path, monkeypatch, capsys
 # ---------------------------------------------------------------------------------------------
 def trainer_for(tmp_path, **kw):
     s = tiny_settings(tmp_path, **kw)
-    return C.Trainer(s, *C.prepare(s), torch.device("cpu"))
+    return C.Trainer(s, *C.read_data(s), torch.device("cpu"))
 
 
 def test_simgcl_infonce_is_in_batch_over_distinct_users_and_items(tmp_path):
@@ -332,35 +334,35 @@ def test_simgcl_infonce_is_in_batch_over_distinct_users_and_items(tmp_path):
     small_dataset(tmp_path)
     t = trainer_for(tmp_path, model="simgcl", eps=0.0, lambda1=0.0, l2=0.0, lambda3=1.0, tau=0.5)
     u, i, j = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 4, 4, 1]), torch.tensor([5, 5, 5, 5])
-    loss, parts = t.step_loss(u, i, j, 0.0)
-    z = C.propagate(t.model.emb, t.views[0].adjacency(), t.s.layers).detach()
+    loss, parts = t.model.loss((u, i, j), 0.0)
+    z = t.model.encode(t.model.graphs.views[0].adjacency()).detach()
 
     def by_hand(rows):
         a = torch.nn.functional.normalize(z[rows], dim=1)
         logits = a @ a.t() / 0.5
         return float(-(torch.diag(logits) - torch.logsumexp(logits, dim=1)).mean())
 
-    expect = by_hand(torch.tensor([0, 1, 2])) + by_hand(t.e0 + torch.tensor([0, 1, 4]))
-    assert parts["cl"] == pytest.approx(expect, rel=1e-5)
+    expect = by_hand(torch.tensor([0, 1, 2])) + by_hand(t.model.e0 + torch.tensor([0, 1, 4]))
+    assert float(parts["cl"]) == pytest.approx(expect, rel=1e-5)
     assert float(loss) == pytest.approx(expect, rel=1e-5)  # BPR and L2 weighted 0
 
 
 def test_without_cl_has_no_contrastive_term(tmp_path):
     small_dataset(tmp_path)
     t = trainer_for(tmp_path, lambda3=0.0)
-    assert not t.contrast and "cl" not in t.train_epoch(0)
+    assert not t.model.graphs.views and "cl" not in t.train_epoch(0)
     assert "cl" in trainer_for(tmp_path).train_epoch(0)
 
 
 def test_without_uir_and_without_uik(tmp_path):
     small_dataset(tmp_path)
     t = trainer_for(tmp_path, lambda2=0.0)
-    assert not t.reconstruct and "rec" not in t.train_epoch(0)
+    assert t.model.graphs.recon is None and "rec" not in t.train_epoch(0)
     s = tiny_settings(tmp_path, interest_nodes=False)
-    ds, tr, va = C.prepare(s)
+    ds, tr, va = C.read_data(s)
     assert ds.n_interests == 0 and len(ds.interest_edges) == 0 and ds.interest_file == ""
     t = C.Trainer(s, ds, tr, va, torch.device("cpu"))
-    assert not t.reconstruct and t.main.n_edges == len(C.cikg_edges(ds, tr, ("ui", "kg")))
+    assert t.model.graphs.recon is None and t.model.graphs.main.n_edges == len(C.cikg_edges(ds, tr, ("ui", "kg")))
     assert C.node_counts(ds)[2] == ds.n_users + ds.n_entities  # no interest node at all
     parts = t.train_epoch(0)
     assert "rec" not in parts and "cl" in parts
@@ -379,10 +381,10 @@ def test_mask_schedule_flags(tmp_path):
 def test_graph_flag_keeps_only_its_edges(tmp_path, graph, allowed):
     small_dataset(tmp_path)
     t = trainer_for(tmp_path, model="lightgcn", graph=graph)
-    assert not t.contrast and not t.reconstruct
+    assert not t.model.graphs.views and t.model.graphs.recon is None
     e0, j0, n = C.node_counts(t.ds)
     kind = lambda a: "u" if a < e0 else ("e" if a < j0 else "j")
-    a = t.main.adjacency().to_dense().numpy()
+    a = t.model.graphs.main.adjacency().to_dense().numpy()
     found = set()
     for x, y in zip(*np.nonzero(a)):
         if x < y:
@@ -422,7 +424,7 @@ def test_explain_gives_no_interest_path_for_a_model_without_interest_nodes(tmp_p
     s = tiny_settings(tmp_path, model="lightgcn", graph="cg")
     C.fit(s)
     capsys.readouterr()
-    ex = C.explain_command(s.out, 0)
+    ex = E.explain_command(s.out, 0)
     out = capsys.readouterr().out
     assert ex["recommendations"] and all(rec["path"] is None for rec in ex["recommendations"])
     assert "(not in this model's graph)" in out and "no path: this model's graph has no interest nodes" in out
@@ -442,7 +444,7 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     s = tiny_settings(tmp_path, interests=str(tmp_path / "interests" / "user_interest_clustered.txt"))
     r = C.fit(s)
     capsys.readouterr()
-    ex = C.explain_command(s.out, 0)
+    ex = E.explain_command(s.out, 0)
     out = capsys.readouterr().out
     assert "item 0: Item 0" in out  # training item titles from item_list.txt's DBpedia URIs
     assert "interest 8: comic fiction, comic" in out and "LLM answer: comic fiction, dark saga" in out
@@ -452,7 +454,7 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     paths = re.findall(r"path: user (\d+) -> interest (\d+) -> user (\d+) -> item (\d+)", out)
     assert paths, out
     trainer, _ = C.load_trained(s.out)
-    a = trainer.main.adjacency().to_dense().numpy()
+    a = trainer.model.graphs.main.adjacency().to_dense().numpy()
     e0, j0, _ = C.node_counts(trainer.ds)
     for u, j, v, i in (tuple(map(int, p)) for p in paths):
         j_node = j0 + int(np.flatnonzero(trainer.ds.interest_ids == j)[0])
@@ -460,9 +462,9 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
         assert i in trainer.train[v]
     assert re.search(r"item 5.*\n\s+no path through a shared interest", out)
     with pytest.raises(C.SettingsError, match="--user"):
-        C.explain(trainer, 99)
+        E.explain(trainer, 99)
     assert r["test"]  # the run is a real tiny training, not a mock
-    assert C.main(["explain", "--run", str(tmp_path / "none.json"), "--user", "0"]) == 2
+    assert E.main(["explain", "--run", str(tmp_path / "none.json"), "--user", "0"]) == 2
     # found by a fresh user: each of these was a traceback
     run = C.Path(s.out)
     bad_json = tmp_path / "bad.json"
@@ -507,7 +509,7 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
                   "noint.json: the run was trained on other data (the SHA-256 of user_interest_clustered.txt (not found)"))
     for args, expect in cases:
         capsys.readouterr()
-        assert C.main(["explain", "--user", "0"] + args) == 2, args
+        assert E.main(["explain", "--user", "0"] + args) == 2, args
         err = capsys.readouterr().err
         assert expect in err and err.count("\n") <= 2, (args, err)
 
@@ -518,7 +520,7 @@ def test_tables_end_to_end_on_the_fixture(tmp_path, capsys):
             "--eval-batch", "3", "--epochs", "1", "--lr", "0.01"]
     args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
             "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")] + tiny
-    assert C.main(args) == 0
+    assert E.main(args) == 0
     runs = tmp_path / "runs" / "fx" / "table1"
     assert sorted(p.name for p in runs.glob("*.json") if "groups" not in p.name) == [
         "cikgrec-seed2024.json", "lightgcn-seed2024.json", "simgcl-seed2024.json"]
@@ -540,7 +542,7 @@ def test_tables_end_to_end_on_the_fixture(tmp_path, capsys):
     (runs / "lightgcn-seed2024.pt").unlink()
     assert not (runs / "lightgcn-seed2024.groups.json").exists()
     (runs / "cikgrec-seed2024.pt").unlink()  # a new one without its model (e.g. from a GPU lease) keeps its groups
-    assert C.main(args) == 0  # everything done: nothing is trained again
+    assert E.main(args) == 0  # everything done: nothing is trained again
     err = capsys.readouterr().err
     assert "3 of 3 runs already done; 0 to run" in err and "groups.md leaves out" in err
     groups = (tmp_path / "res" / "fx" / "groups.md").read_text()
@@ -556,8 +558,7 @@ def test_plots_is_optional_and_says_how_to_get_it(tmp_path, monkeypatch, capsys)
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr("builtins.__import__", no_matplotlib)
-    import plots
-    assert plots.main(["--results-dir", str(tmp_path)]) == 2
+    assert E.main(["plots", "--results-dir", str(tmp_path)]) == 2
     assert "plots needs matplotlib, an optional extra: pip install matplotlib" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
 
@@ -565,10 +566,9 @@ def test_plots_is_optional_and_says_how_to_get_it(tmp_path, monkeypatch, capsys)
 def test_plots_skip_a_dataset_without_group_results(tmp_path, capsys):
     """Found by a fresh user: an empty groups.json gave a blank groups.png and a matplotlib warning."""
     pytest.importorskip("matplotlib")
-    import plots
     (tmp_path / "fx").mkdir()
     (tmp_path / "fx" / "groups.json").write_text(json.dumps({"dataset": "fx", "groups": [], "rows": []}))
-    assert plots.main(["--dataset", "fx", "--results-dir", str(tmp_path)]) == 0
+    assert E.main(["plots", "--dataset", "fx", "--results-dir", str(tmp_path)]) == 0
     assert not (tmp_path / "fx" / "groups.png").exists()
     assert "has no results yet: no Fig. 3 for fx" in capsys.readouterr().err
 
@@ -586,15 +586,15 @@ def test_a_broken_groups_cache_is_named_not_a_traceback(tmp_path, cache):
     run = fake_results(tmp_path / "r.json", metrics(0.1, 0.2, 0.1, 0.2))  # older file: no "groups"
     (tmp_path / "r.groups.json").write_text(cache)
     with pytest.raises(C.DataError, match="r.groups.json: not"):
-        C.results_groups(run)
+        E.results_groups(run)
 
 
 def test_groups_md_leaves_out_a_run_with_other_groups(tmp_path, monkeypatch, capsys):
     """Found by a fresh user: a groups file with fewer groups than the others was an IndexError."""
     two = {"bounds": [[1, 3, 4, 8], [4, 9, 2, 8]], "ndcg": [0.1, 0.3]}
     one = {"bounds": [[1, 9, 6, 16]], "ndcg": [0.2]}
-    monkeypatch.setattr(C, "results_groups", lambda p, d=None: two if p.endswith("a") else one)
-    path = C.write_groups("fx", {("table1", "cikgrec"): ["a", "b"]}, tmp_path)
+    monkeypatch.setattr(E, "results_groups", lambda p, d=None: two if p.endswith("a") else one)
+    path = E.write_groups("fx", {("table1", "cikgrec"): ["a", "b"]}, tmp_path)
     assert "| CIKGRec (table1) | 1 | 0.1000 ± - | 0.3000 ± - |" in path.read_text()
     assert "groups.md leaves out b: its groups differ from the other runs'" in capsys.readouterr().err
 
@@ -604,9 +604,10 @@ def test_an_interrupted_sweep_says_how_to_continue(tmp_path, monkeypatch, capsys
     small_dataset(tmp_path)
     def interrupt(*a, **k):
         raise KeyboardInterrupt
+    monkeypatch.setattr(E, "fit", interrupt)
     monkeypatch.setattr(C, "fit", interrupt)
     args = ["--dataset", "fx", "--data-dir", str(tmp_path)]
-    assert C.main(["tables", "--table", "table1", "--runs-dir", str(tmp_path / "runs"),
+    assert E.main(["tables", "--table", "table1", "--runs-dir", str(tmp_path / "runs"),
                    "--results-dir", str(tmp_path / "res")] + args) == 130
     assert "the same tables command continues from it." in capsys.readouterr().err
     assert C.main(["train", "--out", str(tmp_path / "r.json")] + args) == 130
@@ -619,7 +620,7 @@ def test_a_sweep_cut_by_the_time_limit_says_so(tmp_path, capsys):
     tiny = ["--dim", "8", "--layers", "2", "--batch-size", "4", "--eval-batch", "3", "--epochs", "5"]
     args = ["tables", "--table", "table1", "--only", "lightgcn", "--dataset", "fx", "--data-dir", str(tmp_path),
             "--seeds", "1", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")] + tiny
-    assert C.main(args + ["--max-minutes", "0.00001"]) == 0
+    assert E.main(args + ["--max-minutes", "0.00001"]) == 0
     err = capsys.readouterr().err
     assert "1 of 1 runs stopped at --max-minutes before early stopping" in err, err
-    assert C.main(args + ["--dry-run"]) == 0 and "0 of 1 runs already done; 1 to run" in capsys.readouterr().err
+    assert E.main(args + ["--dry-run"]) == 0 and "0 of 1 runs already done; 1 to run" in capsys.readouterr().err

@@ -1,0 +1,717 @@
+"""The paper-reproduction harness: Tables 1, 3 and 4 over seeds, the paper's numbers, the Fig. 3
+sparsity groups, the Fig. 4 case study (`explain`) and the figures (`plots`, optional matplotlib).
+It calls cikgrec.fit and reads results files; the method and its training loop are in cikgrec.py.
+
+    python experiments.py tables --table table1 --dataset book-crossing --seeds 5
+    python experiments.py explain --run runs/book-crossing-seed2024.json --user 2362
+    python experiments.py plots --results-dir results
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cikgrec import (DATASETS, GRAPHS, HEADLINE_METRICS, DataError, Settings, SettingsError,
+                     Trainer, TrainingError, _flatten, _open_text, _write_json, add_settings_arguments,
+                     check_settings, data_changed, dataset_folder, definition_changes, fit,
+                     group_ndcg, item_title, load_trained, log, mask_rate, option, output_paths, read_results,
+                     make_settings, _finite)
+
+# ----------------------------------------------------------------------------------------------
+# Tables: configurations, seeds, the paper's numbers, aggregation
+# ----------------------------------------------------------------------------------------------
+# `python experiments.py tables --table table1|ablation|lightgcn-variants --dataset NAME --seeds N`
+# trains every configuration of a table over seeds 2024, 2025, ..., 2024 + N - 1 (one fit() each,
+# results in runs/<dataset>/<table>/<config>-seed<seed>.json), then writes
+# results/<dataset>/<table>.md and .csv (mean +- sample std over seeds beside the paper's value)
+# and results/<dataset>/groups.md (Fig. 3). `explain` prints the case study of Fig. 4.
+FIRST_SEED = 2024  # seed i of a sweep is FIRST_SEED + i
+TABLE_METRICS = HEADLINE_METRICS
+METRIC_NAMES = {"recall@50": "R@50", "recall@100": "R@100", "ndcg@50": "N@50", "ndcg@100": "N@100"}
+
+# Each table: config name -> (row label, settings given on top of the dataset's defaults).
+TABLES = {
+    "table1": {  # Table 1: overall performance (our code's baselines)
+        "cikgrec": ("CIKGRec", {}),
+        "lightgcn": ("LightGCN", {"model": "lightgcn", "graph": "cg"}),
+        # SimGCL peaks on validation within its first epochs and dips before it climbs (as
+        # LightGCN on dbbook2014's CKG, README): patience 10 from epoch 0 would keep that early
+        # model, so its row holds off early stopping for 30 epochs (a fair baseline)
+        "simgcl": ("SimGCL", {"model": "simgcl", "min_epochs": 30}),
+    },
+    "ablation": {  # Table 3: ablations by flags on the full model
+        "full": ("CIKGRec (ours)", {}),
+        "wo-uik": ("w/o UIK", {"interest_nodes": False}),  # no interest nodes at all
+        "wo-uir": ("w/o UIR", {"lambda2": 0.0}),  # no interest reconstruction
+        "wo-cl": ("w/o CL", {"lambda3": 0.0}),  # no contrastive loss
+        "wo-dmr": ("w/o DMR", {"schedule": "fixed"}),  # mask rate = omega throughout
+        "linear": ("w linear", {"schedule": "lin"}),  # linear mask schedule (Eq. 3)
+    },
+    "lightgcn-variants": {  # Table 4: LightGCN on graphs with more auxiliary information
+        "lightgcn-cg": ("LightGCN_CG", {"model": "lightgcn", "graph": "cg"}),
+        "lightgcn-cig": ("LightGCN_CIG", {"model": "lightgcn", "graph": "cig"}),
+        "lightgcn-ckg": ("LightGCN_CKG", {"model": "lightgcn", "graph": "ckg"}),
+        "lightgcn-cikg": ("LightGCN_CIKG", {"model": "lightgcn", "graph": "cikg"}),
+    },
+}
+# Configurations that are the same run as one of another table: its results are reused when
+# their settings match (a CIKGRec run takes hours; no need to train it twice).
+SAME_RUN = {("ablation", "full"): ("table1", "cikgrec"),
+            ("lightgcn-variants", "lightgcn-cg"): ("table1", "lightgcn")}
+
+
+def _paper(metrics, rows):
+    return {ds: {cfg: dict(zip(metrics, vals)) for cfg, vals in by_cfg.items()} for ds, by_cfg in rows.items()}
+
+
+# The paper's numbers (selected on TEST, mean of 10 seeds): PAPER[table][dataset][config][metric].
+PAPER = {
+    "table1": _paper(("recall@50", "recall@100", "ndcg@50", "ndcg@100"), {  # Table 1
+        "dbbook2014": {"lightgcn": (0.4214, 0.5358, 0.2230, 0.2481), "simgcl": (0.4280, 0.5369, 0.2376, 0.2610),
+                       "cikgrec": (0.4642, 0.5756, 0.2494, 0.2739)},
+        "book-crossing": {"lightgcn": (0.1607, 0.2246, 0.0765, 0.0911), "simgcl": (0.1653, 0.2211, 0.0860, 0.0988),
+                          "cikgrec": (0.1791, 0.2455, 0.0889, 0.1041)},
+        "ml1m": {"lightgcn": (0.4086, 0.5574, 0.3977, 0.4432), "simgcl": (0.4131, 0.5560, 0.4048, 0.4482),
+                 "cikgrec": (0.4250, 0.5718, 0.4162, 0.4609)}}),
+    "ablation": _paper(("recall@100", "ndcg@100"), {  # Table 3 (its w/o DMR row is empty)
+        "dbbook2014": {"full": (0.5756, 0.2739), "wo-uik": (0.5673, 0.2615), "wo-uir": (0.5701, 0.2704),
+                       "wo-cl": (0.5732, 0.2659), "linear": (0.5733, 0.2716)},
+        "book-crossing": {"full": (0.2455, 0.1041), "wo-uik": (0.2330, 0.0991), "wo-uir": (0.2081, 0.0843),
+                          "wo-cl": (0.2291, 0.0917), "linear": (0.2452, 0.1036)},
+        "ml1m": {"full": (0.5718, 0.4609), "wo-uik": (0.5662, 0.4527), "wo-uir": (0.5713, 0.4601),
+                 "wo-cl": (0.5583, 0.4480), "linear": (0.5714, 0.4603)}}),
+    "lightgcn-variants": _paper(("recall@50", "ndcg@50", "recall@100", "ndcg@100"), {  # Table 4
+        "dbbook2014": {"lightgcn-cg": (0.4214, 0.2230, 0.5358, 0.2481),
+                       "lightgcn-cig": (0.4240, 0.2283, 0.5395, 0.2537),
+                       "lightgcn-ckg": (0.4273, 0.2276, 0.5394, 0.2524),
+                       "lightgcn-cikg": (0.4272, 0.2279, 0.5428, 0.2534)},
+        "book-crossing": {"lightgcn-cg": (0.1607, 0.0765, 0.2246, 0.0911),
+                          "lightgcn-cig": (0.1611, 0.0773, 0.2247, 0.0916),
+                          "lightgcn-ckg": (0.1602, 0.0790, 0.2197, 0.0928),
+                          "lightgcn-cikg": (0.1603, 0.0759, 0.2231, 0.0901)},
+        "ml1m": {"lightgcn-cg": (0.4086, 0.3977, 0.5574, 0.4432), "lightgcn-cig": (0.4079, 0.3982, 0.5571, 0.4439),
+                 "lightgcn-ckg": (0.4097, 0.3985, 0.5584, 0.4441),
+                 "lightgcn-cikg": (0.4096, 0.3995, 0.5574, 0.4446)}}),
+}
+
+
+@dataclass
+class PlannedRun:
+    """One fit() of a sweep: its table, configuration, seed, settings and results file."""
+    table: str
+    config: str
+    seed: int
+    settings: Settings
+    out: Path
+
+
+def run_settings(base: dict, flags: dict, seed: int, out) -> Settings:
+    """Settings as the command line would build them (make_settings): `base` (the options given,
+    e.g. {"dataset": "ml1m", "data_dir": "data"}), then the configuration's flags, seed and out."""
+    return make_settings(**{**{k: v for k, v in base.items() if v is not None}, **flags, "seed": seed, "out": str(out)})
+
+
+def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
+    """Every run of a table, configuration by configuration, seeds FIRST_SEED.. in order."""
+    dataset = base.get("dataset") or Settings.dataset
+    runs = []
+    for config, (_, flags) in TABLES[table].items():
+        for i in range(n_seeds):
+            seed = FIRST_SEED + i
+            out = Path(runs_dir) / dataset / table / f"{config}-seed{seed}.json"
+            runs.append(PlannedRun(table, config, seed, run_settings(base, flags, seed, out), out))
+    return runs
+
+
+_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes")
+
+
+def run_data_changed(results: dict, settings: Settings) -> list:
+    """The data files (names) that differ from those the run of `results` (read_results) was
+    trained on, read as `settings` would read them (data_changed)."""
+    return data_changed(results.get("provenance", {}).get("data_sha256", {}), settings)
+
+
+def check_groups(g, path) -> dict:
+    """Fig. 3 groups as group_ndcg returns them ({"bounds": [[lo, hi, users, interactions]...],
+    "ndcg": [...]}, one value per group); DataError naming `path` otherwise."""
+    ok = (isinstance(g, dict) and isinstance(g.get("bounds"), list) and isinstance(g.get("ndcg"), list)
+          and len(g["bounds"]) == len(g["ndcg"]) > 0
+          and all(isinstance(b, (list, tuple)) and len(b) == 4 for b in g["bounds"])
+          and all(_finite(v) for v in g["ndcg"]))
+    if not ok:
+        raise DataError(path, 0, "not Fig. 3 groups ({\"bounds\": [...], \"ndcg\": [...]}, one value per group)")
+    return g
+
+
+def time_limited(results: dict) -> bool:
+    """True for the results (read_results) of a run stopped by --max-minutes before early stopping."""
+    return str(results.get("stopped_by") or "").startswith("time limit")
+
+
+def settings_differ(results: dict, settings: Settings) -> list:
+    """The settings (names) in which the results (read_results) differ from `settings`, leaving
+    out those that do not change a run's numbers (_NOT_COMPARED)."""
+    saved = results.get("settings", {})
+    if saved:  # a setting newer than the file counts as its default, which keeps the old behaviour
+        saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **saved}
+    return [k for k, v in dataclasses.asdict(settings).items() if k not in _NOT_COMPARED and saved.get(k) != v]
+
+
+def done_results(run: PlannedRun) -> Path | None:
+    """The results file of a planned run if it exists: its own, or that of the same run made
+    elsewhere when the settings agree (all but _NOT_COMPARED): in another table (SAME_RUN), or by
+    `train` at its default --out (runs/<dataset>-seed<seed>.json, so `make train` counts as
+    Table 1's CIKGRec row). None when the run is still to do. Raises SettingsError when the run's
+    own file was made with other settings (e.g. a quick --epochs 1 trial) or on other data (the
+    SHA-256 of its files): it is neither reused nor overwritten. A run stopped by --max-minutes is
+    not done (the sweep resumes it)."""
+    if run.out.is_file():
+        results = read_results(run.out)
+        newer = definition_changes(results, run.settings)
+        if newer:  # checked first: a changed model also shows as changed settings
+            raise SettingsError(f"{run.out} was made under an older definition of the model ({'; '.join(newer)}): "
+                                "move it out of --runs-dir (e.g. to results/runs-old/) and run it again")
+        differ = settings_differ(results, run.settings)
+        if differ:
+            more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+            raise SettingsError(f"{run.out} was made with other settings ({', '.join(differ[:4])}{more}): "
+                                "delete it or give another --runs-dir")
+        changed = run_data_changed(results, run.settings)
+        if changed:
+            raise SettingsError(f"{run.out} was trained on other data (the SHA-256 of {', '.join(changed)} "
+                                "differs from the run's): delete it or give another --runs-dir")
+        return None if time_limited(results) else run.out
+    runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
+    others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
+    same = SAME_RUN.get((run.table, run.config))
+    if same:
+        others.insert(0, run.out.parent.parent / same[0] / f"{same[1]}-seed{run.seed}.json")
+    for other in others:
+        if other.is_file():
+            results = read_results(other)
+            if not (definition_changes(results, run.settings) or settings_differ(results, run.settings)
+                    or time_limited(results) or run_data_changed(results, run.settings)):
+                return other
+    return None
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_sweep(runs: list, dry_run: bool = False) -> int:
+    """fit() every planned run whose results file does not exist yet (an interrupted sweep
+    resumes: finished runs are skipped, a run cut mid-way continues from its checkpoint). Progress
+    on stderr: "run i/n: config seed s (elapsed, ~time left)", the time left estimated from the
+    runs finished so far. A run that fails (TrainingError) is reported and the sweep goes on.
+    Returns the number of failed runs."""
+    todo = [r for r in runs if done_results(r) is None]
+    log(f"{len(runs) - len(todo)} of {len(runs)} runs already done; {len(todo)} to run")
+    if dry_run:
+        for r in todo:
+            log(f"  to run: {r.config} seed {r.seed} -> {r.out}")
+        return 0
+    start, finished, failed, cut = time.perf_counter(), 0, 0, 0
+    for n, r in enumerate(todo, 1):
+        elapsed = time.perf_counter() - start
+        left = f"~{_fmt_duration(elapsed / finished * (len(todo) - n + 1))} left" if finished else "time left unknown yet"
+        log(f"run {n}/{len(todo)}: {r.config} seed {r.seed} ({_fmt_duration(elapsed)} elapsed, {left})")
+        ckpt = output_paths(r.settings)[2]
+        try:
+            cut += time_limited(fit(dataclasses.replace(r.settings, resume=ckpt.is_file())))
+            finished += 1
+        except TrainingError as e:
+            failed += 1
+            log(f"run {n}/{len(todo)} failed: {e} (its checkpoint is kept; going on)")
+    if cut:
+        log(f"{cut} of {len(todo)} runs stopped at --max-minutes before early stopping: they are not in the "
+            "tables yet; the same command continues them")
+    return failed
+
+
+def _mean_std(values: list) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1; None for a single value)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+def aggregate_table(table: str, dataset: str, files: dict) -> list:
+    """One row per configuration of the table: {"config", "label", "n", "files", "minutes" (mean
+    minutes per run; None without runs), "minutes_by_device" ({"cpu": mean, "cuda": mean} from
+    each file's provenance), and for each metric m of TABLE_METRICS: m (mean),
+    m+"_std" (sample std, None when n < 2), m+"_paper" (None where the paper has no value) and
+    m+"_diff" (100 (ours - paper) / paper)}.
+
+    files: {config: [results JSON paths]} (test metrics are read from each file's "test")."""
+    paper = PAPER.get(table, {}).get(dataset, {})
+    rows = []
+    for config, (label, _) in TABLES[table].items():
+        paths = files.get(config, [])
+        runs = [read_results(p) for p in paths]
+        tests = [r["test"] for r in runs]
+        minutes = [r["minutes"] for r in runs if r.get("minutes") is not None]
+        by_device = {}  # runs made on different machines (e.g. a lent GPU) are timed apart
+        for r in runs:
+            if r.get("minutes") is not None:
+                by_device.setdefault(r.get("provenance", {}).get("device", "?"), []).append(r["minutes"])
+        row = {"config": config, "label": label, "n": len(tests), "files": [str(p) for p in paths],
+               "minutes": _mean_std(minutes)[0] if minutes else None,
+               "minutes_by_device": {d: _mean_std(v)[0] for d, v in sorted(by_device.items())}}
+        for m in TABLE_METRICS:
+            mean, std = _mean_std([t[m] for t in tests]) if tests else (None, None)
+            ref = paper.get(config, {}).get(m)
+            row.update({m: mean, m + "_std": std, m + "_paper": ref,
+                        m + "_diff": 100.0 * (mean - ref) / ref if mean is not None and ref else None})
+        rows.append(row)
+    return rows
+
+
+_TABLE_TITLES = {"table1": "Table 1: overall performance", "ablation": "Table 3: ablation study",
+                 "lightgcn-variants": "Table 4: LightGCN with more auxiliary information"}
+
+
+_TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, and no numbers for w/o DMR "
+                            "(ours: the mask rate is omega throughout).",
+                "table1": " Our LightGCN and SimGCL rows are trained by this code with the dataset's settings."}
+
+
+def _device_minutes(row: dict) -> str:
+    """The min/run cell: '114 (cpu)', or '138 (cpu), 6.4 (cuda)' when the seeds ran on different machines."""
+    return ", ".join(f"{v:.0f} ({d})" if v >= 10 else f"{v:.1f} ({d})"
+                     for d, v in row.get("minutes_by_device", {}).items())
+
+
+def _non_defaults(base: dict) -> str:
+    """The options a tables command gave beyond the dataset and the run-independent ones, e.g.
+    "--min-epochs 30", so a table says what it was made with."""
+    skip = ("dataset",) + _NOT_COMPARED
+    return " ".join(f"{option(k)} {v}" for k, v in sorted(base.items()) if k not in skip and v is not None)
+
+
+def _made_with(given: str) -> list:
+    return [f"Made with `{given}` on top of the dataset's settings.", ""] if given else []
+
+
+def write_table(rows: list, table: str, dataset: str, results_dir="results", given: str = "") -> tuple[Path, Path]:
+    """results/<dataset>/<table>.md and .csv from aggregate_table's rows; `given`: the options the
+    runs were made with beyond the dataset's settings (_non_defaults), stated under the title."""
+    folder = Path(results_dir) / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    num = lambda x, fmt: "" if x is None else format(x, fmt)
+    header = ["model", "n", "min/run"] + [h for m in TABLE_METRICS for h in (METRIC_NAMES[m], "paper", "diff %")]
+    md = [f"# {dataset}: {_TABLE_TITLES[table]}", "",
+          "Ours: test metrics of the epoch selected on validation, mean ± sample std over n seeds "
+          f"({FIRST_SEED}, {FIRST_SEED + 1}, ...; std '-' when n = 1). Paper: selected on test, "
+          "mean of 10 seeds. diff % = 100 (ours - paper) / paper. min/run: mean minutes of training and "
+          "evaluation per run, by device (each results file's provenance names the device and threads; "
+          "the README says which machines and how many runs shared them)."
+          + _TABLE_NOTES.get(table, ""), ""] + _made_with(given) + [
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["label"], str(r["n"]), _device_minutes(r)]
+        for m in TABLE_METRICS:
+            ours = "" if r[m] is None else f"{r[m]:.4f} ± " + ("-" if r[m + "_std"] is None else f"{r[m + '_std']:.4f}")
+            diff = "" if r[m + "_diff"] is None else f"{r[m + '_diff']:+.1f}"
+            cells += [ours, num(r[m + "_paper"], ".4f"), diff]
+        md.append("| " + " | ".join(cells) + " |")
+    md_path, csv_path = folder / f"{table}.md", folder / f"{table}.csv"
+    md_path.write_text("\n".join(md) + "\n")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["config", "model", "n", "minutes_per_run", "minutes_per_run_by_device"]
+                   + [f"{m}_{k}" for m in TABLE_METRICS for k in ("mean", "std", "paper", "diff_pct")])
+        for r in rows:
+            w.writerow([r["config"], r["label"], r["n"], num(r["minutes"], ".4g"),
+                        ";".join(f"{d}:{v:.4g}" for d, v in r.get("minutes_by_device", {}).items())]
+                       + [num(r[m + s], ".6g") for m in TABLE_METRICS for s in ("", "_std", "_paper", "_diff")])
+    return md_path, csv_path
+
+# ----------------------------------------------------------------------------------------------
+# Fig. 3 (sparsity groups), the sweep command, Fig. 4 (explain)
+# ----------------------------------------------------------------------------------------------
+def results_groups(results_path, data_dir: str | None = None) -> dict:
+    """group_ndcg of a results file: its "groups" (written by fit), else computed from the model
+    file <results>.pt and cached in <results>.groups.json (redone when the model is newer than
+    the cache). Raises DataError for an older results file with neither model nor cache."""
+    results_path = Path(results_path)
+    saved = read_results(results_path).get("groups") if results_path.is_file() else None
+    if saved is not None:
+        return check_groups(saved, results_path)
+    cache, model = results_path.with_suffix(".groups.json"), results_path.with_suffix(".pt")
+    if cache.is_file() and (not model.is_file() or cache.stat().st_mtime_ns >= model.stat().st_mtime_ns):
+        try:
+            with _open_text(cache) as f:
+                return check_groups(json.loads(f.read()), cache)
+        except ValueError as e:
+            raise DataError(cache, 0, f"not a groups JSON ({type(e).__name__}: {e})") from None
+    trainer, _ = load_trained(results_path, data_dir)
+    out = group_ndcg(trainer)
+    _write_json(out, cache)
+    return out
+
+
+def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str | None = None,
+                 given: str = "") -> Path:
+    """results/<dataset>/groups.md: Fig. 3 as a table, test NDCG@50 of each user group (sparse to
+    dense) for every configuration with results, mean ± sample std over seeds; `given` as in
+    write_table.
+
+    files: {(table, config): [results paths]}."""
+    rows, bounds, data = [], None, []
+    for (table, config), paths in files.items():
+        if not paths:
+            continue
+        per_seed = []
+        for p in paths:
+            try:
+                g = results_groups(p, data_dir)
+            except DataError as e:  # e.g. results copied without their model file
+                log(f"warning: groups.md leaves out {p}: {e}")
+                continue
+            if bounds is not None and [list(b) for b in g["bounds"]] != [list(b) for b in bounds]:
+                log(f"warning: groups.md leaves out {p}: its groups differ from the other runs' (other data?)")
+                continue
+            bounds = bounds or g["bounds"]
+            per_seed.append(g)
+        if not per_seed:
+            continue
+        cells, stats = [], [_mean_std([r["ndcg"][g] for r in per_seed]) for g in range(len(bounds))]
+        for mean, std in stats:
+            cells.append(f"{mean:.4f} ± " + ("-" if std is None else f"{std:.4f}"))
+        data.append({"label": f"{TABLES[table][config][0]} ({table})", "n": len(per_seed),
+                     "mean": [m for m, _ in stats], "std": [sd for _, sd in stats]})
+        rows.append(f"| {TABLES[table][config][0]} ({table}) | {len(per_seed)} | " + " | ".join(cells) + " |")
+    folder = Path(results_dir) / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "groups.md"
+    if bounds is None:
+        path.write_text(f"# {dataset}: sparsity groups (Fig. 3)\n\nNo results yet.\n")
+        path.with_suffix(".json").write_text(json.dumps({"dataset": dataset, "groups": [], "rows": []}))
+        return path
+    heads = [f"{lo}-{hi} items ({u} users, {n} interactions)" for lo, hi, u, n in bounds]
+    text = [f"# {dataset}: test NDCG@50 by user sparsity group (Fig. 3)", "",
+            "Test users split by their number of train.txt interactions into groups holding about the "
+            "same total number of interactions (KGAT's protocol), sparse to dense. Mean ± sample std "
+            "over n seeds. Each run once, in the first row it belongs to.", ""] + _made_with(given)
+    text += ["| model | n | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 2)]
+    path.write_text("\n".join(text + rows) + "\n")
+    path.with_suffix(".json").write_text(json.dumps({"dataset": dataset, "groups": heads, "rows": data}, indent=1))
+    return path
+
+
+def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="results",
+           dry_run: bool = False, only: str | None = None) -> int:
+    """Run a table's sweep (unless dry_run; only the configurations named in `only`, comma
+    separated, when given), then write its .md/.csv and groups.md from every results file there
+    is. Returns the number of failed runs. Raises SettingsError on an unknown configuration."""
+    dataset = base.get("dataset") or Settings.dataset
+    planned = plan_runs(table, base, n_seeds, runs_dir)
+    for r in planned:
+        check_settings(r.settings)
+    dataset_folder(Path(planned[0].settings.data_dir) / dataset)
+    wanted = [c.strip() for c in (only or "").split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in TABLES[table]]
+    if only is not None and not wanted:
+        raise SettingsError(f"--only {only!r} names no configuration: {table} has {', '.join(TABLES[table])}")
+    if unknown:
+        raise SettingsError(f"--only {','.join(unknown)}: {table} has the configurations "
+                            f"{', '.join(TABLES[table])}")
+    todo = [r for r in planned if not wanted or r.config in wanted]
+    by_rows = sorted({"model", "graph"} | {k for _, flags in TABLES[table].values() for k in flags})
+    clash = [k for k in by_rows if k in base]
+    if clash:  # e.g. --model simgcl would run SimGCL in the row labelled CIKGRec
+        raise SettingsError(f"{option(clash[0])}: the rows of {table} set {', '.join(map(option, by_rows))} "
+                            "themselves")
+    existing = Path(results_dir) / dataset  # checked before hours of training, not after; made later
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SettingsError(f"--results-dir {results_dir}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise SettingsError(f"--results-dir {results_dir}: cannot write into {existing} ({e.strerror})") from None
+    failed = run_sweep(todo, dry_run)
+    files = {}  # (table, config) -> results files found, for every table of the dataset
+    for t in TABLES:
+        for r in plan_runs(t, base, n_seeds, runs_dir):
+            try:
+                found = done_results(r)
+            except SettingsError:  # another table's run with other settings (e.g. no --min-epochs):
+                if t == table:     # not one of these runs; only this table's own files must agree
+                    raise
+                found = None
+            files.setdefault((t, r.config), []).extend([found] if found else [])
+    if not any(files.values()):  # e.g. --dry-run in a fresh clone: keep the committed tables
+        log(f"no results made with these settings under {Path(runs_dir) / dataset} yet: "
+            f"{Path(results_dir) / dataset} left as it is")
+        return failed
+    rows = aggregate_table(table, dataset, {c: p for (t, c), p in files.items() if t == table})
+    md, csv_path = write_table(rows, table, dataset, results_dir, _non_defaults(base))
+    # groups: each results file once, in the first row that has it (SAME_RUN rows share files:
+    # Table 4's CG seeds are Table 1's LightGCN ones)
+    unique, seen = {}, set()
+    for key, paths in files.items():
+        mine = [p for p in paths if p not in seen]
+        seen.update(mine)
+        if mine:
+            unique[key] = mine
+    groups = write_groups(dataset, unique, results_dir, base.get("data_dir"), _non_defaults(base))
+    print(md.read_text())
+    log(f"wrote {md}, {csv_path}, {groups}")
+    return failed
+
+
+def read_cluster_terms(path) -> dict:
+    """interest_clusters.tsv (llm_interests.py cluster) -> {interest id: "top terms"} of the kept
+    clusters (rows whose interest_id column is a number)."""
+    terms = {}
+    with _open_text(Path(path)) as f:
+        next(f, None)  # header: cluster users interest_id top_terms example_phrases
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) >= 4 and cols[2].isdigit():
+                terms[int(cols[2])] = cols[3]
+    return terms
+
+
+@torch.no_grad()
+def explain(trainer: Trainer, user: int, top: int = 10, answers: dict | None = None,
+            terms: dict | None = None) -> dict:
+    """The case study of Fig. 4 for one user: training items, interests, top recommendations and,
+    for each, the strongest path user -> interest -> another user who has the item in training.
+
+    Path strength = mean cosine similarity of the final (propagated) embeddings along its three
+    edges, (cos(u, j) + cos(j, v) + cos(v, i)) / 3, in [-1, 1]: the space the model scores in,
+    independent of embedding norms. Edges are the run's training interactions (validation items
+    excluded) and the dataset's user-interest edges. Returns a dict (printed by print_explain)."""
+    ds, model = trainer.ds, trainer.model
+    e0, j0 = model.e0, model.j0
+    if not 0 <= user < ds.n_users:
+        raise SettingsError(f"--user must be in 0..{ds.n_users - 1}, got {user}")
+    model.eval()
+    raw = model.encode(model.graphs.main.adjacency())  # f_G(Z, G): [n_nodes, D]
+    z = F.normalize(raw, dim=1)
+    scores = raw[user] @ raw[e0:e0 + ds.n_items].t()
+    scores[torch.as_tensor(ds.train[user], dtype=torch.long)] = float("-inf")  # train.txt items
+    recs = torch.topk(scores, min(top, int(torch.isfinite(scores).sum()))).indices.tolist()
+    edges = ds.interest_edges
+    mine = edges[edges[:, 0] == user, 1]  # interest indices of the user
+    title = lambda i: item_title(ds.item_names[i]) if i < len(ds.item_names) and ds.item_names[i] else f"item {i}"
+    raw_id = lambda j: int(ds.interest_ids[j])
+    out = {"user": user, "train": [(int(i), title(i)) for i in ds.train[user]],
+           "interests": [(raw_id(j), (terms or {}).get(raw_id(j), "")) for j in mine],
+           "answer": (answers or {}).get(user), "recommendations": [],
+           "graph_has_interests": "uj" in GRAPHS[trainer.s.graph]}
+    share = edges[np.isin(edges[:, 1], mine) & (edges[:, 0] != user)]  # (other user, shared interest)
+    if not out["graph_has_interests"]:  # the interest embeddings of such a model were never trained
+        share = share[:0]
+    has_item = np.zeros((ds.n_users, ds.n_items), dtype=bool) if len(share) else None
+    if has_item is not None:
+        rows, cols = _flatten(trainer.train)
+        has_item[rows, cols] = True
+    test = set(ds.test[user].tolist())
+    for i in recs:
+        best = None
+        if has_item is not None:
+            cand = share[has_item[share[:, 0], i]]  # (v, j) with v holding item i in training
+            if len(cand):
+                v, j = torch.as_tensor(cand[:, 0]), torch.as_tensor(cand[:, 1])
+                strength = ((z[user] * z[j0 + j]).sum(1) + (z[j0 + j] * z[v]).sum(1)
+                            + (z[v] * z[e0 + i]).sum(1)) / 3
+                b = int(strength.argmax())
+                best = (int(cand[b, 1]), raw_id(int(cand[b, 1])), int(cand[b, 0]), float(strength[b]))
+        out["recommendations"].append({"item": i, "title": title(i), "score": float(scores[i]),
+                                       "in_test": i in test, "path": best})
+    return out
+
+
+def print_explain(ex: dict) -> None:
+    """Print explain()'s dict for a reader (stdout)."""
+    u = ex["user"]
+    print(f"user {u}: {len(ex['train'])} training items")
+    for i, t in ex["train"]:
+        print(f"  item {i}: {t}")
+    print(f"interests of user {u}: {len(ex['interests'])}" + ("" if ex["graph_has_interests"] else
+                                                             " (not in this model's graph)"))
+    for j, t in ex["interests"]:
+        print(f"  interest {j}" + (f": {t}" if t else ""))
+    if ex["answer"] is not None:
+        print(f"LLM answer: {ex['answer']}")
+    print(f"top-{len(ex['recommendations'])} recommendations (train.txt items excluded; * = in test.txt):")
+    for r, rec in enumerate(ex["recommendations"], 1):
+        print(f"  {r:2d}. item {rec['item']}{' *' if rec['in_test'] else ''}: {rec['title']} "
+              f"(score {rec['score']:.3f})")
+        if rec["path"]:
+            j_idx, j, v, s = rec["path"]
+            print(f"      path: user {u} -> interest {j} -> user {v} -> item {rec['item']} (strength {s:.3f})")
+        elif not ex["graph_has_interests"]:
+            print("      no path: this model's graph has no interest nodes")
+        else:
+            print("      no path through a shared interest")
+
+
+def explain_command(run: str, user: int, answers_path: str | None = None, clusters_path: str | None = None,
+                    data_dir: str | None = None, top: int = 10) -> dict:
+    """`explain`: load the run's model and print the case study for one user. The answers and
+    clusters files default to those beside the run's interest file (interests/<dataset>/), since
+    cluster terms and answers only fit the interest file they were made with (a run on the
+    dataset's published file has neither unless given). Raises DataError, SettingsError."""
+    if top < 1:
+        raise SettingsError(f"--top must be at least 1, got {top}")
+    trainer, results = load_trained(run, data_dir)
+    s = trainer.s
+    folder = Path(s.interests).parent if s.interests else None
+    if answers_path is None and folder and (folder / "llm_answers.jsonl").is_file():
+        answers_path = str(folder / "llm_answers.jsonl")  # only answers that made the run's interests
+    if clusters_path is None and folder and (folder / "interest_clusters.tsv").is_file():
+        clusters_path = str(folder / "interest_clusters.tsv")
+    answers = {}
+    if answers_path:
+        with _open_text(Path(answers_path)) as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            try:
+                rec = json.loads(line)
+                answers.setdefault(int(rec["user"]), rec.get("answer"))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn or foreign line: this is only a display
+        if not answers:
+            raise DataError(answers_path, 0, 'no line of llm_interests.py\'s answers ({"user": ..., "answer": ...})')
+    terms = read_cluster_terms(Path(clusters_path)) if clusters_path else {}
+    if clusters_path and not terms:
+        raise DataError(clusters_path, 0, "no kept cluster row of llm_interests.py's interest_clusters.tsv")
+    if terms and set(terms) != set(int(j) for j in trainer.ds.interest_ids):
+        log(f"warning: {clusters_path} does not describe the run's interest nodes; terms may not match")
+    ex = explain(trainer, user, top, answers, terms)
+    print_explain(ex)
+    return ex
+
+# ----------------------------------------------------------------------------------------------
+# Figures (optional: matplotlib)
+# ----------------------------------------------------------------------------------------------
+def plots(datasets: list, results_dir="results") -> list:
+    """make plots (optional, needs matplotlib): Fig. 3 as bars from each results/<dataset>/groups.json
+    (test NDCG@50 per sparsity group, one bar per model, sample std as error bars) and the mask
+    rate curves of Eq. 3 (exp and lin, alpha in {0.02, 0.1, 0.3}, omega 0.95, Lambda 150; the
+    appendix's Fig. 6) in results/mask_schedules.png. Returns the PNG paths written. Raises
+    SettingsError when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SettingsError("plots needs matplotlib, an optional extra: pip install matplotlib") from None
+    written = []
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    q = np.arange(0, 301)
+    for alpha, color in ((0.02, "C0"), (0.1, "C1"), (0.3, "C2")):
+        for schedule, style in (("exp", "-"), ("lin", "--")):
+            ax.plot(q, [mask_rate(int(t), schedule, alpha, 0.95, 150) for t in q], style, color=color,
+                    label=f"{schedule}, alpha={alpha}")
+    ax.set(xlabel="epoch q", ylabel="mask rate p^q (Eq. 3)", title="Mask rate schedules (omega 0.95, Lambda 150)")
+    ax.legend(fontsize=7)
+    path = Path(results_dir) / "mask_schedules.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    for dataset in datasets:
+        src = Path(results_dir) / dataset / "groups.json"
+        if not src.is_file():
+            log(f"note: no {src} (run a table first): no Fig. 3 for {dataset}")
+            continue
+        g = json.loads(src.read_text())
+        if not g.get("rows"):
+            log(f"note: {src} has no results yet: no Fig. 3 for {dataset}")
+            continue
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        width = 0.8 / max(len(g["rows"]), 1)
+        for n, row in enumerate(g["rows"]):
+            x = np.arange(len(g["groups"])) + (n - (len(g["rows"]) - 1) / 2) * width
+            err = [e or 0.0 for e in row["std"]]
+            ax.bar(x, row["mean"], width, yerr=err, label=f"{row['label']}, n={row['n']}")
+        ax.set_xticks(np.arange(len(g["groups"])), [h.split(" (")[0] for h in g["groups"]])
+        ax.set(xlabel="training items per user", ylabel="test NDCG@50", title=f"{dataset}: sparsity groups (Fig. 3)")
+        ax.legend(fontsize=7)
+        path = Path(results_dir) / dataset / "groups.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: tables, explain, plots."""
+    p = argparse.ArgumentParser(prog="experiments.py", description=__doc__.split("\n")[0], allow_abbrev=False)
+    sub = p.add_subparsers(dest="command", required=True)
+    tp = sub.add_parser("tables", allow_abbrev=False, help="run a paper table's configurations over seeds, write results/<dataset>/")
+    add_settings_arguments(tp, skip=("seed", "out", "resume"))  # the sweep sets these itself
+    tp.add_argument("--table", required=True, choices=list(TABLES))
+    tp.add_argument("--seeds", type=int, default=1, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
+    tp.add_argument("--only", default=None, help="run only these configurations (comma separated; "
+                    "the tables still show every finished run)")
+    tp.add_argument("--runs-dir", default="runs")
+    tp.add_argument("--results-dir", default="results")
+    tp.add_argument("--dry-run", "--aggregate-only", dest="dry_run", action="store_true",
+                    help="train nothing: list the runs still to do, aggregate the existing results")
+    ep = sub.add_parser("explain", allow_abbrev=False, help="case study (Fig. 4): a user's interests, recommendations, paths")
+    ep.add_argument("--run", required=True, help="results JSON of a finished run (its .pt beside it)")
+    ep.add_argument("--user", type=int, required=True)
+    ep.add_argument("--answers", default=None, help="llm_answers.jsonl (default: beside the run's interests)")
+    ep.add_argument("--clusters", default=None, help="interest_clusters.tsv (default: beside the run's interests)")
+    ep.add_argument("--data-dir", default=None, help="default: the run's")
+    ep.add_argument("--top", type=int, default=10)
+    pp = sub.add_parser("plots", allow_abbrev=False, help="Fig. 3 bars and the Eq. 3 mask-rate curves as PNG (needs matplotlib)")
+    pp.add_argument("--dataset", nargs="+", default=list(DATASETS))
+    pp.add_argument("--results-dir", default="results")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "tables":
+            base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+                    if getattr(args, f.name, None) is not None}
+            if args.seeds < 1:
+                raise SettingsError(f"--seeds must be at least 1, got {args.seeds}")
+            return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run,
+                               args.only) else 0
+        if args.command == "explain":
+            explain_command(args.run, args.user, args.answers, args.clusters, args.data_dir, args.top)
+            return 0
+        for path in plots(args.dataset, args.results_dir):
+            log(f"wrote {path}")
+        return 0
+    except (DataError, SettingsError) as e:
+        log(f"error: {e}")
+        return 2
+    except TrainingError as e:
+        log(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted: every finished epoch is in the checkpoint; the same tables command continues from it.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
