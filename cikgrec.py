@@ -78,6 +78,7 @@ class Settings:
     min_epochs: int = 0  # no early stop before this many epochs (0: the authors' protocol)
     max_minutes: float = 0.0  # stop after the epoch in which this many minutes passed (0: no limit)
     resume: bool = False  # continue from the checkpoint beside --out
+    refit: bool = False  # after validation selection of epoch E, train E + 1 epochs on all of train.txt, test once
     ks: str = "20,50,100"  # cut-offs K of Recall@K, NDCG@K, Precision@K, HitRatio@K
     # encoder and BPR (Eq. 10)
     dim: int = 64  # embedding dimension D
@@ -1292,6 +1293,10 @@ class Trainer:
             torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda_rng"]])
 
 
+# Settings that never change a run's numbers (a resumed or refit run may differ in them).
+RUN_FREE = ("max_minutes", "resume", "device", "threads", "out", "data_dir", "interests", "eval_batch")
+
+
 def fit(s: Settings) -> dict:
     """Train with early stopping on validation Recall@50 + NDCG@50, evaluate the selected model
     on test once, write the results JSON and the best model's state. With select_on="test"
@@ -1304,12 +1309,19 @@ def fit(s: Settings) -> dict:
     SettingsError, TrainingError.
     """
     check_settings(s)
+    if s.refit and s.select_on == "test":
+        raise SettingsError("--refit needs validation selection: with --select-on test the model was chosen "
+                            "on test and there is nothing to refit")
     device = pick_device(s.device)
     if s.threads:
         torch.set_num_threads(s.threads)
     ds, train_part, valid = read_data(s)  # bad input stops here, before anything is written
     check_memory(s, ds, device)
     out, best_path, ckpt_path = output_paths(s)
+    done = finished_results(out, s) if s.refit else None
+    if done is not None:  # a finished validation-selected run: only its refit is left to do
+        log(f"{out}: selected epoch {done['best_epoch']} on validation; refitting on all of train.txt")
+        return add_refit(s, done, out, device)
     torch.manual_seed(s.seed)
     trainer = Trainer(s, ds, train_part, valid, device)
     for note in trainer.notes:
@@ -1324,8 +1336,8 @@ def fit(s: Settings) -> dict:
             ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         except Exception as e:  # a truncated or foreign file: say which, not a traceback
             raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start afresh") from None
-        free = ("epochs", "patience", "min_epochs", "max_minutes", "resume", "device", "threads", "out", "data_dir", "interests")
-        changed = {k for k, v in ck["settings"].items() if k not in free and getattr(s, k, v) != v}
+        changed = {k for k, v in ck["settings"].items() if k not in RUN_FREE + ("epochs", "patience", "min_epochs", "refit")
+                   and getattr(s, k, v) != v}
         changed |= {name for name, sha in ck.get("data_sha256", {}).items() if data_sha256.get(name) != sha}
         if changed:
             raise SettingsError(f"--resume: {ckpt_path} was made with other settings or data "
@@ -1347,6 +1359,8 @@ def fit(s: Settings) -> dict:
     elif ckpt_path.is_file():
         log(f"note: starting afresh: the checkpoint {ckpt_path} will be replaced (--resume continues it)")
     check_writable(out, best_path, ckpt_path)
+    for line in interest_lines(ds, s):
+        log(line)
     unused = "" if "uj" in GRAPHS[s.graph] else f" (not in the {s.graph.upper()} graph)"
     log(f"{s.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.n_entities} entities, "
         f"{ds.n_interests} interest nodes{unused}, {trainer.model.graphs.main.n_edges} undirected {s.graph.upper()} edges, "
@@ -1413,6 +1427,68 @@ def fit(s: Settings) -> dict:
     log(f"selected epoch {stopper.best_epoch} on {sel}; results in {out}, model in {best_path}")
     if failure:  # the results of the epochs before the failure are written; the run still failed
         raise TrainingError(f"{failure}; the results of the best epoch before it ({stopper.best_epoch}) are in {out}")
+    if s.refit and not limit:
+        return add_refit(s, results, out, device)
+    return results
+
+
+def finished_results(out: Path, s: Settings) -> dict | None:
+    """The results at `out` of a finished validation-selected run with settings s (all but those
+    that do not change its numbers), or None when there is none to add a refit to. Raises
+    SettingsError when the file holds a run with other settings: it is not overwritten."""
+    if not out.is_file():
+        return None
+    results = read_results(out)
+    if results.get("selected_on") != "valid" or results.get("best_epoch") is None or results.get("stopped_by"):
+        return None
+    saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **results.get("settings", {})}
+    differ = [k for k, v in dataclasses.asdict(s).items() if k not in RUN_FREE + ("refit",) and saved.get(k) != v]
+    if differ:
+        raise SettingsError(f"{out} holds a run with other settings ({', '.join(differ[:4])}): give another --out")
+    changed = data_changed(results.get("provenance", {}).get("data_sha256", {}), s)
+    if changed:
+        raise SettingsError(f"{out} was trained on other data ({', '.join(changed)}): give another --out")
+    return results
+
+
+def add_refit(s: Settings, results: dict, out: Path, device) -> dict:
+    """The refit: train again from the same seed on all of train.txt (validation items back in)
+    for exactly best_epoch + 1 epochs, with no selection, then evaluate on test once. Adds
+    "refit" {"epochs", "test", "groups", "seconds", "model", "model_sha256"} to the results and
+    rewrites them; the model goes to <out>.refit.pt. A checkpoint after every epoch
+    (<out>.refit.ckpt.pt) lets --resume continue it. The refit model never saw the test set."""
+    if isinstance(results.get("refit"), dict) and "test" in results["refit"]:
+        log(f"{out} already has its refit")
+        return results
+    epochs = results["best_epoch"] + 1
+    everything = dataclasses.replace(s, select_on="test")  # no validation split: all of train.txt
+    ds, train_all, _ = read_data(everything)
+    model_path, ckpt_path = out.with_suffix(".refit.pt"), out.with_suffix(".refit.ckpt.pt")
+    torch.manual_seed(s.seed)
+    trainer, start, seconds = Trainer(everything, ds, train_all, None, device), 0, 0.0
+    if s.resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck.get("epochs") != epochs:
+            raise SettingsError(f"--resume: {ckpt_path} refits {ck.get('epochs')} epochs, not {epochs}; delete it")
+        trainer.load_state(ck["trainer"])
+        start, seconds = ck["epoch"] + 1, ck["seconds"]
+        log(f"resuming the refit {ckpt_path} after epoch {ck['epoch']}")
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        losses = trainer.train_epoch(epoch)
+        seconds += time.perf_counter() - t0
+        _save({"trainer": trainer.state(), "epoch": epoch, "epochs": epochs, "seconds": seconds}, ckpt_path)
+        log(f"refit epoch {epoch:4d} of {epochs} | " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()
+                                                             if v is not None and k != "mask_rate")
+            + f" | {seconds / 60:.1f} min")
+    _save(trainer.model.state_dict(), model_path)
+    test = trainer.evaluate("test")  # the refit's one look at test
+    results["refit"] = {"epochs": epochs, "test": test, "groups": group_ndcg(trainer),
+                        "seconds": round(seconds, 1), "model": str(model_path),
+                        "model_sha256": _sha256(str(model_path))}
+    _write_json(results, out)
+    log(f"refit of {epochs} epochs on all of train.txt: test R@50 {test['recall@50']:.4f} N@50 "
+        f"{test['ndcg@50']:.4f}; results in {out}, model in {model_path}")
     return results
 
 
@@ -1543,6 +1619,32 @@ def data_changed(saved_sha256: dict, s: Settings) -> list:
             for name, sha in sorted(saved_sha256.items()) if name not in now or _sha256(str(now[name])) != sha]
 
 
+def interest_lines(ds: Dataset, s: Settings) -> list:
+    """What train says of its interest file: which file, how many users have interests, and a
+    warning when llm_interests.py cluster made it from answers of under half of the users with a
+    prompt (its <file>.coverage.json, as after an `infer --limit` trial). Published files have no
+    coverage file and are not judged."""
+    if not s.interest_nodes:
+        return ["interests: none (--no-interest-nodes)"]
+    if not ds.interest_file:
+        return ["interests: none (no user_interest_clustered.txt)"]
+    path = Path(ds.interest_file)
+    users = len(np.unique(ds.interest_edges[:, 0]))
+    lines = [f"interests: {path} ({users} of {ds.n_users} users have interests, {ds.n_interests} interest nodes)"]
+    try:
+        cov = json.loads(path.with_name(path.stem + ".coverage.json").read_text())
+        share, asked = cov["users_answered"] / cov["users_with_prompt"], cov["users_with_prompt"]
+        fits = cov["interest_file_sha256"] == _sha256(str(path))
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return lines
+    if fits and share < 0.5:
+        lines.append(f"warning: {path} was made by llm_interests.py cluster from LLM answers of "
+                     f"{cov['users_answered']} of the {asked} users with a prompt ({share:.0%}), as after an "
+                     "`infer --limit` trial; run infer for all users, then cluster, for a full one (make train "
+                     "uses interests/<dataset>/user_interest_clustered.txt whenever it exists)")
+    return lines
+
+
 def read_data(s: Settings) -> tuple[Dataset, list, list | None]:
     """Read the dataset and carve the validation split: (dataset, training items per user,
     validation items per user or None with --select-on test). Raises DataError on bad files."""
@@ -1580,12 +1682,17 @@ def read_results(path) -> dict:
     missing = [m for m in HEADLINE_METRICS if m not in r["test"]]
     if missing:
         raise DataError(path, 0, f"no test {missing[0]} in it")
-    bad = [k for k, v in r["test"].items() if not _finite(v)]
-    if bad:
-        raise DataError(path, 0, f"test {bad[0]} = {r['test'][bad[0]]!r} is not a finite number")
-    bad = [k for k, v in r["test"].items() if not 0 <= v <= 1]  # Recall, NDCG, precision, hit rate
-    if bad:
-        raise DataError(path, 0, f"test {bad[0]} = {r['test'][bad[0]]!r} is not between 0 and 1")
+    refit = r.get("refit")
+    if refit is not None and not (isinstance(refit, dict) and isinstance(refit.get("test"), dict)
+                                  and all(m in refit["test"] for m in HEADLINE_METRICS) and _finite(refit.get("seconds"))):
+        raise DataError(path, 0, "refit is not a finished refit ({\"epochs\", \"test\", \"seconds\", ...})")
+    for name, test in (("test", r["test"]), ("refit test", (refit or {}).get("test", {}))):
+        bad = [k for k, v in test.items() if not _finite(v)]
+        if bad:
+            raise DataError(path, 0, f"{name} {bad[0]} = {test[bad[0]]!r} is not a finite number")
+        bad = [k for k, v in test.items() if not 0 <= v <= 1]  # Recall, NDCG, precision, hit rate
+        if bad:
+            raise DataError(path, 0, f"{name} {bad[0]} = {test[bad[0]]!r} is not between 0 and 1")
     if r.get("minutes") is not None and not _finite(r["minutes"]):
         raise DataError(path, 0, f"minutes = {r['minutes']!r} is not a finite number")
     for key in ("settings", "provenance"):
@@ -1603,23 +1710,33 @@ def definition_changes(results: dict, s: Settings) -> list:
     return [what for version, what, changes in DEFINITION_CHANGES if version > made and changes(s)]
 
 
-def load_trained(results_path, data_dir: str | None = None, device: str = "cpu") -> tuple[Trainer, dict]:
-    """The Trainer of a finished run with its selected model: settings from the results JSON
-    (fields this version does not know are ignored), the best model state from <results>.pt
-    (saved by fit beside the JSON). data_dir overrides the saved data folder. Raises DataError on
-    a missing or foreign file, and when the data files differ from those the run was trained on."""
+def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
+                 refit: bool = True) -> tuple[Trainer, dict]:
+    """The Trainer of a finished run with its model: the refit model (<results>.refit.pt, trained
+    on all of train.txt) where the run has one and refit is True, else the selected model
+    (<results>.pt); settings from the results JSON (fields this version does not know are
+    ignored). data_dir overrides the saved data folder. Raises DataError on a missing or foreign
+    file, a model of an older definition, a model file other than the one the run saved (SHA-256),
+    and when the data files differ from those the run was trained on."""
     results_path = Path(results_path)
     if results_path.suffix == ".pt":
         raise DataError(results_path, 0, "give the run's results JSON; its model .pt is found beside it")
-    for path in (results_path, results_path.with_suffix(".pt")):
-        if not path.is_file():
-            raise DataError(path, 0, "not found (a finished run writes <out>.json and <out>.pt)")
+    if not results_path.is_file():
+        raise DataError(results_path, 0, "not found (a finished run writes <out>.json and <out>.pt)")
     results = read_results(results_path)
     if "settings" not in results:
         raise DataError(results_path, 0, "not the results JSON of a run (no \"settings\")")
+    use_refit = refit and isinstance(results.get("refit"), dict)
+    model_path = results_path.with_suffix(".refit.pt" if use_refit else ".pt")
+    model_sha256 = (results["refit"] if use_refit else results.get("provenance", {})).get("model_sha256")
+    if not model_path.is_file():
+        raise DataError(model_path, 0, "not found (a finished run writes <out>.json and <out>.pt"
+                                       + (", its refit <out>.refit.pt)" if use_refit else ")"))
     known = {f.name for f in dataclasses.fields(Settings)}
     s = Settings(**{k: v for k, v in results["settings"].items() if k in known})
     s = dataclasses.replace(s, resume=False, device=device, **({"data_dir": data_dir} if data_dir else {}))
+    if use_refit:
+        s = dataclasses.replace(s, select_on="test")  # the refit's graph holds all of train.txt
     ds, train_part, valid = read_data(s)  # a missing folder or file is named here
     newer = definition_changes(results, s)
     if newer:
@@ -1629,17 +1746,15 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu")
     if changed:
         raise DataError(results_path, 0, f"the run was trained on other data (the SHA-256 of {', '.join(changed)} "
                                          "differs from the run's); give its --data-dir or --interests")
-    model_sha256 = results.get("provenance", {}).get("model_sha256")
-    if model_sha256 and _sha256(str(results_path.with_suffix(".pt"))) != model_sha256:
-        raise DataError(results_path.with_suffix(".pt"), 0, "not the model this run saved (SHA-256; replaced "
-                                                             "by a later run to the same --out?)")
+    if model_sha256 and _sha256(str(model_path)) != model_sha256:
+        raise DataError(model_path, 0, "not the model this run saved (SHA-256; replaced by a later run to the "
+                                       "same --out?)")
     trainer = Trainer(s, ds, train_part, valid, pick_device(device))
     try:
-        state = torch.load(results_path.with_suffix(".pt"), map_location=trainer.device, weights_only=True)
-        trainer.model.load_state_dict(state)
+        trainer.model.load_state_dict(torch.load(model_path, map_location=trainer.device, weights_only=True))
     except Exception as e:  # truncated, foreign, or made for another graph (e.g. other interests)
         first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
-        raise DataError(results_path.with_suffix(".pt"), 0, f"cannot load the model for this data ({first})") from None
+        raise DataError(model_path, 0, f"cannot load the model for this data ({first})") from None
     return trainer, results
 
 
@@ -1750,12 +1865,13 @@ def bench(s: Settings, epochs: int = 3, evals: int = 5) -> dict:
         trainer.evaluate("valid" if valid is not None else "test")
         eval_times.append(time.perf_counter() - t0)
     median = lambda v: float(np.median(v))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the profiler's own memory
     breakdown = {k: v * median(seconds) for k, v in profile_batches(trainer).items()}
     result = {"dataset": s.dataset, "device": str(device), "threads": torch.get_num_threads(),
               "epochs": epochs, "batches_per_epoch": math.ceil(len(trainer.pair_u) / s.batch_size),
               "epoch_seconds": median(seconds), "breakdown_seconds": breakdown,
               "eval_seconds": median(eval_times),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "peak_rss_mb": peak_mb}
     print(f"{s.dataset}: {result['epoch_seconds']:.1f} s per training epoch (median of {epochs}; "
           f"{result['batches_per_epoch']} batches); of it, by torch.profiler over 8 batches: "
           + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items())
@@ -1855,7 +1971,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("train", "train, select on validation, evaluate on test"),
                        ("bench", "time a few training epochs and evaluations")):
         sp = sub.add_parser(name, allow_abbrev=False, help=text)
-        add_settings_arguments(sp, skip=("out", "resume", "epochs", "patience") if name == "bench" else ())
+        add_settings_arguments(sp, skip=("out", "resume", "refit", "epochs", "patience") if name == "bench" else ())
         if name == "bench":
             sp.add_argument("--bench-epochs", type=int, default=3)
     dp = sub.add_parser("download", allow_abbrev=False, help="fetch datasets from the authors' repository (verified)")

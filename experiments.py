@@ -43,12 +43,13 @@ METRIC_NAMES = {"recall@50": "R@50", "recall@100": "R@100", "ndcg@50": "N@50", "
 # Each table: config name -> (row label, settings given on top of the dataset's defaults).
 TABLES = {
     "table1": {  # Table 1: overall performance (our code's baselines)
-        "cikgrec": ("CIKGRec", {}),
-        "lightgcn": ("LightGCN", {"model": "lightgcn", "graph": "cg"}),
+        # Table 1's rows are refit on all of train.txt after validation selection (cikgrec --refit)
+        "cikgrec": ("CIKGRec", {"refit": True}),
+        "lightgcn": ("LightGCN", {"model": "lightgcn", "refit": True}),
         # SimGCL peaks on validation within its first epochs and dips before it climbs (as
         # LightGCN on dbbook2014's CKG, README): patience 10 from epoch 0 would keep that early
         # model, so its row holds off early stopping for 30 epochs (a fair baseline)
-        "simgcl": ("SimGCL", {"model": "simgcl", "min_epochs": 30}),
+        "simgcl": ("SimGCL", {"model": "simgcl", "min_epochs": 30, "refit": True}),
     },
     "ablation": {  # Table 3: ablations by flags on the full model
         "full": ("CIKGRec (ours)", {}),
@@ -134,7 +135,7 @@ def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
     return runs
 
 
-_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes")
+_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes", "refit")
 
 
 def run_data_changed(results: dict, settings: Settings) -> list:
@@ -158,6 +159,12 @@ def check_groups(g, path) -> dict:
 def time_limited(results: dict) -> bool:
     """True for the results (read_results) of a run stopped by --max-minutes before early stopping."""
     return str(results.get("stopped_by") or "").startswith("time limit")
+
+
+def unrefit(results: dict, settings: Settings) -> bool:
+    """True when the planned run asks for a refit (Table 1) and the results (read_results) have
+    none yet: the sweep then adds it (cikgrec.fit with --refit on a finished run trains only it)."""
+    return settings.refit and not isinstance(results.get("refit"), dict)
 
 
 def settings_differ(results: dict, settings: Settings) -> list:
@@ -192,7 +199,7 @@ def done_results(run: PlannedRun) -> Path | None:
         if changed:
             raise SettingsError(f"{run.out} was trained on other data (the SHA-256 of {', '.join(changed)} "
                                 "differs from the run's): delete it or give another --runs-dir")
-        return None if time_limited(results) else run.out
+        return None if time_limited(results) or unrefit(results, run.settings) else run.out
     runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
     others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
     same = SAME_RUN.get((run.table, run.config))
@@ -202,7 +209,8 @@ def done_results(run: PlannedRun) -> Path | None:
         if other.is_file():
             results = read_results(other)
             if not (definition_changes(results, run.settings) or settings_differ(results, run.settings)
-                    or time_limited(results) or run_data_changed(results, run.settings)):
+                    or time_limited(results) or unrefit(results, run.settings)
+                    or run_data_changed(results, run.settings)):
                 return other
     return None
 
@@ -231,7 +239,8 @@ def run_sweep(runs: list, dry_run: bool = False) -> int:
         log(f"run {n}/{len(todo)}: {r.config} seed {r.seed} ({_fmt_duration(elapsed)} elapsed, {left})")
         ckpt = output_paths(r.settings)[2]
         try:
-            cut += time_limited(fit(dataclasses.replace(r.settings, resume=ckpt.is_file())))
+            resume = ckpt.is_file() or r.out.with_suffix(".refit.ckpt.pt").is_file()
+            cut += time_limited(fit(dataclasses.replace(r.settings, resume=resume)))
             finished += 1
         except TrainingError as e:
             failed += 1
@@ -255,18 +264,24 @@ def aggregate_table(table: str, dataset: str, files: dict) -> list:
     m+"_std" (sample std, None when n < 2), m+"_paper" (None where the paper has no value) and
     m+"_diff" (100 (ours - paper) / paper)}.
 
-    files: {config: [results JSON paths]} (test metrics are read from each file's "test")."""
+    Rows of refit configurations (Table 1) take the refit's test metrics, and add the selected
+    model's as m+"_selected" and m+"_selected_std"; their minutes include the refit.
+
+    files: {config: [results JSON paths]} (test metrics are read from each file's "test", or its
+    "refit" "test")."""
     paper = PAPER.get(table, {}).get(dataset, {})
     rows = []
-    for config, (label, _) in TABLES[table].items():
+    for config, (label, flags) in TABLES[table].items():
         paths = files.get(config, [])
         runs = [read_results(p) for p in paths]
-        tests = [r["test"] for r in runs]
-        minutes = [r["minutes"] for r in runs if r.get("minutes") is not None]
+        refit = flags.get("refit", False)
+        tests = [r["refit"]["test"] if refit else r["test"] for r in runs]
+        run_minutes = lambda r: r["minutes"] + (r["refit"]["seconds"] / 60 if refit else 0.0)
+        minutes = [run_minutes(r) for r in runs if r.get("minutes") is not None]
         by_device = {}  # runs made on different machines (e.g. a lent GPU) are timed apart
         for r in runs:
             if r.get("minutes") is not None:
-                by_device.setdefault(r.get("provenance", {}).get("device", "?"), []).append(r["minutes"])
+                by_device.setdefault(r.get("provenance", {}).get("device", "?"), []).append(run_minutes(r))
         row = {"config": config, "label": label, "n": len(tests), "files": [str(p) for p in paths],
                "minutes": _mean_std(minutes)[0] if minutes else None,
                "minutes_by_device": {d: _mean_std(v)[0] for d, v in sorted(by_device.items())}}
@@ -275,6 +290,9 @@ def aggregate_table(table: str, dataset: str, files: dict) -> list:
             ref = paper.get(config, {}).get(m)
             row.update({m: mean, m + "_std": std, m + "_paper": ref,
                         m + "_diff": 100.0 * (mean - ref) / ref if mean is not None and ref else None})
+            if refit:
+                row[m + "_selected"], row[m + "_selected_std"] = (
+                    _mean_std([r["test"][m] for r in runs]) if runs else (None, None))
         rows.append(row)
     return rows
 
@@ -285,7 +303,8 @@ _TABLE_TITLES = {"table1": "Table 1: overall performance", "ablation": "Table 3:
 
 _TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, and no numbers for w/o DMR "
                             "(ours: the mask rate is omega throughout).",
-                "table1": " Our LightGCN and SimGCL rows are trained by this code with the dataset's settings."}
+                "table1": " Our LightGCN and SimGCL rows are trained by this code at their own papers' definitions "
+                          "(README: Baselines) with the dataset's sizes, learning rate and L2."}
 
 
 def _device_minutes(row: dict) -> str:
@@ -305,15 +324,28 @@ def _made_with(given: str) -> list:
     return [f"Made with `{given}` on top of the dataset's settings.", ""] if given else []
 
 
+CSV_NAMES = {"": "mean", "_std": "std", "_paper": "paper", "_diff": "diff_pct", "_selected": "selected",
+             "_selected_std": "selected_std"}
+
+
 def write_table(rows: list, table: str, dataset: str, results_dir="results", given: str = "") -> tuple[Path, Path]:
     """results/<dataset>/<table>.md and .csv from aggregate_table's rows; `given`: the options the
-    runs were made with beyond the dataset's settings (_non_defaults), stated under the title."""
+    runs were made with beyond the dataset's settings (_non_defaults), stated under the title.
+    Refit rows (Table 1) get a column "selected" per metric beside the refit's."""
     folder = Path(results_dir) / dataset
     folder.mkdir(parents=True, exist_ok=True)
     num = lambda x, fmt: "" if x is None else format(x, fmt)
-    header = ["model", "n", "min/run"] + [h for m in TABLE_METRICS for h in (METRIC_NAMES[m], "paper", "diff %")]
+    pm = lambda mean, std: "" if mean is None else f"{mean:.4f} ± " + ("-" if std is None else f"{std:.4f}")
+    refit = any(m + "_selected" in r for r in rows for m in TABLE_METRICS)
+    extra = ("selected",) if refit else ()
+    header = ["model", "n", "min/run"] + [h for m in TABLE_METRICS
+                                          for h in (METRIC_NAMES[m] + (" refit" if refit else ""), "paper", "diff %") + extra]
+    what = ("Ours: test metrics of the refit (trained again from the same seed on all of train.txt for the "
+            "epochs that validation selected, then tested once; it never saw the test set), and beside it "
+            "(selected) those of the model selected on validation and trained on 7/8 of train.txt"
+            if refit else "Ours: test metrics of the epoch selected on validation")
     md = [f"# {dataset}: {_TABLE_TITLES[table]}", "",
-          "Ours: test metrics of the epoch selected on validation, mean ± sample std over n seeds "
+          f"{what}, mean ± sample std over n seeds "
           f"({FIRST_SEED}, {FIRST_SEED + 1}, ...; std '-' when n = 1). Paper: selected on test, "
           "mean of 10 seeds. diff % = 100 (ours - paper) / paper. min/run: mean minutes of training and "
           "evaluation per run, by device (each results file's provenance names the device and threads; "
@@ -323,20 +355,22 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results", giv
     for r in rows:
         cells = [r["label"], str(r["n"]), _device_minutes(r)]
         for m in TABLE_METRICS:
-            ours = "" if r[m] is None else f"{r[m]:.4f} ± " + ("-" if r[m + "_std"] is None else f"{r[m + '_std']:.4f}")
             diff = "" if r[m + "_diff"] is None else f"{r[m + '_diff']:+.1f}"
-            cells += [ours, num(r[m + "_paper"], ".4f"), diff]
+            cells += [pm(r[m], r[m + "_std"]), num(r[m + "_paper"], ".4f"), diff]
+            if refit:
+                cells.append(pm(r.get(m + "_selected"), r.get(m + "_selected_std")))
         md.append("| " + " | ".join(cells) + " |")
     md_path, csv_path = folder / f"{table}.md", folder / f"{table}.csv"
     md_path.write_text("\n".join(md) + "\n")
+    kinds = ("", "_std", "_paper", "_diff") + (("_selected", "_selected_std") if refit else ())
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["config", "model", "n", "minutes_per_run", "minutes_per_run_by_device"]
-                   + [f"{m}_{k}" for m in TABLE_METRICS for k in ("mean", "std", "paper", "diff_pct")])
+                   + [f"{m}_{CSV_NAMES[k]}" for m in TABLE_METRICS for k in kinds])
         for r in rows:
             w.writerow([r["config"], r["label"], r["n"], num(r["minutes"], ".4g"),
                         ";".join(f"{d}:{v:.4g}" for d, v in r.get("minutes_by_device", {}).items())]
-                       + [num(r[m + s], ".6g") for m in TABLE_METRICS for s in ("", "_std", "_paper", "_diff")])
+                       + [num(r.get(m + s), ".6g") for m in TABLE_METRICS for s in kinds])
     return md_path, csv_path
 
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +381,8 @@ def results_groups(results_path, data_dir: str | None = None) -> dict:
     file <results>.pt and cached in <results>.groups.json (redone when the model is newer than
     the cache). Raises DataError for an older results file with neither model nor cache."""
     results_path = Path(results_path)
-    saved = read_results(results_path).get("groups") if results_path.is_file() else None
+    results = read_results(results_path) if results_path.is_file() else {}
+    saved = (results.get("refit") or {}).get("groups") or results.get("groups")  # the refit's, where there is one
     if saved is not None:
         return check_groups(saved, results_path)
     cache, model = results_path.with_suffix(".groups.json"), results_path.with_suffix(".pt")

@@ -980,3 +980,59 @@ def test_importing_cikgrec_does_not_import_experiments():
     code = "import sys, cikgrec; print('experiments' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------
+# Refit: after validation selection, train again on all of train.txt for the selected epochs
+# ---------------------------------------------------------------------------------------------
+def test_refit_trains_best_epoch_plus_one_on_all_of_train(tmp_path):
+    small_dataset(tmp_path)
+    r = C.fit(tiny_settings(tmp_path, epochs=3, refit=True))
+    out = tmp_path / "runs" / "fx.json"
+    e = r["best_epoch"] + 1
+    assert r["refit"]["epochs"] == e and set(C.HEADLINE_METRICS) <= set(r["refit"]["test"])
+    assert json.loads(out.read_text())["refit"] == json.loads(json.dumps(r["refit"]))
+    assert r["refit"]["model_sha256"] == C._sha256(str(out.with_suffix(".refit.pt")))
+    # the same as training e epochs on all of train.txt with no selection, from the same seed
+    plain = C.fit(tiny_settings(tmp_path, select_on="test", epochs=e, patience=100, out=str(tmp_path / "p.json")))
+    last = torch.load(tmp_path / "p.ckpt.pt", weights_only=False)["trainer"]["model"]
+    refit = torch.load(out.with_suffix(".refit.pt"), weights_only=True)
+    assert all(torch.equal(last[k], refit[k]) for k in refit) and plain["epochs_run"] == e
+    trainer, _ = C.load_trained(out)  # the refit model, on the graph of all of train.txt
+    ds = C.load_dataset(tmp_path / "fx")
+    assert trainer.model.graphs.main.n_edges == len(C.cikg_edges(ds, ds.train))
+    assert trainer.evaluate("test") == r["refit"]["test"]
+
+
+def test_refit_of_a_finished_run_trains_only_the_refit(tmp_path, capsys):
+    small_dataset(tmp_path)
+    first = C.fit(tiny_settings(tmp_path, epochs=3))
+    assert "refit" not in first
+    again = C.fit(tiny_settings(tmp_path, epochs=3, refit=True))
+    assert again["history"] == first["history"] and again["refit"]["epochs"] == first["best_epoch"] + 1
+    assert "refitting on all of train.txt" in capsys.readouterr().err
+    assert C.fit(tiny_settings(tmp_path, epochs=3, refit=True))["refit"] == json.loads(json.dumps(again["refit"]))
+    with pytest.raises(C.SettingsError, match="other settings"):
+        C.fit(tiny_settings(tmp_path, epochs=3, refit=True, lambda2=0.5))
+    with pytest.raises(C.SettingsError, match="--refit needs validation selection"):
+        C.fit(tiny_settings(tmp_path, select_on="test", refit=True))
+
+
+def test_an_interrupted_refit_resumes_exactly(tmp_path, monkeypatch):
+    small_dataset(tmp_path)
+    whole = C.fit(tiny_settings(tmp_path, epochs=4, refit=True, out=str(tmp_path / "a.json")))
+    real, calls = C.Trainer.train_epoch, {"n": 0}
+
+    def stop_in_the_refit(self, epoch, max_batches=None):
+        calls["n"] += 1
+        if self.valid is None and epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, max_batches)
+    monkeypatch.setattr(C.Trainer, "train_epoch", stop_in_the_refit)
+    with pytest.raises(KeyboardInterrupt):
+        C.fit(tiny_settings(tmp_path, epochs=4, refit=True, out=str(tmp_path / "b.json")))
+    monkeypatch.setattr(C.Trainer, "train_epoch", real)
+    if whole["refit"]["epochs"] > 1:
+        assert (tmp_path / "b.refit.ckpt.pt").is_file()
+    resumed = C.fit(tiny_settings(tmp_path, epochs=4, refit=True, resume=True, out=str(tmp_path / "b.json")))
+    assert resumed["refit"]["test"] == whole["refit"]["test"]

@@ -959,6 +959,24 @@ def test_end_to_end_infer_cluster_then_cikgrec_loads_and_trains(tmp_path, capsys
                          cwd=HERE, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "run.json").is_file()
+    interest_file = out / "fx" / "user_interest_clustered.txt"
+    assert f"interests: {interest_file} (24 of 26 users have interests, 12 interest nodes)" in run.stderr
+    assert "warning:" not in run.stderr  # answers of every user with a prompt: no coverage warning
+
+
+def test_train_warns_when_the_interest_file_came_from_a_limit_trial(tmp_path):
+    make_fixture(tmp_path / "fx")
+    out = tmp_path / "interests"
+    common = ["--dataset", "fx", "--data-dir", str(tmp_path), "--out-dir", str(out)]
+    with FakeLLM() as srv:
+        assert L.main(["infer", *common, "--base-url", srv.url, "--model", "fake", "--limit", "12"]) == 0
+    assert L.main(["cluster", *common, "--k", "6", "--max-share", "0.5"]) == 0
+    interest_file = out / "fx" / "user_interest_clustered.txt"
+    run = subprocess.run([sys.executable, "cikgrec.py", "train", *common[:4], "--interests", str(interest_file),
+                          "--epochs", "1", "--out", str(tmp_path / "run.json"), "--device", "cpu"],
+                         cwd=HERE, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"warning: {interest_file} was made by llm_interests.py cluster from LLM answers of 12 of the 25 users" in run.stderr
 
 
 def test_bench_runs_on_a_small_synthetic_corpus(capsys):
