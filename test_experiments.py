@@ -631,3 +631,56 @@ def test_a_sweep_cut_by_the_time_limit_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 of 1 runs stopped at --max-minutes before early stopping" in err, err
     assert E.main(args + ["--dry-run"]) == 0 and "0 of 1 runs already done; 1 to run" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps on validation, and the fidelity table
+# ---------------------------------------------------------------------------------------------
+def test_sweep_trains_one_run_per_value_and_chooses_on_validation(tmp_path, capsys):
+    small_dataset(tmp_path)
+    tiny = ["--dim", "8", "--layers", "2", "--enc-layers", "1", "--batch-size", "4", "--mask-epochs", "5",
+            "--eval-batch", "3", "--epochs", "2", "--lr", "0.01"]
+    args = ["sweep", "--param", "l2", "--values", "1e-5,1e-3", "--model", "lightgcn", "--dataset", "fx",
+            "--data-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
+    assert E.main(args + tiny) == 0
+    folder = tmp_path / "runs" / "fx" / "sweep-lightgcn-l2"
+    assert sorted(p.name for p in folder.glob("*.json")) == ["l2-0.001-seed2024.json", "l2-1e-05-seed2024.json"]
+    saved = json.loads((folder / "l2-0.001-seed2024.json").read_text())
+    assert saved["settings"]["l2"] == 1e-3 and saved["settings"]["model"] == "lightgcn" and saved["selected_on"] == "valid"
+    table = json.loads((tmp_path / "res" / "fx" / "sweep-lightgcn-l2.json").read_text())
+    best = max(table["rows"], key=lambda x: x["recall@50"] + x["ndcg@50"])
+    assert table["chosen"] == best["value"] and len(table["rows"]) == 2
+    for row in table["rows"]:  # the validation metrics of the selected epoch, never test
+        res = json.loads((folder / f"l2-{row['value']:g}-seed2024.json").read_text())
+        assert row["recall@50"] == res["valid"]["recall@50"]
+    md = (tmp_path / "res" / "fx" / "sweep-lightgcn-l2.md").read_text()
+    assert f"Validation chooses l2 = {best['value']:g}." in md and "(chosen)" in md
+    capsys.readouterr()
+    assert E.main(args + tiny) == 0 and "2 of 2 runs already done" in capsys.readouterr().err  # resumes
+    for bad, expect in ((["--param", "out"], "--param 'out'"), (["--values", "0.1"], "at least two distinct"),
+                        (["--values", "a,b"], "expected comma-separated float"), (["--l2", "0.1"], "--l2: the sweep sets it")):
+        argv = list(args)
+        for flag, value in zip(bad[::2], bad[1::2]):
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+        assert E.main(argv + tiny) == 2
+        assert expect in capsys.readouterr().err, bad
+
+
+def test_fidelity_sets_our_curve_beside_the_authors(tmp_path):
+    # R@50, R@100, N@50, N@100 at epoch e: 0.001 e, 0.002 e, 0.003 e, 0.0005 e
+    history = [{"epoch": e, "test": metrics(0.001 * e, 0.002 * e, 0.003 * e, 0.0005 * e)} for e in range(90)]
+    run = tmp_path / "f.json"
+    run.write_text(json.dumps({"dataset": "book-crossing", "settings": {"variant": "authors"}, "selected_on": "test",
+                               "seed": 2024, "best_epoch": 80, "epochs_run": 90, "minutes": 75.0,
+                               "test": history[80]["test"], "history": history}))
+    text = E.fidelity(run, tmp_path / "res").read_text()
+    assert "| 20 | 0.0200 | 0.0600 | 0.0400 | 0.0100 | 0.1502 | 0.0704 | 0.2163 | 0.0854 |" in text
+    assert "| ours, best test epoch | 0.0800 | 0.2400 | 0.1600 | 0.0400 |" in text
+    assert "| paper's Table 1 (mean of 10 seeds) | 0.1791 | 0.0889 | 0.2455 | 0.1041 |" in text
+    assert "NOT an honest estimate" in text and "best test epoch 80 of 90" in text
+    valid_run = fake_results(tmp_path / "v.json", metrics(0.1, 0.2, 0.1, 0.2), {"variant": "paper"})
+    with pytest.raises(C.DataError, match="not the results of a --variant authors --select-on test run"):
+        E.fidelity(valid_run, tmp_path / "res")
