@@ -295,6 +295,9 @@ def _int_rows(path: Path, width: int | None = None):
     seen_data = False
     with _open_text(path) as f:
         for no, line in enumerate(f, 1):
+            if no == 1 and line.startswith("\ufeff"):
+                raise DataError(path, 1, "the file starts with a byte-order mark (BOM, as some editors save UTF-8):"
+                                         " save it as plain UTF-8 without a BOM")
             fields = line.split()
             if not fields:
                 continue
@@ -319,7 +322,8 @@ def read_user_items(path, n_items: int | None = None, n_users: int | None = None
     """Read a train.txt/test.txt file: one line `user item item ...` per user.
 
     Blank lines are skipped, repeated items of a user are kept once (first occurrence order), and
-    a user on several lines gets the union (noted in `notes`, unless the lines are identical). A
+    a user on several lines gets the union (one note in `notes` counts such lines, with three
+    examples; identical repeated lines are no news). A
     line with only a user id gives that user no items. Returns {user id: [item ids]}. Raises
     DataError (file, line, value) on a malformed line, an item id >= n_items or a user id >=
     n_users (when given).
@@ -327,6 +331,7 @@ def read_user_items(path, n_items: int | None = None, n_users: int | None = None
     path = Path(path)
     out: dict[int, list[int]] = {}
     first_line: dict[int, tuple] = {}
+    merged = []  # (line, user, first line): counted in one note, with three examples
     for no, values in _int_rows(path):
         user, items = values[0], values[1:]
         if n_items is not None and items and max(items) >= n_items:
@@ -334,8 +339,8 @@ def read_user_items(path, n_items: int | None = None, n_users: int | None = None
                                       f"(ids 0..{n_items - 1}, item_list.txt)")
         if n_users is not None and user >= n_users:
             raise DataError(path, no, f"user id {user} out of range: user_list.txt has {n_users} users")
-        if user in first_line and first_line[user][1] != values and notes is not None:
-            notes.append(f"{path}, line {no}: user {user} also on line {first_line[user][0]}; items merged")
+        if user in first_line and first_line[user][1] != values:
+            merged.append((no, user, first_line[user][0]))
         first_line.setdefault(user, (no, values))
         known = out.setdefault(user, [])
         seen = set(known)
@@ -343,20 +348,28 @@ def read_user_items(path, n_items: int | None = None, n_users: int | None = None
             if i not in seen:
                 seen.add(i)
                 known.append(i)
+    if merged and notes is not None:
+        examples = "; ".join(f"line {no}: user {u} also on line {first}" for no, u, first in merged[:3])
+        notes.append(f"{path}: {len(merged)} lines repeat the user of an earlier line; items merged "
+                     f"(e.g. {examples})")
     return out
 
 
 def id_list_rows(path, fields: str = "org_id remap_id"):
     """Yield the rows of an id list (user_list.txt, entity_list.txt, relation_list.txt,
     item_list.txt: `org_id remap_id [name...]`, header first, remap ids 0, 1, 2... in order), each
-    split into at most 3 fields (a name may hold spaces). Blank lines are skipped. Raises DataError
-    naming the line of a row without a remap id (`fields` names the expected form) or with one out
-    of order."""
+    split into at most 3 fields (a name may hold spaces). Blank lines are skipped. A first line
+    whose second field is an id is a row (the file has no header) and is read as one. Raises
+    DataError naming the line of a row without a remap id (`fields` names the expected form), with
+    one out of order, or a file starting with a byte-order mark."""
     with _open_text(path) as f:
         rows = 0
         for no, line in enumerate(f, 1):
-            if no == 1 or not line.strip():
-                continue
+            if no == 1 and line.startswith("\ufeff"):
+                raise DataError(path, 1, "the file starts with a byte-order mark (BOM, as some editors save UTF-8):"
+                                         " save it as plain UTF-8 without a BOM")
+            if no == 1 and not (len(line.split()) >= 2 and line.split()[1].isdigit()) or not line.strip():
+                continue  # the header (`org_id remap_id ...`), or a blank line
             parts = line.rstrip("\n").split(None, 2)
             if len(parts) < 2 or not parts[1].isdigit():
                 raise DataError(path, no, f"expected `{fields}`, got {line.strip()[:80]!r}")
@@ -518,6 +531,343 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
     return Dataset(name or folder.name, n_users, n_items, n_entities, n_relations, len(raw_ids),
                    as_arrays(train), as_arrays(test), kg, edges, raw_ids, names,
                    str(int_path) if len(raw_ids) else "", notes)
+
+
+# -- your own data: prepare (raw files -> this format) and stats (the paper's Table 2) ------------
+PREPARED_FILES = ("train.txt", "test.txt", "item_list.txt", "user_list.txt", "kg_final.txt", "entity_list.txt",
+                  "relation_list.txt", "stats.md")
+SEPARATORS = {"tab": "\t", "comma": ",", "semicolon": ";", "space": None}
+
+
+def _raw_rows(path, sep: str = "auto", rest_after: int = 0):
+    """Yield (line number, fields) of a raw CSV, TSV or whitespace-separated file (blank lines
+    skipped, fields stripped, a UTF-8 byte-order mark accepted, undecodable bytes replaced).
+
+    sep: "auto" (tab if the first line has one, else comma, else semicolon, else whitespace) or a
+    key of SEPARATORS. CSV quoting is honoured. rest_after (whitespace files): split at most that
+    many times, so the last field keeps its spaces (an item's name). Raises DataError on a missing
+    or unreadable file and on one with no data line."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(path, 0, "is a folder, not a file")
+    try:
+        f = open(path, encoding="utf-8-sig", errors="replace", newline="")
+    except FileNotFoundError:
+        raise DataError(path, 0, "file not found") from None
+    except OSError as e:
+        raise DataError(path, 0, f"cannot read it ({e.strerror})") from None
+    import csv
+    with f:
+        first = next((line for line in f if line.strip()), "")
+        f.seek(0)
+        if first and first[0] == "\ufeff":
+            first = first[1:]
+        delimiter = (SEPARATORS[sep] if sep != "auto" else
+                     next((d for d in ("\t", ",", ";") if d in first), None))
+        seen = False
+        if delimiter is None:
+            for no, line in enumerate(f, 1):
+                fields = line.lstrip("\ufeff").split(None, rest_after) if rest_after else line.split()
+                if fields:
+                    seen = True
+                    yield no, [x.strip() for x in fields]
+        else:
+            reader = csv.reader(f, delimiter=delimiter)
+            for fields in reader:
+                fields = [x.strip() for x in fields]
+                if any(fields):
+                    seen = True
+                    yield reader.line_num, fields
+    if not seen:
+        raise DataError(path, 0, "the file is empty")
+
+
+def _columns(path, first: list, spec: dict, required: tuple, header: str = "auto") -> tuple[dict, bool]:
+    """Where each column of a raw file is: ({role: 0-based index or None}, whether line 1 is a
+    header). spec: {role: a header name, or a 1-based position as digits}; roles not in
+    `required` may be absent (index None). header "auto": line 1 is a header when it names a
+    required column. Without a header, columns given by name fall back to the order of `spec`
+    where that name is the role's own (user, item, rating, timestamp: positions 1, 2, 3, 4).
+    Raises DataError naming the file and the missing column."""
+    lowered = [x.lower() for x in first]
+    names = {role: str(v).lower() for role, v in spec.items() if not str(v).isdigit()}
+    has_header = (header == "yes" or header == "auto" and any(names.get(r) in lowered for r in required))
+    where = {}
+    for pos, (role, v) in enumerate(spec.items()):
+        v = str(v)
+        if v.isdigit():
+            if int(v) < 1:
+                raise DataError(path, 0, f"column positions count from 1, got {role} column {v}")
+            where[role] = int(v) - 1
+        elif has_header and v.lower() in lowered:
+            where[role] = lowered.index(v.lower())
+        elif has_header:
+            if role in required:
+                raise DataError(path, 1, f"no column {v!r} in the header (columns: {', '.join(first)[:200]}); "
+                                         f"name the {role} column with --{role}-col NAME or a position")
+            where[role] = None
+        elif v.lower() == role:  # the default name, no header: the column order
+            where[role] = pos if role in required or pos < len(first) else None
+        else:
+            raise DataError(path, 1, f"the {role} column is named {v!r}, but the first line is not a header "
+                                     f"naming it ({', '.join(first)[:120]!r}); give its position instead")
+    return where, has_header
+
+
+def _number(path, no: int, what: str, text: str) -> float:
+    """A rating or timestamp as a finite float; DataError naming file, line and value otherwise."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v):
+        raise DataError(path, no, f"{what} must be a number, got {text[:40]!r}")
+    return v
+
+
+def _plain_id(path, no: int, what: str, text: str) -> str:
+    """An original id as the id lists keep it: not empty, no whitespace inside."""
+    if not text:
+        raise DataError(path, no, f"empty {what} id")
+    if any(c.isspace() for c in text):
+        raise DataError(path, no, f"{what} id {text[:40]!r} holds whitespace, which the id lists cannot keep")
+    return text
+
+
+def n_test_items(n: int) -> int:
+    """How many of a user's n interactions go to test in prepare's 8:2 split: round-half-up(n/5),
+    at most n-1 (n=1 -> 0, n=5 -> 1, n=12 -> 2, n=13 -> 3)."""
+    return max(0, min(int(math.floor(n / 5 + 0.5)), n - 1))
+
+
+def prepare(interactions, name: str, data_dir="data", items=None, kg=None, user_col="user", item_col="item",
+            rating_col="rating", time_col="timestamp", name_col="name", header: str = "auto", sep: str = "auto",
+            min_rating: float | None = None, min_user_interactions: int = 5, split_seed: int = 0,
+            force: bool = False) -> dict:
+    """Raw files -> a dataset folder `data_dir/name/` in the published format, the paper's way.
+
+    interactions: CSV/TSV/whitespace file with columns user, item and optionally rating and
+    timestamp (by header name, or by position: *_col "3" is the third column). items: optional
+    file (item, name). kg: optional triples file (head, relation, tail); a head or tail equal to
+    an item's original id is that item, any other value an entity (numbered after the items).
+    Processing: duplicate (user, item) pairs merged (highest rating, earliest time); with
+    min_rating, only pairs rated >= min_rating kept; users with fewer than min_user_interactions
+    pairs dropped; each user's pairs split 8:2 (n_test_items), the latest to test where
+    timestamps exist, else at random (split_seed). Items are written in time order where
+    timestamps exist (else file order); users and items are numbered in order of first
+    appearance. Writes train.txt, test.txt, item_list.txt, user_list.txt, entity_list.txt,
+    relation_list.txt, kg_final.txt (with a KG) and stats.md. Returns the stats (dataset_stats)
+    plus "processing" (what each rule removed). Raises DataError (file, line, value) on bad input,
+    an empty result or a KG that touches no item, and SettingsError for an existing folder
+    without force; nothing is written then.
+    """
+    if min_user_interactions < 1:
+        raise SettingsError(f"--min-user-interactions must be at least 1, got {min_user_interactions}")
+    if sep not in ("auto", *SEPARATORS):
+        raise SettingsError(f"--sep must be one of auto, {', '.join(SEPARATORS)}, got {sep!r}")
+    if header not in ("auto", "yes", "no"):
+        raise SettingsError(f"--header must be auto, yes or no, got {header!r}")
+    if not name or any(c in name for c in "/\\") or name in (".", ".."):
+        raise SettingsError(f"--name must be a folder name, got {name!r}")
+    folder = Path(data_dir) / name
+    present = [f for f in PREPARED_FILES + ("user_interest_clustered.txt",) if (folder / f).exists()]
+    if present and not force:
+        raise SettingsError(f"{folder} already holds a dataset ({', '.join(present[:3])}): give --force to replace "
+                            "it, or another --name")
+    path = Path(interactions)
+    rows = _raw_rows(path, sep)
+    no, first = next(rows)
+    spec = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
+    where, has_header = _columns(path, first, spec, ("user", "item"), header)
+    if min_rating is not None and where["rating"] is None:
+        raise DataError(path, 0, f"--min-rating {min_rating:g} needs a rating column, and there is none "
+                                 f"(columns: {', '.join(first)[:120]})")
+    width = 1 + max(v for v in where.values() if v is not None)
+    pairs: dict[tuple, list] = {}  # (user, item) -> [rating, time, first order]
+    lines = 0
+    for no, fields in (rows if has_header else _chain_first(no, first, rows)):
+        if len(fields) < width:
+            raise DataError(path, no, f"expected at least {width} fields, got {len(fields)}: {','.join(fields)[:80]!r}")
+        u = _plain_id(path, no, "user", fields[where["user"]])
+        i = _plain_id(path, no, "item", fields[where["item"]])
+        r = _number(path, no, "the rating", fields[where["rating"]]) if where["rating"] is not None else None
+        t = _number(path, no, "the timestamp", fields[where["timestamp"]]) if where["timestamp"] is not None else None
+        lines += 1
+        known = pairs.get((u, i))
+        if known is None:
+            pairs[(u, i)] = [r, t, lines]
+        else:
+            if r is not None:
+                known[0] = max(known[0], r)
+            if t is not None:
+                known[1] = min(known[1], t)
+    all_items = {i for _, i in pairs}
+    users_read = len({u for u, _ in pairs})
+    kept = pairs if min_rating is None else {k: v for k, v in pairs.items() if v[0] >= min_rating}
+    per_user: dict[str, list] = {}
+    for (u, i), (r, t, order) in kept.items():
+        per_user.setdefault(u, []).append((t if t is not None else 0.0, order, i))
+    by_rating = users_read - len(per_user)
+    short = [u for u, v in per_user.items() if len(v) < min_user_interactions]
+    for u in short:
+        del per_user[u]
+    processing = {"lines": lines, "pairs": len(pairs), "duplicates_merged": lines - len(pairs),
+                  "pairs_below_min_rating": len(pairs) - len(kept), "users_read": users_read,
+                  "users_removed_by_min_rating": by_rating, "users_removed_by_min_interactions": len(short),
+                  "min_rating": min_rating, "min_user_interactions": min_user_interactions,
+                  "split": "by time" if where["timestamp"] is not None else f"random (split seed {split_seed})"}
+    if not per_user:
+        rules = ([f"{by_rating} had no rating >= {min_rating:g} (--min-rating)"] if min_rating is not None else []) + \
+                [f"{len(short)} had fewer than {min_user_interactions} interactions (--min-user-interactions)"]
+        raise DataError(path, 0, f"no user is left after filtering: of {users_read} users, " + "; ".join(rules))
+    # dense ids in order of first appearance; each user's items in time order (else file order)
+    user_ids = sorted(per_user, key=lambda u: min(o for _, o, _ in per_user[u]))
+    rng = np.random.default_rng(split_seed)
+    train, test = [], []
+    for u in user_ids:
+        events = sorted(per_user[u])  # (time, file order, item): time order, ties in file order
+        k = n_test_items(len(events))
+        if where["timestamp"] is not None:
+            chosen = set(range(len(events) - k, len(events)))
+        else:
+            chosen = set(rng.choice(len(events), size=k, replace=False).tolist()) if k else set()
+        train.append([i for n_, (_, _, i) in enumerate(events) if n_ not in chosen])
+        test.append([i for n_, (_, _, i) in enumerate(events) if n_ in chosen])
+    first_seen = {}
+    for (u, i), (_, _, order) in pairs.items():
+        if u in per_user and (u, i) in kept and (i not in first_seen or order < first_seen[i]):
+            first_seen[i] = order
+    item_ids = sorted(first_seen, key=first_seen.get)
+    item_index = {i: n_ for n_, i in enumerate(item_ids)}
+    names = _read_item_names_raw(items, item_col, name_col, header, sep) if items else {}
+    kg_rows, entity_ids, relation_ids, kg_info = (_read_kg_raw(kg, item_index, all_items | set(names), header, sep)
+                                                  if kg else ([], [], [], {}))
+    processing.update(kg_info)
+
+    # everything is read and checked: write
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in ("user_interest_clustered.txt", "kg_final.txt"):  # with --force: the old data's
+        if (folder / stale).exists():
+            (folder / stale).unlink()
+    clean = lambda text: " ".join(text.split()) or "None"
+    _write_lines(folder / "train.txt", [" ".join(map(str, [n_] + [item_index[i] for i in v])) for n_, v in enumerate(train)])
+    _write_lines(folder / "test.txt", [" ".join(map(str, [n_] + [item_index[i] for i in v])) for n_, v in enumerate(test)])
+    _write_lines(folder / "user_list.txt", ["org_id remap_id"] + [f"{u} {n_}" for n_, u in enumerate(user_ids)])
+    _write_lines(folder / "item_list.txt", ["org_id remap_id item_name"]
+                 + [f"{i} {n_} {clean(names.get(i, ''))}" for n_, i in enumerate(item_ids)])
+    _write_lines(folder / "entity_list.txt", ["org_id remap_id entity_name"]
+                 + [f"{i} {n_} {clean(names.get(i, ''))}" for n_, i in enumerate(item_ids)]
+                 + [f"{'_'.join(e.split())} {len(item_ids) + n_} {clean(e)}" for n_, e in enumerate(entity_ids)])
+    _write_lines(folder / "relation_list.txt", ["org_id remap_id"]
+                 + [f"{'_'.join(r.split())} {n_}" for n_, r in enumerate(relation_ids)])
+    if kg_rows:
+        _write_lines(folder / "kg_final.txt", [f"{h} {r} {t}" for h, r, t in kg_rows])
+    st = dataset_stats(folder)
+    st["processing"] = processing
+    (folder / "stats.md").write_text(stats_markdown(name, st))
+    return st
+
+
+def _chain_first(no, first, rows):
+    yield no, first
+    yield from rows
+
+
+def _write_lines(path: Path, lines: list) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_item_names_raw(path, item_col, name_col, header, sep) -> dict:
+    """{original item id: name} from a raw items file (item, name)."""
+    path = Path(path)
+    rows = _raw_rows(path, sep, rest_after=1)
+    no, first = next(rows)
+    spec = {"item": item_col if not str(item_col).isdigit() else "item", "name": name_col}
+    where, has_header = _columns(path, first, spec, ("item", "name"), header)
+    names = {}
+    for no, fields in (rows if has_header else _chain_first(no, first, rows)):
+        if len(fields) <= max(where.values()):
+            raise DataError(path, no, f"expected at least {max(where.values()) + 1} fields (item, name), "
+                                      f"got {len(fields)}: {','.join(fields)[:80]!r}")
+        names.setdefault(_plain_id(path, no, "item", fields[where["item"]]), fields[where["name"]])
+    return names
+
+
+def _read_kg_raw(path, item_index: dict, item_like: set, header, sep) -> tuple:
+    """(triples as dense (head, relation, tail), entity original ids, relation names, counts) from
+    a raw KG file. A head or tail in item_index is that item; one that is an item id dropped by
+    the filtering (in item_like) drops its triple; any other value is an entity."""
+    path = Path(path)
+    rows = _raw_rows(path, sep)
+    no, first = next(rows)
+    where, has_header = _columns(path, first, {"head": "head", "relation": "relation", "tail": "tail"},
+                                 ("head", "relation", "tail"), header)
+    entities, relations, triples, dropped, example, read = {}, {}, set(), 0, None, 0
+    node = lambda x: item_index[x] if x in item_index else len(item_index) + entities.setdefault(x, len(entities))
+    touching = 0
+    for no, fields in (rows if has_header else _chain_first(no, first, rows)):
+        if len(fields) < 3:
+            raise DataError(path, no, f"expected 3 fields (head, relation, tail), got {len(fields)}: "
+                                      f"{','.join(fields)[:80]!r}")
+        h, r, t = (fields[where[k]] for k in ("head", "relation", "tail"))
+        read += 1
+        for what, x in (("head", h), ("relation", r), ("tail", t)):
+            if not x:
+                raise DataError(path, no, f"empty {what}")
+        if (h in item_like and h not in item_index) or (t in item_like and t not in item_index):
+            dropped += 1
+            continue
+        example = example or (no, h, t)
+        touching += h in item_index or t in item_index
+        triples.add((node(h), relations.setdefault(r, len(relations)), node(t)))
+    if not touching:
+        where_ = f" (e.g. line {example[0]}: head {example[1][:40]!r}, tail {example[2][:40]!r})" if example else ""
+        raise DataError(path, 0, f"no head or tail is one of the items' ids{where_}: the KG would connect to nothing "
+                                 "(heads and tails that are items must be written as the interactions file's item ids)")
+    info = {"kg_lines": read, "kg_triples": len(triples), "kg_triples_of_removed_items": dropped}
+    return sorted(triples), list(entities), list(relations), info
+
+
+def dataset_stats(folder) -> dict:
+    """The paper's Table 2 for a dataset folder: users, items, interactions (train + test pairs),
+    density (interactions / (users x items)), entities (the distinct heads and tails of the KG
+    triples, items among them, as the paper counts), relations and triples. Raises DataError as
+    load_dataset."""
+    ds = load_dataset(folder, with_interests=True)
+    interactions = sum(len(x) for x in ds.train) + sum(len(x) for x in ds.test)
+    kg_nodes = np.unique(ds.kg[:, [0, 2]]) if len(ds.kg) else np.zeros(0, dtype=np.int64)
+    return {"dataset": ds.name, "users": ds.n_users, "items": ds.n_items, "interactions": interactions,
+            "density": interactions / max(ds.n_users * ds.n_items, 1), "entities": len(kg_nodes),
+            "entities_that_are_items": int((kg_nodes < ds.n_items).sum()),
+            "relations": len(np.unique(ds.kg[:, 1])) if len(ds.kg) else 0, "triples": len(ds.kg),
+            "interest_nodes": ds.n_interests,
+            "users_with_interests": len(np.unique(ds.interest_edges[:, 0])) if len(ds.interest_edges) else 0,
+            "warnings": ds.warnings}
+
+
+def stats_markdown(name: str, st: dict) -> str:
+    """dataset_stats (and prepare's processing, where present) as the rows of the paper's Table 2."""
+    lines = [f"# {name}", "", "| dataset | users | items | interactions | density | entities | relations | triples |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| {name} | {st['users']:,} | {st['items']:,} | {st['interactions']:,} | {100 * st['density']:.2f}% | "
+             f"{st['entities']:,} | {st['relations']:,} | {st['triples']:,} |", "",
+             f"Entities: the distinct heads and tails of the KG triples ({st['entities_that_are_items']:,} of them items),"
+             " as the paper's Table 2 counts them. Interest nodes: "
+             f"{st['interest_nodes']:,} ({st['users_with_interests']:,} users have one)."]
+    p = st.get("processing")
+    if p:
+        rating = (f"{p['pairs_below_min_rating']:,} pairs rated below {p['min_rating']:g} dropped "
+                  f"(users left without one: {p['users_removed_by_min_rating']:,})" if p["min_rating"] is not None
+                  else "no rating filter")
+        lines += ["", f"Made by `cikgrec.py prepare` from {p['lines']:,} lines: {p['duplicates_merged']:,} duplicate "
+                      f"pairs merged; {rating}; {p['users_removed_by_min_interactions']:,} of {p['users_read']:,} users "
+                      f"with fewer than {p['min_user_interactions']} interactions dropped; split 8:2 {p['split']}."]
+        if "kg_lines" in p:
+            lines.append(f"KG: {p['kg_lines']:,} lines, {p['kg_triples_of_removed_items']:,} of them dropped with their "
+                         f"filtered-out items; {p['kg_triples']:,} distinct triples kept.")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1122,6 +1472,31 @@ def evaluate_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.n
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
+def top_items(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.ndarray, exclude, k: int,
+              chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The k best items of each user by score u . i, scored in chunks of `chunk` users as in
+    evaluate_ranking. users: int [n] rows of user_emb; exclude: one list of item ids per user
+    (never ranked; None: nothing excluded). Returns (items int64 [n, k'], scores float32 [n, k'])
+    with k' = min(k, n_items), best first; a rank past the items left has item -1, score -inf."""
+    n_items = item_emb.shape[0]
+    k = min(k, n_items)
+    ex = id_pairs(exclude, n_items) if exclude is not None else None
+    item_t = item_emb.t().contiguous()
+    out_items, out_scores = np.zeros((len(users), k), np.int64), np.zeros((len(users), k), np.float32)
+    for start in range(0, len(users), chunk):
+        sel = torch.as_tensor(np.asarray(users[start:start + chunk], dtype=np.int64), device=user_emb.device)
+        scores = user_emb[sel] @ item_t
+        if ex is not None:
+            e0, e1 = np.searchsorted(ex[0], [start, start + chunk])
+            scores[torch.as_tensor(ex[0][e0:e1] - start, device=scores.device),
+                   torch.as_tensor(ex[1][e0:e1], device=scores.device)] = float("-inf")
+        top_scores, top = torch.topk(scores, k, dim=1)
+        top[top_scores == float("-inf")] = -1
+        out_items[start:start + len(sel)] = top.cpu().numpy()
+        out_scores[start:start + len(sel)] = top_scores.cpu().numpy()
+    return out_items, out_scores
+
+
 def selection_score(metrics: dict) -> float:
     """What early stopping and model selection maximise: Recall@50 + NDCG@50."""
     return metrics["recall@50"] + metrics["ndcg@50"]
@@ -1178,6 +1553,7 @@ class Trainer:
             self.triples = kg_triples(ds, train_part, with_interactions=self.sw.transe_interactions)
             self.n_kg_triples = len(kg_triples(ds, train_part))  # the authors' count of batches
             self.opt_transe = torch.optim.Adam([self.model.emb, self.model.rel], lr=s.transe_lr)
+        self.progress = None  # progress(batches done, batches, seconds): called once, early in the next epoch
         self.rng = np.random.default_rng(s.seed)
         self.model.noise_rng = self.rng if device.type == "cpu" else None
         # BPR pairs; users with every item have no negative and are left out (case T5)
@@ -1219,7 +1595,7 @@ class Trainer:
         negs = sample_negatives(users, self.pos_keys, self.ds.n_items, self.rng)
         rate = mask_rate(epoch, s.schedule, s.alpha, s.omega, s.mask_epochs)
         totals, n_batches = {}, math.ceil(len(users) / s.batch_size)
-        last_report = time.perf_counter()
+        last_report = epoch_start = time.perf_counter()
         self.model.train()
         for b in range(min(n_batches, max_batches or n_batches)):
             sl = slice(b * s.batch_size, (b + 1) * s.batch_size)
@@ -1234,6 +1610,9 @@ class Trainer:
             self.opt.step()
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v
+            if self.progress is not None and (b + 1 >= min(5, n_batches) or time.perf_counter() - epoch_start > 10):
+                self.progress(b + 1, n_batches, time.perf_counter() - epoch_start)
+                self.progress = None
             if time.perf_counter() - last_report > 30:
                 log(f"  epoch {epoch}: batch {b + 1}/{n_batches}")
                 last_report = time.perf_counter()
@@ -1297,7 +1676,7 @@ class Trainer:
 RUN_FREE = ("max_minutes", "resume", "device", "threads", "out", "data_dir", "interests", "eval_batch")
 
 
-def fit(s: Settings) -> dict:
+def fit(s: Settings, force: bool = False) -> dict:
     """Train with early stopping on validation Recall@50 + NDCG@50, evaluate the selected model
     on test once, write the results JSON and the best model's state. With select_on="test"
     (the authors' protocol) there is no validation split and epochs are selected on test.
@@ -1305,8 +1684,14 @@ def fit(s: Settings) -> dict:
     A checkpoint after every epoch lets resume=True continue exactly. With max_minutes, training
     stops after the epoch in which that many minutes (wall clock, this call) have passed; the
     results of the best epoch so far are written with stopped_by "time limit: ..." (a sweep counts
-    such a run as unfinished and resumes it). Raises DataError,
-    SettingsError, TrainingError.
+    such a run as unfinished and resumes it).
+
+    The run holds a lock on its --out while it trains (output_lock: a second run on it is
+    refused, naming the holder's PID). Results already at --out are never replaced unless
+    force=True (--force); --resume continues their checkpoint and --refit adds a refit to them.
+    The best model is kept in memory and in the checkpoint, never read back from a file that
+    another run could have replaced. Raises DataError, SettingsError, TrainingError, and
+    Interrupted (Ctrl-C) saying what the checkpoint holds.
     """
     check_settings(s)
     if s.refit and s.select_on == "test":
@@ -1318,16 +1703,29 @@ def fit(s: Settings) -> dict:
     ds, train_part, valid = read_data(s)  # bad input stops here, before anything is written
     check_memory(s, ds, device)
     out, best_path, ckpt_path = output_paths(s)
-    done = finished_results(out, s) if s.refit else None
-    if done is not None:  # a finished validation-selected run: only its refit is left to do
-        log(f"{out}: selected epoch {done['best_epoch']} on validation; refitting on all of train.txt")
-        return add_refit(s, done, out, device)
+    check_writable(out, best_path, ckpt_path)
+    with output_lock(out):
+        done = finished_results(out, s) if s.refit and not force else None
+        if done is not None:  # a finished validation-selected run: only its refit is left to do
+            log(f"{out}: selected epoch {done['best_epoch']} on validation; refitting on all of train.txt")
+            return add_refit(s, done, out, device)
+        if out.exists() and not (s.resume and ckpt_path.is_file()):
+            if not force:
+                raise SettingsError(existing_results(out, s))
+            log(f"note: --force: the results in {out} will be replaced")
+        return _train(s, ds, train_part, valid, device, out, best_path, ckpt_path)
+
+
+def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, device, out: Path, best_path: Path,
+           ckpt_path: Path) -> dict:
+    """fit's training, under its output lock: early stopping, checkpoints, the test evaluation
+    and the results file."""
     torch.manual_seed(s.seed)
     trainer = Trainer(s, ds, train_part, valid, device)
     for note in trainer.notes:
         log(f"note: {note}")
     sel = "valid" if s.select_on == "valid" else "test"
-    stopper, history, start = EarlyStopping(s.patience), [], 0
+    stopper, history, start, best_state = EarlyStopping(s.patience), [], 0, None
     data_sha256 = {p.name: _sha256(str(p)) for p in data_files(s)}
     if s.dataset not in DATASET_DEFAULTS:
         log(f"note: no per-dataset defaults for {s.dataset!r}: the Settings defaults apply")
@@ -1351,6 +1749,14 @@ def fit(s: Settings) -> dict:
             first = str(e).strip().strip("'").splitlines()[-1].strip()
             raise SettingsError(f"--resume: {ckpt_path} does not fit this code, graph or model ({first}); "
                                 "was it made by older code, with other data or another interest file?") from None
+        best_state = ck.get("best_model")
+        if best_state is None:  # a checkpoint written before the best model was kept in it
+            try:
+                best_state = torch.load(best_path, map_location=device, weights_only=True)
+            except Exception as e:
+                raise SettingsError(f"--resume: {ckpt_path} was written by older code, which kept the best model "
+                                    f"only in {best_path}, and that cannot be read ({type(e).__name__}); "
+                                    "delete the checkpoint to start afresh") from None
         stopper.__dict__.update(ck["stopper"], patience=s.patience)
         history, start = ck["history"], ck["epoch"] + 1
         log(f"resuming {ckpt_path} after epoch {ck['epoch']}")
@@ -1358,7 +1764,6 @@ def fit(s: Settings) -> dict:
         log(f"note: --resume: no checkpoint at {ckpt_path}, starting afresh")
     elif ckpt_path.is_file():
         log(f"note: starting afresh: the checkpoint {ckpt_path} will be replaced (--resume continues it)")
-    check_writable(out, best_path, ckpt_path)
     for line in interest_lines(ds, s):
         log(line)
     unused = "" if "uj" in GRAPHS[s.graph] else f" (not in the {s.graph.upper()} graph)"
@@ -1368,12 +1773,16 @@ def fit(s: Settings) -> dict:
         f"selection on {sel}, device {device}")
     epoch, failure, limit = start - 1, None, None
     started = time.perf_counter()
+    before = sum(h["seconds"] + h["eval_seconds"] for h in history)  # of the calls before a --resume
     going_on = lambda e: e + 1 < s.epochs and not (stopper.stop and e + 1 >= s.min_epochs)
+    trainer.progress = lambda done, n, sec: log(epoch_estimate(s, done, n, sec, device))
     while going_on(epoch):
         epoch += 1
         t0 = time.perf_counter()
         try:
             losses = trainer.train_epoch(epoch)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(epoch, start, history, ckpt_path)) from None
         except TrainingError as e:
             if not history:
                 raise TrainingError(f"{e}; no epoch finished, so there is no checkpoint and no result") from None
@@ -1382,28 +1791,33 @@ def fit(s: Settings) -> dict:
             break
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
-        metrics = trainer.evaluate(sel)
+        try:
+            metrics = trainer.evaluate(sel)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(epoch, start, history, ckpt_path)) from None
         eval_seconds = time.perf_counter() - t1
         if stopper.update(epoch, selection_score(metrics)):
-            _save(trainer.model.state_dict(), best_path)
+            best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            _save(best_state, best_path)
         history.append({"epoch": epoch, **losses, sel: metrics, "seconds": round(seconds, 3),
                         "eval_seconds": round(eval_seconds, 3)})
         _save({"trainer": trainer.state(), "stopper": {k: v for k, v in stopper.__dict__.items()
                                                       if k != "patience"},
-               "history": history, "epoch": epoch,
+               "history": history, "epoch": epoch, "best_model": best_state,
                "data_sha256": data_sha256,
                "settings": dataclasses.asdict(s)}, ckpt_path)
         parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "mask_rate" and v is not None)
         mask = f" | mask {losses['mask_rate']:.3f}" if losses.get("mask_rate") is not None else ""
         log(f"epoch {epoch:4d} | {parts}{mask} | {sel} R@50 {metrics['recall@50']:.4f} "
             f"N@50 {metrics['ndcg@50']:.4f}{' *' if stopper.best_epoch == epoch else ''} | "
-            f"{seconds:.1f}s + eval {eval_seconds:.2f}s")
+            f"{seconds:.1f}s + eval {eval_seconds:.2f}s | {duration(before + time.perf_counter() - started)} elapsed")
         if s.max_minutes and time.perf_counter() - started >= 60 * s.max_minutes and going_on(epoch):
             limit = (f"time limit: --max-minutes {s.max_minutes:g} reached after epoch {epoch}, before early "
                      f"stopping; --resume (in a sweep: the same tables command) continues from {ckpt_path}")
             log(limit)
             break
-    trainer.model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    trainer.model.load_state_dict(best_state)  # this run's own best, never a file another run wrote
+    _save(best_state, best_path)
     t1 = time.perf_counter()
     test = trainer.evaluate("test")  # the one and only look at test (valid selection)
     eval_seconds = time.perf_counter() - t1
@@ -1430,6 +1844,53 @@ def fit(s: Settings) -> dict:
     if s.refit and not limit:
         return add_refit(s, results, out, device)
     return results
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with a message saying what the checkpoint holds."""
+
+
+def interrupted_message(epoch: int, start: int, history: list, ckpt_path: Path) -> str:
+    """What a Ctrl-C in epoch `epoch` of a call that began at epoch `start` leaves behind."""
+    saved = history[-1]["epoch"] if history else -1
+    if saved >= start:
+        return (f"interrupted in epoch {epoch}: every finished epoch (up to {saved}) is in the checkpoint {ckpt_path}; "
+                "the same command with --resume continues from it")
+    if start > 0:
+        return (f"interrupted in epoch {epoch}: the checkpoint {ckpt_path} is as it was (after epoch {start - 1}); "
+                "the same command with --resume continues from it")
+    return (f"interrupted in epoch {epoch}, before the first epoch ended: no checkpoint was written, "
+            "so run the command again (without --resume)")
+
+
+# Epochs that full runs (early stopping on validation, patience 10) took here, by dataset:
+# results/runs*/ (CIKGRec, its ablations, LightGCN, SimGCL). ml1m: never run to the end here.
+TYPICAL_EPOCHS = {"book-crossing": (60, 240), "dbbook2014": (80, 300), "ml1m": (60, None)}
+
+
+def duration(seconds: float) -> str:
+    """4.26 -> "4.3s", 12.3 -> "12s", 754 -> "12m34s", 7380 -> "2h03m"."""
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def epoch_estimate(s: Settings, done: int, n_batches: int, seconds: float, device) -> str:
+    """The line train prints after the first batches of its first epoch: the seconds per epoch
+    they imply and what that means for a full run (TYPICAL_EPOCHS; other datasets: the range of
+    the published ones)."""
+    per_epoch = seconds / max(done, 1) * n_batches
+    low, high = TYPICAL_EPOCHS.get(s.dataset, (60, 300))
+    where = f"full runs of {s.dataset} here take" if s.dataset in TYPICAL_EPOCHS else "full runs of the published datasets take"
+    span = (f"{low}-{high} epochs: about {duration(low * per_epoch)} to {duration(high * per_epoch)}" if high
+            else f"more than {low} epochs: over {duration(low * per_epoch)}")
+    if s.epochs < (high or low):
+        span += f"; this one stops by --epochs {s.epochs}: at most {duration(s.epochs * per_epoch)}"
+    return (f"  {done} of {n_batches} batches in {seconds:.1f}s: about {duration(per_epoch)} per epoch on {device} "
+            f"(training, without evaluation); {where} {span}")
 
 
 def finished_results(out: Path, s: Settings) -> dict | None:
@@ -1475,7 +1936,13 @@ def add_refit(s: Settings, results: dict, out: Path, device) -> dict:
         log(f"resuming the refit {ckpt_path} after epoch {ck['epoch']}")
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        losses = trainer.train_epoch(epoch)
+        try:
+            losses = trainer.train_epoch(epoch)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted in refit epoch {epoch}: " + (
+                f"refit epochs up to {epoch - 1} are in {ckpt_path}; the same command with --resume continues it"
+                if epoch > 0 else "no refit epoch finished; the selected run's results are kept, and the same "
+                                  "command adds the refit")) from None
         seconds += time.perf_counter() - t0
         _save({"trainer": trainer.state(), "epoch": epoch, "epochs": epochs, "seconds": seconds}, ckpt_path)
         log(f"refit epoch {epoch:4d} of {epochs} | " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()
@@ -1552,9 +2019,26 @@ def pick_device(name: str) -> torch.device:
                         else "cpu")
 
 
+# Settings a default --out name leaves out: those that never change a run's numbers, those
+# --resume lets change (epochs, patience, min_epochs, refit), and those the name spells already.
+NAME_FREE = ("epochs", "patience", "min_epochs", "refit", "dataset", "seed", "model", "graph", "variant",
+             "select_on", "interest_nodes")
+
+
+def settings_tag(s: Settings) -> str:
+    """A short hash (8 hex digits) of the settings that differ from the defaults of the dataset and
+    model (make_settings) and that --resume compares; "" at the defaults. `--lambda2 0.1` and
+    `--lambda2 0.2` get different tags."""
+    base = make_settings(dataset=s.dataset, model=s.model)
+    differ = {f.name: getattr(s, f.name) for f in dataclasses.fields(Settings)
+              if f.name not in RUN_FREE + NAME_FREE and getattr(s, f.name) != getattr(base, f.name)}
+    return hashlib.sha256(json.dumps(differ, sort_keys=True).encode()).hexdigest()[:8] if differ else ""
+
+
 def output_paths(s: Settings) -> tuple[Path, Path, Path]:
     """(results JSON, best model state, checkpoint). Default runs/<dataset>-seed<seed>.json; a
-    baseline, graph, variant or test selection adds its name so runs never overwrite each other."""
+    baseline, graph, variant or test selection adds its name, and any other non-default setting
+    that --resume compares a short hash of them (settings_tag), so runs never share a name."""
     if s.out:
         out = Path(s.out)
     else:
@@ -1562,9 +2046,74 @@ def output_paths(s: Settings) -> tuple[Path, Path, Path]:
                             s.graph if s.graph != "cikg" else "",
                             s.variant if s.variant != "paper" else "",
                             "testsel" if s.select_on == "test" else "",
-                            "nointerests" if not s.interest_nodes else "") if t]
+                            "nointerests" if not s.interest_nodes else "", settings_tag(s)) if t]
         out = Path("runs") / f"{'-'.join([s.dataset] + tags)}-seed{s.seed}.json"
     return out, out.with_suffix(".pt"), out.with_suffix(".ckpt.pt")
+
+
+class output_lock:
+    """Holds <out>.lock (fcntl.flock, the holder's PID inside) while a run writes to --out.
+
+    A second run on the same --out raises SettingsError at once, naming the holder's PID. The
+    kernel drops the lock when its holder dies, so a lock file left by a killed run is taken over
+    (with a note). Released, and the file removed, on exit."""
+
+    def __init__(self, out: Path):
+        self.path = Path(str(out) + ".lock")
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise SettingsError(f"another run (PID {holder}) is training to {self.path.with_suffix('')} "
+                                    f"and holds {self.path}; wait for it to end, or give another --out") from None
+            try:  # the file may have been removed by a holder that ended in between: lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        stale = os.read(fd, 64).decode(errors="replace").strip()
+        if stale:
+            log(f"note: took over the lock {self.path} of PID {stale}, which no longer holds it (killed?)")
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.unlink(self.path)  # while still holding it, so no one locks a removed file
+        except OSError:
+            pass
+        os.close(self.fd)
+        return False
+
+
+def existing_results(out: Path, s: Settings) -> str:
+    """Why a new run does not replace the results at `out`: which run they hold and the options
+    in which it differs from `s` (--force replaces it)."""
+    try:
+        r = read_results(out)
+    except DataError as e:
+        return f"{out} exists and is not a run's results ({e.message}): give --force to replace it, or another --out"
+    saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **r.get("settings", {})}
+    differ = [f"{option(k)} {saved.get(k)} there, {v} here" for k, v in dataclasses.asdict(s).items()
+              if k not in RUN_FREE + ("refit",) and saved.get(k) != v]
+    what = ("the results of a finished run" if not r.get("stopped_by") else
+            f"the results of a run that stopped early ({str(r['stopped_by']).split(';')[0]})")
+    options = f"; the options that differ: {', '.join(differ[:6])}" if differ else "; the same options as this run"
+    return (f"{out} holds {what} (best epoch {r.get('best_epoch')} of {r.get('epochs_run')}){options}. A new run "
+            "would replace them: give --force to do so, or another --out"
+            + (", or --resume to continue it" if r.get("stopped_by") else ""))
 
 
 def check_writable(out: Path, *beside: Path) -> None:
@@ -1576,6 +2125,9 @@ def check_writable(out: Path, *beside: Path) -> None:
     for path in (out, *beside):
         if path.is_dir():
             raise SettingsError(f"--out {out}: {path} is a folder")
+    for parent in reversed(out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise SettingsError(f"--out {out}: {parent} is a file, not a folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out.parent):
@@ -1758,6 +2310,105 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
     return trainer, results
 
 
+class Recommendations(list):
+    """recommend's rows (dicts with user, rank, item, title, score), best first per user, plus
+    `unknown`: the requested users that are not in the dataset (left out, not an error)."""
+    unknown: list = []
+
+
+@dataclass
+class Run:
+    """A finished run loaded for use (load_run): its trainer (model, dataset, settings), its
+    results, and the original ids of users and items (user_list.txt, item_list.txt; the dense
+    ids as strings where a list is missing) with the items' titles ("" where unnamed)."""
+    trainer: Trainer
+    results: dict
+    model_file: str
+    user_ids: list
+    item_ids: list
+    titles: list
+
+    def recommend(self, users=None, k: int = 10, original: bool = False, include_seen: bool = False,
+                  chunk: int = 1024) -> Recommendations:
+        """The top-k items of each user, with rank (1 = best) and score (the model's u . i).
+
+        users: dense ids 0..n_users-1, or original ids (user_list.txt) with original=True; None:
+        every user. A user's train.txt items are never recommended unless include_seen. Rows use
+        the same kind of ids as the request (item ids too: dense ints, or original strings).
+        Unknown users are left out and listed in `.unknown`."""
+        ds = self.trainer.ds
+        if users is None:
+            dense, unknown = list(range(ds.n_users)), []
+        elif original:
+            index = {u: n for n, u in enumerate(self.user_ids)}
+            dense = [index[str(u)] for u in users if str(u) in index]
+            unknown = [u for u in users if str(u) not in index]
+        else:
+            ok = lambda u: isinstance(u, (int, np.integer)) and not isinstance(u, bool) and 0 <= u < ds.n_users
+            dense, unknown = [int(u) for u in users if ok(u)], [u for u in users if not ok(u)]
+        model = self.trainer.model
+        model.eval()
+        with torch.no_grad():
+            ue, ie = model.user_item_embeddings()
+            items, scores = top_items(ue, ie, np.array(dense, dtype=np.int64),
+                                      None if include_seen else [ds.train[u] for u in dense], k, chunk)
+        rows = Recommendations()
+        rows.unknown = unknown
+        for row, u in enumerate(dense):
+            for rank, (i, sc) in enumerate(zip(items[row].tolist(), scores[row].tolist()), 1):
+                if i < 0:
+                    break
+                rows.append({"user": self.user_ids[u] if original else u, "rank": rank,
+                             "item": self.item_ids[i] if original else i, "title": self.titles[i], "score": sc})
+        return rows
+
+
+def load_run(results_path, data_dir: str | None = None, device: str = "cpu") -> Run:
+    """A finished run ready to recommend: the refit model where the run has one, else the
+    selected model (load_trained, which refuses a model or data that is not the run's). Raises
+    DataError as load_trained."""
+    trainer, results = load_trained(results_path, data_dir, device)
+    folder = Path(trainer.s.data_dir) / trainer.s.dataset
+    ds = trainer.ds
+
+    def original(name, n, fields):
+        path = folder / name
+        ids = [parts[0] for parts in id_list_rows(path, fields)] if path.is_file() else []
+        return ids if len(ids) >= n else [str(x) for x in range(n)]
+    user_ids = original("user_list.txt", ds.n_users, "org_id remap_id")
+    item_ids = original("item_list.txt", ds.n_items, "org_id remap_id name")
+    titles = [item_title(n) for n in ds.item_names] + [""] * (ds.n_items - len(ds.item_names))
+    use_refit = isinstance(results.get("refit"), dict)
+    return Run(trainer, results, str(Path(results_path).with_suffix(".refit.pt" if use_refit else ".pt")),
+               user_ids, item_ids, titles)
+
+
+def write_recommendations(rows: list, out, fmt: str = "tsv") -> None:
+    """rows (Run.recommend) as TSV with a header (user, rank, item, title, score) or JSONL, to
+    the file `out` (written whole, then renamed) or to stdout (out None or "-")."""
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    else:
+        flat = lambda v: " ".join(str(v).split())  # a tab or line break inside a title
+        text = "user\trank\titem\ttitle\tscore\n" + "".join(
+            f"{flat(r['user'])}\t{r['rank']}\t{flat(r['item'])}\t{flat(r['title'])}\t{r['score']:.6g}\n" for r in rows)
+    if out in (None, "", "-"):
+        sys.stdout.write(text)
+        return
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+
+
+def read_user_ids(path) -> list:
+    """Original user ids for recommend --users: the first field of each non-blank line (a header
+    line `user` is skipped). Raises DataError on a missing or empty file."""
+    path = Path(path)
+    ids = [fields[0] for _, fields in _raw_rows(path)]
+    return ids[1:] if ids and ids[0].lower() in ("user", "user_id", "org_id") else ids
+
+
 def sparsity_groups(counts: np.ndarray, n_groups: int = 4) -> tuple[np.ndarray, list]:
     """Fig. 3's user groups (KGAT protocol, Wang et al. 2019): users sorted by their number of
     training interactions are cut into groups holding about the same total number of
@@ -1913,9 +2564,12 @@ def download(datasets, data_dir, blobs_file=Path(__file__).parent / "data" / "GI
                     data = r.read()
             except OSError as e:
                 present = (f"present but not the upstream file (git blob {blob}), and " if path.is_file() else "")
+                example = Path(__file__).resolve().parent.parent / "shared" / "data"
+                hint = (f", e.g. make train DATA_DIR={example}" if example.is_dir()
+                        and example.resolve() != Path(data_dir).resolve() else "")
                 raise DataError(path, 0, f"{present}cannot download {url} ({getattr(e, 'reason', e)}); "
-                                         "without network, set DATA_DIR to a folder that has the "
-                                         "files, e.g. make train DATA_DIR=../shared/data") from None
+                                         f"without network, set DATA_DIR to a folder that has the files "
+                                         f"({data_dir} has no verified {name}){hint}") from None
             if git_blob_id(data) != blob:
                 raise DataError(path, 0, f"downloaded file does not match its upstream git blob {blob}")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -1965,7 +2619,7 @@ MOVED = {"tables": "python experiments.py tables", "explain": "python experiment
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: train, bench, download."""
+    """The command line: train, bench, recommend, prepare, stats, download."""
     p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train, select on validation, evaluate on test"),
@@ -1974,13 +2628,44 @@ def build_parser() -> argparse.ArgumentParser:
         add_settings_arguments(sp, skip=("out", "resume", "refit", "epochs", "patience") if name == "bench" else ())
         if name == "bench":
             sp.add_argument("--bench-epochs", type=int, default=3)
+        else:
+            sp.add_argument("--force", action="store_true", help="replace the results of an earlier run at --out")
+    rp = sub.add_parser("recommend", allow_abbrev=False, help="top-K items per user from a trained run")
+    rp.add_argument("--run", required=True, help="the run's results JSON (its model .pt beside it)")
+    rp.add_argument("--k", type=int, default=20, help="items per user (default 20)")
+    rp.add_argument("--users", help="file of original user ids, one a line (default: every user)")
+    rp.add_argument("--out", help="output file (default: stdout)")
+    rp.add_argument("--format", choices=("tsv", "jsonl"), default="tsv")
+    rp.add_argument("--include-seen", action="store_true", help="do not exclude the user's train.txt items")
+    rp.add_argument("--data-dir", help="the data folder, where it moved since the run")
+    rp.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    pp = sub.add_parser("prepare", allow_abbrev=False, help="your own data: raw files -> a dataset folder")
+    pp.add_argument("--interactions", required=True, help="CSV/TSV: user, item[, rating[, timestamp]]")
+    pp.add_argument("--name", required=True, help="the dataset's name: it goes to <data-dir>/<name>/")
+    pp.add_argument("--data-dir", default="data")
+    pp.add_argument("--items", help="optional CSV/TSV: item, name")
+    pp.add_argument("--kg", help="optional CSV/TSV of triples: head, relation, tail")
+    for role, default in (("user", "user"), ("item", "item"), ("rating", "rating"), ("time", "timestamp"),
+                          ("name", "name")):
+        pp.add_argument(f"--{role}-col", default=default, help=f"header name or 1-based position (default {default})")
+    pp.add_argument("--header", choices=("auto", "yes", "no"), default="auto",
+                    help="auto: line 1 is a header when it names the user or item column")
+    pp.add_argument("--sep", choices=("auto", *SEPARATORS), default="auto")
+    pp.add_argument("--min-rating", type=float, help="keep only pairs rated at least this (positive feedback)")
+    pp.add_argument("--min-user-interactions", type=int, default=5, help="drop users with fewer (paper: 10 for "
+                                                                          "MovieLens, 5 otherwise; default 5)")
+    pp.add_argument("--split-seed", type=int, default=0, help="the random 8:2 split without timestamps")
+    pp.add_argument("--force", action="store_true", help="replace a dataset folder of that name")
+    tp = sub.add_parser("stats", allow_abbrev=False, help="the paper's Table 2 for a dataset folder")
+    tp.add_argument("--dataset", required=True)
+    tp.add_argument("--data-dir", default="data")
     dp = sub.add_parser("download", allow_abbrev=False, help="fetch datasets from the authors' repository (verified)")
     dp.add_argument("--dataset", nargs="+", default=list(DATASETS), choices=DATASETS)
     dp.add_argument("--data-dir", default="data")
     return p
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Ask glibc to reuse freed memory instead of returning it to the system (the command line
     only: a library import leaves the process's allocator alone).
 
@@ -1997,22 +2682,64 @@ def _keep_freed_memory() -> None:
             pass
 
 
+_keep_freed_memory = keep_freed_memory  # the name before it was public
+
+
+def recommend_command(args) -> int:
+    """recommend: load the run, score every requested user, write the rows; unknown users in a note."""
+    if args.k < 1:
+        raise SettingsError(f"--k must be at least 1, got {args.k}")
+    users = read_user_ids(args.users) if args.users else None
+    t0 = time.perf_counter()
+    run = load_run(args.run, args.data_dir, args.device)
+    t1 = time.perf_counter()
+    rows = run.recommend(users, k=args.k, original=True, include_seen=args.include_seen)
+    t2 = time.perf_counter()
+    if rows.unknown:
+        shown = ", ".join(map(str, rows.unknown[:20])) + (f" and {len(rows.unknown) - 20} more" if len(rows.unknown) > 20 else "")
+        log(f"note: {len(rows.unknown)} of {len(users)} users are not in {run.trainer.s.dataset} "
+            f"(user_list.txt), left out: {shown}")
+    write_recommendations(rows, args.out, args.format)
+    n_users = len({r["user"] for r in rows})
+    log(f"{n_users} users x top {args.k} from {run.model_file}: loaded in {t1 - t0:.1f}s, scored in {t2 - t1:.2f}s"
+        + (f"; written to {args.out}" if args.out not in (None, "-") else ""))
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in MOVED:
         log(f"error: `{argv[0]}` moved to experiments.py: {MOVED[argv[0]]} {' '.join(argv[1:])}".rstrip())
         return 2
     args = build_parser().parse_args(argv)
-    _keep_freed_memory()
+    keep_freed_memory()
     try:
         if args.command == "download":
             download(args.dataset, args.data_dir)
             return 0
+        if args.command == "prepare":
+            st = prepare(args.interactions, args.name, args.data_dir, args.items, args.kg, args.user_col,
+                         args.item_col, args.rating_col, args.time_col, args.name_col, args.header, args.sep,
+                         args.min_rating, args.min_user_interactions, args.split_seed, args.force)
+            for note in st["warnings"]:
+                log(f"note: {note}")
+            print(stats_markdown(args.name, st), end="")
+            log(f"wrote {Path(args.data_dir) / args.name}/ (train.txt, test.txt, the id lists, "
+                f"{'kg_final.txt, ' if args.kg else ''}stats.md)")
+            return 0
+        if args.command == "stats":
+            st = dataset_stats(dataset_folder(Path(args.data_dir) / args.dataset))
+            for note in st["warnings"]:
+                log(f"note: {note}")
+            print(stats_markdown(args.dataset, st), end="")
+            return 0
+        if args.command == "recommend":
+            return recommend_command(args)
         s = resolve_settings(args)
         if args.command == "bench":
             bench(s, args.bench_epochs)
             return 0
-        r = fit(s)
+        r = fit(s, force=args.force)
         print(json.dumps({"dataset": r["dataset"], "selected_on": r["selected_on"],
                           "best_epoch": r["best_epoch"], "test": r["test"]}, indent=2))
         return 0
@@ -2022,9 +2749,8 @@ def main(argv=None) -> int:
     except TrainingError as e:
         log(f"error: {e}")
         return 1
-    except KeyboardInterrupt:
-        log("interrupted: every finished epoch is in the checkpoint; the same command with --resume "
-            "continues from it.")
+    except KeyboardInterrupt as e:
+        log(str(e) if isinstance(e, Interrupted) else "interrupted before training began: nothing was trained")
         return 130
 
 
