@@ -5,9 +5,27 @@ DATA_DIR ?= data
 SEED     ?= 2024
 K        ?=
 ARGS     ?=
+TOP      ?= 20
 INTERESTS = interests/$(DATASET)/user_interest_clustered.txt
 
-.PHONY: data train bench interests bench-interests test table1 ablation lightgcn-variants plots
+.PHONY: data demo demo-data train bench interests bench-interests test table1 ablation lightgcn-variants plots \
+        prepare stats recommend
+
+demo:  ## the first run: about a minute on the shipped demo dataset, written to runs/demo/first-run.json
+	$(PYTHON) cikgrec.py train --dataset demo --data-dir data --epochs 100 --out runs/demo/first-run.json $(ARGS)
+
+demo-data:  ## rebuild data/demo/ (synthetic, seeded: the same files every time)
+	$(PYTHON) make_demo.py
+
+prepare:  ## your own data: make prepare RAW=ratings.csv NAME=mine [ITEMS=books.csv] [KG=kg.csv] [ARGS=--min-rating 4]
+	$(PYTHON) cikgrec.py prepare --interactions $(RAW) --name $(NAME) --data-dir $(DATA_DIR) \
+	  $(if $(ITEMS),--items $(ITEMS)) $(if $(KG),--kg $(KG)) $(ARGS)
+
+stats:  ## the paper's Table 2 for DATASET
+	$(PYTHON) cikgrec.py stats --dataset $(DATASET) --data-dir $(DATA_DIR)
+
+recommend:  ## make recommend RUN=runs/X.json TOP=20 [USERS=ids.txt] [OUT=recs.tsv]: top-TOP items per user
+	$(PYTHON) cikgrec.py recommend --run $(RUN) --k $(TOP) $(if $(USERS),--users $(USERS)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 data:  ## download the three datasets (verified against upstream git blob ids)
 	$(PYTHON) cikgrec.py download --data-dir $(DATA_DIR)

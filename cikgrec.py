@@ -5,18 +5,23 @@ the paper's; `../shared/REFERENCE.md` has the facts about the authors' code.
 
     1. Settings       Settings, DATASET_DEFAULTS (the authors' configs), MODELS (the baselines),
                       VARIANTS (every difference between the paper and the authors' code)
-    2. Data           load_dataset: the published format, errors naming file, line and value
+    2. Data           load_dataset: the published format, errors naming file, line and value;
+                      prepare (your own raw files -> that format), dataset_stats (Table 2)
     3. Split          split_validation: the validation carve-out from train.txt
     4. The CIKG       cikg_edges, Graph (D^-1/2 (A+I) D^-1/2), build_graphs (CIKG, views, GMAE graph)
     5. Fast kernels   SymmetricSpMM, MeanLogSumExp: autograd functions, each equal to a plain expression
     6. The model      class CIKGRec: encode (f_G), bpr_loss (Eq. 10), contrastive_loss (Eqs. 8-9),
                       simgcl_loss, reconstruction_loss (Eqs. 3-7), transe_loss (Eq. 12), loss (Eq. 11)
     7. Sampling       negatives (Eq. 10's i'), TransE triples and corrupted tails
-    8. Evaluation     ranking_metrics, evaluate_ranking: full-ranking Recall@K, NDCG@K
-    9. Training       Trainer (batches, optimisers), fit (early stopping on validation, checkpoints)
+    8. Evaluation     ranking_metrics, evaluate_ranking: full-ranking Recall@K, NDCG@K; top_items
+    9. Training       Trainer (batches, optimisers), fit (early stopping on validation, checkpoints,
+                      the output lock), a saved run: load_trained, load_run(...).recommend
    10. Commands       bench, download, the command line
 
     python cikgrec.py train --dataset book-crossing --data-dir ../shared/data
+    python cikgrec.py recommend --run runs/book-crossing-seed2024.json --k 20 --out recs.tsv
+    python cikgrec.py prepare --interactions ratings.csv --items books.csv --kg kg.csv --name mine
+    python cikgrec.py stats --dataset mine
     python cikgrec.py bench --dataset book-crossing --data-dir ../shared/data
 
 The paper's tables, sweeps, Fig. 3-4 and plots are in experiments.py, which imports this file.
@@ -2750,7 +2755,9 @@ def main(argv=None) -> int:
         log(f"error: {e}")
         return 1
     except KeyboardInterrupt as e:
-        log(str(e) if isinstance(e, Interrupted) else "interrupted before training began: nothing was trained")
+        log(str(e) if isinstance(e, Interrupted) else  # outside the epochs: reading the data, the final test
+            "interrupted outside the training epochs; where a checkpoint exists beside --out, "
+            "the same command with --resume continues from it.")
         return 130
 
 
