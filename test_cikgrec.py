@@ -1382,3 +1382,17 @@ def test_importing_cikgrec_leaves_the_allocator_alone():
     import platform
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ("[(-3, 1073741824), (-1, 2147483647)]" if platform.system() == "Linux" else "[]")
+
+
+def test_the_demo_dataset_is_what_make_demo_writes(tmp_path):
+    import make_demo
+    make_demo.make(tmp_path / "demo")
+    shipped = ROOT / "data" / "demo"
+    names = sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(tmp_path / "demo").as_posix() for p in (tmp_path / "demo").rglob("*")
+                           if p.is_file())
+    for name in names:
+        assert (shipped / name).read_bytes() == (tmp_path / "demo" / name).read_bytes(), name
+    assert sum((shipped / n).stat().st_size for n in names) < 1_000_000
+    ds = C.load_dataset(shipped)
+    assert (ds.n_users, ds.n_items, ds.n_interests) == (299, 240, 8) and len(ds.kg) == 504 and ds.item_names[0]
