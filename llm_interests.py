@@ -867,10 +867,14 @@ def estimate(jobs: list, max_tokens: int, price_in: float | None = None, price_o
     return out
 
 
-def format_estimate(est: dict, max_tokens: int) -> str:
+def format_estimate(est: dict, max_tokens: int, batch: bool = False) -> str:
+    """estimate()'s figures in a line; batch=True: for batch-export, whose answers cut at the limit
+    cannot be asked again (batch-import drops the trailing fragment and marks them)."""
+    again = ("a batch answer cut at that limit is kept without its last fragment" if batch
+             else f"an answer cut at that limit is asked again with up to {BUDGET_GROWTH}x")
     text = (f"{est['users']:,} users to ask; prompts about {est['prompt_tokens']:,} tokens (4 characters per "
-            f"token); completions at most {est['max_completion_tokens']:,} tokens ({max_tokens:,} per user; an "
-            f"answer cut at that limit is asked again with up to {BUDGET_GROWTH}x)")
+            f"token); completions at most {est['max_completion_tokens']:,} tokens ({max_tokens:,} per user; "
+            f"{again})")
     if est["cost_in"] is not None:
         text += (f"; cost at most ${est['cost_in'] + est['cost_out']:,.4f} (${est['cost_in']:,.4f} in + "
                  f"${est['cost_out']:,.4f} out)")
@@ -1045,8 +1049,10 @@ def batch_import(batch_output, jobs: list, answers_path, failures_path) -> dict:
                 continue
             user, error, status, reply = None, "", None, None
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.lstrip("\ufeff"))  # a BOM is not part of the JSON
                 user = int(obj["custom_id"])
+                if not obj.get("error") and not isinstance(obj.get("response"), dict):
+                    raise KeyError("no \"response\" object")
                 response = obj.get("response") or {}
                 status = response.get("status_code")
                 body = response.get("body")
@@ -1649,7 +1655,7 @@ def cmd_batch_export(args, jobs: list, answers: Path, batch_input: Path) -> int:
         say(f"batch-export: {len(jobs) - len(todo)} users already have an answer in {answers}: left out")
     n = batch_export(todo, batch_input, args.model, args.max_tokens, args.token_field)
     say(f"batch-export: {n} requests (model {args.model}, {args.token_field} {args.max_tokens}) -> {batch_input}")
-    say(f"batch-export: {format_estimate(estimate(todo, args.max_tokens, args.price_in, args.price_out), args.max_tokens)}"
+    say(f"batch-export: {format_estimate(estimate(todo, args.max_tokens, args.price_in, args.price_out), args.max_tokens, batch=True)}"
         + (" (the Batch API bills half of the usual prices)" if args.price_in is not None else ""))
     return 0
 
@@ -1716,6 +1722,8 @@ def main(argv=None) -> int:
         if args.command == "batch-export":
             return cmd_batch_export(args, jobs, answers, batch_input)
         c = batch_import(args.file, jobs, answers, failures)
+        if not c["imported"] + c["failed"] + c["skipped"] + c["refused"] + c["filtered"]:
+            say(f"warning: {args.file} holds no batch output line: nothing imported")
         truncated = f" ({c['truncated']} truncated, fragment dropped)" if c["truncated"] else ""
         say(f"batch-import summary: {c['imported']} imported{truncated}{counted(c)}, {c['failed']} errors "
             f"(in {failures.name}), {c['skipped']} already answered -> {answers}; "

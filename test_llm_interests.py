@@ -1373,6 +1373,29 @@ def test_batch_import_reads_vllm_run_batch_output_with_reasoning_truncation_refu
     assert fail["user"] == 3 and "cut at the token limit" in fail["error"] and fail["batch_line"] == 4
 
 
+
+def test_batch_import_a_bom_a_line_without_response_and_an_empty_file(tmp_path, capsys):
+    """Found by a fresh user: a BOM made the first line "unreadable", a line without "response"
+    was recorded as "HTTP None: null", and an empty output file said nothing."""
+    folder = make_fixture(tmp_path / "d", n_users=3, extras=False)
+    jobs, _ = jobs_for(folder)
+    ok = {"status_code": 200, "body": {"choices": [{"message": {"role": "assistant", "content": "Horror, war"},
+                                                    "finish_reason": "stop"}]}}
+    (tmp_path / "out.jsonl").write_text("\ufeff" + json.dumps({"custom_id": "0", "response": ok}) + "\n"
+                                        + json.dumps({"custom_id": "1"}) + "\n")
+    c = L.batch_import(tmp_path / "out.jsonl", jobs, tmp_path / "a.jsonl", tmp_path / "f.jsonl")
+    assert (c["imported"], c["failed"]) == (1, 1)
+    (fail,) = lines_of(tmp_path / "f.jsonl")
+    assert fail["user"] == 1 and 'no "response" object' in fail["error"] and "HTTP None" not in fail["error"]
+    (tmp_path / "empty.jsonl").write_text("")
+    common = ["--dataset", "d", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    assert L.main(["batch-import", str(tmp_path / "empty.jsonl"), *common]) == 0
+    assert "holds no batch output line: nothing imported" in capsys.readouterr().err
+    assert L.main(["batch-export", *common]) == 0
+    err = capsys.readouterr().err
+    assert "kept without its last fragment" in err and "asked again with up to" not in err
+
+
 # 10. Cost and size known first
 def tiny_dataset(folder: Path) -> Path:
     """3 users with one training item each (so no validation item): Dune, Emma, Ulysses."""
