@@ -178,14 +178,15 @@ def settings_differ(results: dict, settings: Settings) -> list:
     return [k for k, v in dataclasses.asdict(settings).items() if k not in _NOT_COMPARED and saved.get(k) != v]
 
 
-def done_results(run: PlannedRun) -> Path | None:
+def done_results(run: PlannedRun, need_refit: bool = True) -> Path | None:
     """The results file of a planned run if it exists: its own, or that of the same run made
     elsewhere when the settings agree (all but _NOT_COMPARED): in another table (SAME_RUN), or by
     `train` at its default --out (runs/<dataset>-seed<seed>.json, so `make train` counts as
     Table 1's CIKGRec row). None when the run is still to do. Raises SettingsError when the run's
     own file was made with other settings (e.g. a quick --epochs 1 trial) or on other data (the
     SHA-256 of its files): it is neither reused nor overwritten. A run stopped by --max-minutes is
-    not done (the sweep resumes it)."""
+    not done (the sweep resumes it), nor, with need_refit, one whose refit is still to do (Table 1;
+    need_refit=False: a finished run counts, for the table's "selected" columns)."""
     if run.out.is_file():
         results = read_results(run.out)
         newer = definition_changes(results, run.settings)
@@ -201,7 +202,7 @@ def done_results(run: PlannedRun) -> Path | None:
         if changed:
             raise SettingsError(f"{run.out} was trained on other data (the SHA-256 of {', '.join(changed)} "
                                 "differs from the run's): delete it or give another --runs-dir")
-        return None if time_limited(results) or unrefit(results, run.settings) else run.out
+        return None if time_limited(results) or (need_refit and unrefit(results, run.settings)) else run.out
     runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
     others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
     same = SAME_RUN.get((run.table, run.config))
@@ -211,7 +212,7 @@ def done_results(run: PlannedRun) -> Path | None:
         if other.is_file():
             results = read_results(other)
             if not (definition_changes(results, run.settings) or settings_differ(results, run.settings)
-                    or time_limited(results) or unrefit(results, run.settings)
+                    or time_limited(results) or (need_refit and unrefit(results, run.settings))
                     or run_data_changed(results, run.settings)):
                 return other
     return None
@@ -232,7 +233,8 @@ def run_sweep(runs: list, dry_run: bool = False) -> int:
     log(f"{len(runs) - len(todo)} of {len(runs)} runs already done; {len(todo)} to run")
     if dry_run:
         for r in todo:
-            log(f"  to run: {r.config} seed {r.seed} -> {r.out}")
+            left = " (its refit only: the run is finished)" if done_results(r, need_refit=False) else ""
+            log(f"  to run: {r.config} seed {r.seed} -> {r.out}{left}")
         return 0
     start, finished, failed, cut = time.perf_counter(), 0, 0, 0
     for n, r in enumerate(todo, 1):
@@ -275,8 +277,9 @@ def aggregate_table(table: str, dataset: str, files: dict) -> list:
     rows = []
     for config, (label, flags) in TABLES[table].items():
         paths = files.get(config, [])
-        runs = [read_results(p) for p in paths]
+        everything = [read_results(p) for p in paths]
         refit = flags.get("refit", False)
+        runs = [r for r in everything if not refit or isinstance(r.get("refit"), dict)]  # refit rows: refit runs
         tests = [r["refit"]["test"] if refit else r["test"] for r in runs]
         run_minutes = lambda r: r["minutes"] + (r["refit"]["seconds"] / 60 if refit else 0.0)
         minutes = [run_minutes(r) for r in runs if r.get("minutes") is not None]
@@ -292,9 +295,10 @@ def aggregate_table(table: str, dataset: str, files: dict) -> list:
             ref = paper.get(config, {}).get(m)
             row.update({m: mean, m + "_std": std, m + "_paper": ref,
                         m + "_diff": 100.0 * (mean - ref) / ref if mean is not None and ref else None})
-            if refit:
+            if refit:  # every finished run, refit or not yet
                 row[m + "_selected"], row[m + "_selected_std"] = (
-                    _mean_std([r["test"][m] for r in runs]) if runs else (None, None))
+                    _mean_std([r["test"][m] for r in everything]) if everything else (None, None))
+        row["n_selected"] = len(everything)
         rows.append(row)
     return rows
 
@@ -355,7 +359,8 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results", giv
           + _TABLE_NOTES.get(table, ""), ""] + _made_with(given) + [
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["label"], str(r["n"]), _device_minutes(r)]
+        n = str(r["n"]) + (f" ({r['n_selected']} selected)" if refit and r.get("n_selected", r["n"]) != r["n"] else "")
+        cells = [r["label"], n, _device_minutes(r)]
         for m in TABLE_METRICS:
             diff = "" if r[m + "_diff"] is None else f"{r[m + '_diff']:+.1f}"
             cells += [pm(r[m], r[m + "_std"]), num(r[m + "_paper"], ".4f"), diff]
@@ -487,7 +492,7 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
     for t in TABLES:
         for r in plan_runs(t, base, n_seeds, runs_dir):
             try:
-                found = done_results(r)
+                found = done_results(r, need_refit=False)  # finished runs count; refit rows show what has one
             except SettingsError:  # another table's run with other settings (e.g. no --min-epochs):
                 if t == table:     # not one of these runs; only this table's own files must agree
                     raise

@@ -684,3 +684,21 @@ def test_fidelity_sets_our_curve_beside_the_authors(tmp_path):
     valid_run = fake_results(tmp_path / "v.json", metrics(0.1, 0.2, 0.1, 0.2), {"variant": "paper"})
     with pytest.raises(C.DataError, match="not the results of a --variant authors --select-on test run"):
         E.fidelity(valid_run, tmp_path / "res")
+
+
+def test_table1_counts_finished_runs_without_their_refit_in_the_selected_columns(tmp_path, capsys):
+    """Found by a fresh user: the committed validation-selected runs (made before --refit) vanished
+    from Table 1, without a word on why. They count in "selected"; the refit columns wait for them."""
+    small_dataset(tmp_path)
+    planned = [r for r in E.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path)}, 3, tmp_path / "runs")
+               if r.config == "cikgrec"]
+    for i, r in enumerate(planned):
+        s = C.dataclasses.asdict(r.settings)
+        fake_results(r.out, metrics(0.1 + 0.1 * i, 0.3, 0.1, 0.2), {**s, "refit": i == 0}, selected=metrics(0.1, 0.2, 0.1, 0.2))
+    args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "3",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"), "--dry-run"]
+    assert E.main(args) == 0
+    assert "cikgrec-seed2025.json (its refit only: the run is finished)" in capsys.readouterr().err
+    text = (tmp_path / "res" / "fx" / "table1.md").read_text()
+    # R@50: the refit's (one run) and, beside it, the selected model's over all three
+    assert "| CIKGRec | 1 (3 selected) |  | 0.1000 ± - |  |  | 0.1000 ± 0.0000 |" in text
