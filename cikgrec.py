@@ -211,6 +211,10 @@ CHOICES = {"select_on": ("valid", "test"), "variant": ("paper", "authors"), "mod
            "schedule": ("exp", "lin", "fixed"), "contrast": ("cross-domain", "simgcl")}
 
 
+MAX_THREADS = 4 * (os.cpu_count() or 16)  # torch crashes on absurd thread counts
+MAX_K = 100_000  # largest cut-off of --ks
+
+
 class SettingsError(ValueError):
     """A setting that cannot work (the command line reports it and exits with code 2)."""
 
@@ -241,7 +245,8 @@ def check_settings(s: Settings) -> Settings:
              (lambda v: v > 0, "must be > 0", ("lr", "transe_lr", "tau")),
              (lambda v: 0 <= v < 1, "must be in [0, 1)", ("edge_drop", "node_drop", "replace_rate", "recon_edge_drop")),
              (lambda v: 0 <= v <= 1, "is a rate in [0, 1]", ("alpha", "omega")),
-             (lambda v: v >= 1, "must be >= 1 (Eq. 7)", ("eta",)))
+             (lambda v: v >= 1, "must be >= 1 (Eq. 7)", ("eta",)),
+             (lambda v: v <= MAX_THREADS, f"must be at most {MAX_THREADS} (4 per CPU of this machine)", ("threads",)))
     for ok, message, names in rules:
         for name in names:
             if not ok(getattr(s, name)):
@@ -254,6 +259,8 @@ def check_settings(s: Settings) -> Settings:
         ks = []
     if not ks or min(ks) < 1:
         raise SettingsError(f"--ks must be comma-separated positive integers, got {s.ks!r}")
+    if max(ks) > MAX_K:  # a cut-off is a length of a ranked list; the metrics hold K columns per user
+        raise SettingsError(f"--ks {max(ks)}: a cut-off must be at most {MAX_K:,}")
     return s
 
 
@@ -1566,6 +1573,9 @@ class Trainer:
         items = np.concatenate(train_part).astype(np.int64)
         full = np.array([len(x) >= ds.n_items for x in train_part])
         self.notes = []
+        if s.lambda2 > 0 and graphs.recon is None:  # a weight that cannot act is said, not ignored silently
+            why = "no interest nodes" if not ds.n_interests else f"the {s.graph.upper()} graph holds no interest edges"
+            self.notes.append(f"--lambda2 {s.lambda2:g} has no effect: {why}, so there is no reconstruction loss")
         if full.any():
             self.notes.append(f"{int(full.sum())} users have every item: left out of BPR (no negative)")
         keep = ~full[users]
@@ -1965,16 +1975,19 @@ def add_refit(s: Settings, results: dict, out: Path, device) -> dict:
 
 
 # -- at the edges: memory, files, provenance ----------------------------------------------------
-def memory_needed(s: Settings, ds: Dataset) -> dict:
-    """A rough estimate in bytes of a run's largest tensors, by the setting that sizes each:
-    {"dim": embeddings, the propagated layers kept for the backward, Adam's moments, the batch's
-    rows; "batch_size": the InfoNCE [N, B] matrices; "eval_batch": a chunk of evaluation scores}."""
+def memory_needed(s: Settings, ds: Dataset) -> int:
+    """A rough estimate in bytes of a run's largest tensors: the embeddings, the propagated layers
+    kept for the backward and Adam's moments, the batch's rows, the InfoNCE [N, B] matrices, and a
+    chunk of evaluation scores."""
     n_nodes = node_counts(ds)[2]
     passes = 1 + 3 * (s.lambda3 > 0) + 2 * (s.lambda2 > 0)  # full-graph encodes per batch
     candidates = max(ds.n_users, ds.n_items) if s.contrast == "cross-domain" else s.batch_size
-    return {"dim": 4 * s.dim * (n_nodes * (2 * (s.layers + 1) * passes + 4) + 12 * s.batch_size),
-            "batch_size": 16 * s.batch_size * candidates * (s.lambda3 > 0),
-            "eval_batch": 9 * min(s.eval_batch, ds.n_users) * ds.n_items}  # scores, relevance, hits
+    return (4 * s.dim * (n_nodes * (2 * (s.layers + 1) * passes + 4) + 12 * s.batch_size)
+            + 16 * s.batch_size * candidates * (s.lambda3 > 0)
+            + 9 * min(s.eval_batch, ds.n_users) * ds.n_items)  # scores, relevance, hits
+
+
+MEMORY_KNOBS = ("dim", "layers", "batch_size", "eval_batch")  # the settings check_memory can blame
 
 
 def free_memory(device) -> int | None:
@@ -1990,17 +2003,20 @@ def free_memory(device) -> int | None:
 
 
 def check_memory(s: Settings, ds: Dataset, device, free: int | None = None) -> None:
-    """SettingsError naming the setting that sizes most of a run's memory (memory_needed) when the
-    run would not fit in `free` bytes (default: free_memory(device)), before anything is trained."""
+    """SettingsError when the run would not fit in `free` bytes (default: free_memory(device)),
+    before anything is trained. It names the setting of MEMORY_KNOBS whose return to its default
+    (the dataset's, else Settings') saves the most memory."""
     need = memory_needed(s, ds)
     free = free_memory(device) if free is None else free
-    if free is None or sum(need.values()) <= free:
+    if free is None or need <= free:
         return
-    name = max(need, key=need.get)
+    default = lambda k: DATASET_DEFAULTS.get(s.dataset, {}).get(k, getattr(Settings, k))
+    saved = {k: need - memory_needed(dataclasses.replace(s, **{k: default(k)}), ds) for k in MEMORY_KNOBS}
+    name = max(saved, key=saved.get)
     gb = lambda b: f"{b / 2**30:.1f} GB"
-    raise SettingsError(f"{option(name)} {getattr(s, name)}: this run needs about {gb(sum(need.values()))} of "
-                        f"memory ({gb(need[name])} of it sized by {option(name)}), but {device} has {gb(free)} "
-                        f"free; lower {option(name)}")
+    raise SettingsError(f"{option(name)} {getattr(s, name)}: this run needs about {gb(need)} of memory, but "
+                        f"{device} has {gb(free)} free; lower {option(name)} (at {default(name)} it would need "
+                        f"{gb(need - saved[name])})")
 
 
 def _save(obj, path: Path) -> None:
@@ -2130,6 +2146,8 @@ def check_writable(out: Path, *beside: Path) -> None:
     for path in (out, *beside):
         if path.is_dir():
             raise SettingsError(f"--out {out}: {path} is a folder")
+        if path.exists() and not path.is_file():  # e.g. /dev/null: a rename over it would replace it
+            raise SettingsError(f"--out {out}: {path} exists and is not a regular file")
     for parent in reversed(out.parents):
         if parent.exists() and not parent.is_dir():
             raise SettingsError(f"--out {out}: {parent} is a file, not a folder")
@@ -2278,6 +2296,8 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
     results_path = Path(results_path)
     if results_path.suffix == ".pt":
         raise DataError(results_path, 0, "give the run's results JSON; its model .pt is found beside it")
+    if results_path.is_dir():
+        raise DataError(results_path, 0, "is a folder: give the run's results JSON")
     if not results_path.is_file():
         raise DataError(results_path, 0, "not found (a finished run writes <out>.json and <out>.pt)")
     results = read_results(results_path)
@@ -2718,36 +2738,49 @@ def main(argv=None) -> int:
         return 2
     args = build_parser().parse_args(argv)
     keep_freed_memory()
-    try:
-        if args.command == "download":
-            download(args.dataset, args.data_dir)
-            return 0
-        if args.command == "prepare":
-            st = prepare(args.interactions, args.name, args.data_dir, args.items, args.kg, args.user_col,
-                         args.item_col, args.rating_col, args.time_col, args.name_col, args.header, args.sep,
-                         args.min_rating, args.min_user_interactions, args.split_seed, args.force)
-            for note in st["warnings"]:
-                log(f"note: {note}")
-            print(stats_markdown(args.name, st), end="")
-            log(f"wrote {Path(args.data_dir) / args.name}/ (train.txt, test.txt, the id lists, "
-                f"{'kg_final.txt, ' if args.kg else ''}stats.md)")
-            return 0
-        if args.command == "stats":
-            st = dataset_stats(dataset_folder(Path(args.data_dir) / args.dataset))
-            for note in st["warnings"]:
-                log(f"note: {note}")
-            print(stats_markdown(args.dataset, st), end="")
-            return 0
-        if args.command == "recommend":
-            return recommend_command(args)
-        s = resolve_settings(args)
-        if args.command == "bench":
-            bench(s, args.bench_epochs)
-            return 0
-        r = fit(s, force=args.force)
-        print(json.dumps({"dataset": r["dataset"], "selected_on": r["selected_on"],
-                          "best_epoch": r["best_epoch"], "test": r["test"]}, indent=2))
+    return exit_code(lambda: command(args), "interrupted outside the training epochs; where a checkpoint "
+                     "exists beside --out, the same command with --resume continues from it.")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run the command the parsed command line names; its exit code when it ends normally."""
+    if args.command == "download":
+        download(args.dataset, args.data_dir)
         return 0
+    if args.command == "prepare":
+        st = prepare(args.interactions, args.name, args.data_dir, args.items, args.kg, args.user_col,
+                     args.item_col, args.rating_col, args.time_col, args.name_col, args.header, args.sep,
+                     args.min_rating, args.min_user_interactions, args.split_seed, args.force)
+        for note in st["warnings"]:
+            log(f"note: {note}")
+        print(stats_markdown(args.name, st), end="")
+        log(f"wrote {Path(args.data_dir) / args.name}/ (train.txt, test.txt, the id lists, "
+            f"{'kg_final.txt, ' if args.kg else ''}stats.md)")
+        return 0
+    if args.command == "stats":
+        st = dataset_stats(dataset_folder(Path(args.data_dir) / args.dataset))
+        for note in st["warnings"]:
+            log(f"note: {note}")
+        print(stats_markdown(args.dataset, st), end="")
+        return 0
+    if args.command == "recommend":
+        return recommend_command(args)
+    s = resolve_settings(args)
+    if args.command == "bench":
+        bench(s, args.bench_epochs)
+        return 0
+    r = fit(s, force=args.force)
+    print(json.dumps({"dataset": r["dataset"], "selected_on": r["selected_on"],
+                      "best_epoch": r["best_epoch"], "test": r["test"]}, indent=2))
+    return 0
+
+
+def exit_code(action, interrupted: str) -> int:
+    """The command line's exit codes around `action` (a function returning one): 2 with one line
+    for bad input or settings, 1 for a failed training, 130 for Ctrl-C (saying what the checkpoint
+    holds, or `interrupted` when no epoch was running)."""
+    try:
+        return action()
     except (DataError, SettingsError) as e:
         log(f"error: {e}")
         return 2
@@ -2755,9 +2788,7 @@ def main(argv=None) -> int:
         log(f"error: {e}")
         return 1
     except KeyboardInterrupt as e:
-        log(str(e) if isinstance(e, Interrupted) else  # outside the epochs: reading the data, the final test
-            "interrupted outside the training epochs; where a checkpoint exists beside --out, "
-            "the same command with --resume continues from it.")
+        log(str(e) if isinstance(e, Interrupted) else interrupted)
         return 130
 
 

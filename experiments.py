@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cikgrec import (DATASETS, GRAPHS, HEADLINE_METRICS, DataError, Settings, SettingsError,
-                     Trainer, TrainingError, _flatten, _open_text, _write_json, add_settings_arguments,
+                     Trainer, TrainingError, _flatten, exit_code, keep_freed_memory, _open_text, _write_json, add_settings_arguments,
                      check_settings, data_changed, dataset_folder, definition_changes, fit,
                      group_ndcg, item_title, load_trained, log, mask_rate, option, output_paths, read_results,
                      make_settings, _finite)
@@ -701,6 +701,7 @@ def write_sweep(param: str, runs: list, results_dir="results", given: str = "") 
     folder.mkdir(parents=True, exist_ok=True)
     name = folder / f"sweep-{s0.model}-{param}"
     chosen = max(rows, key=lambda x: x["recall@50"] + x["ndcg@50"])["value"] if rows else None
+    missing = len(runs) - len(rows)
     md = [f"# {s0.dataset}: {s0.model}, validation metrics by --{param.replace('_', '-')}", "",
           f"One run per value (seed {runs[0].seed}, validation split seed {s0.split_seed}), each selected on "
           "validation R@50 + N@50; the metrics are those of the validation split at the selected epoch. "
@@ -708,14 +709,16 @@ def write_sweep(param: str, runs: list, results_dir="results", given: str = "") 
           f"| {param} | best epoch (of) | valid R@50 | valid N@50 | valid R@100 | valid N@100 | minutes |",
           "|---|---|---|---|---|---|---|"]
     for x in rows:
-        mark = " (chosen)" if x["value"] == chosen else ""
+        mark = " (chosen)" if x["value"] == chosen and not missing else ""
         md.append(f"| {x['value']:g}{mark} | {x['best_epoch']} ({x['epochs_run']}) | {x['recall@50']:.4f} | "
                   f"{x['ndcg@50']:.4f} | {x['recall@100']:.4f} | {x['ndcg@100']:.4f} | "
                   + ("" if x["minutes"] is None else f"{x['minutes']:.0f}") + " |")
     missing = len(runs) - len(rows)
-    md += ["", f"Validation chooses {param} = {chosen:g}." if chosen is not None else "No finished run yet."]
-    if missing:
-        md.append(f"{missing} of {len(runs)} runs are not finished yet.")
+    if missing:  # no choice before every value has run
+        md += ["", f"{missing} of {len(runs)} runs are not finished yet: no value is chosen"
+                   + (f" (best so far: {param} = {chosen:g})." if chosen is not None else ".")]
+    else:
+        md += ["", f"Validation chooses {param} = {chosen:g}."]
     name.with_suffix(".md").write_text("\n".join(md) + "\n")
     with open(name.with_suffix(".csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -723,9 +726,9 @@ def write_sweep(param: str, runs: list, results_dir="results", given: str = "") 
                     "valid_recall@100", "valid_ndcg@100", "chosen"])
         for x in rows:
             w.writerow([x["value"], x["best_epoch"], x["epochs_run"], x["minutes"], x["recall@50"], x["ndcg@50"],
-                        x["recall@100"], x["ndcg@100"], x["value"] == chosen])
+                        x["recall@100"], x["ndcg@100"], x["value"] == chosen and not missing])
     name.with_suffix(".json").write_text(json.dumps({"param": param, "model": s0.model, "dataset": s0.dataset,
-                                                     "chosen": chosen, "rows": rows}, indent=1))
+                                                     "chosen": None if missing else chosen, "rows": rows}, indent=1))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -911,36 +914,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "tables":
-            base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
-                    if getattr(args, f.name, None) is not None}
-            if args.seeds < 1:
-                raise SettingsError(f"--seeds must be at least 1, got {args.seeds}")
-            return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run,
-                               args.only) else 0
-        if args.command == "sweep":
-            base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
-                    if getattr(args, f.name, None) is not None}
-            return 1 if sweep(args.param, args.values, base, args.runs_dir, args.results_dir, args.dry_run) else 0
-        if args.command == "fidelity":
-            print(fidelity(args.run, args.results_dir).read_text())
-            return 0
-        if args.command == "explain":
-            explain_command(args.run, args.user, args.answers, args.clusters, args.data_dir, args.top)
-            return 0
-        for path in plots(args.dataset, args.results_dir):
-            log(f"wrote {path}")
+    keep_freed_memory()  # as cikgrec's command line does
+    return exit_code(lambda: command(args), "interrupted: the finished runs are kept and a run cut mid-way "
+                     "continues from its checkpoint: the same tables (or sweep) command continues from it.")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run the command the parsed command line names; its exit code when it ends normally."""
+    if args.command == "tables":
+        base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+                if getattr(args, f.name, None) is not None}
+        if args.seeds < 1:
+            raise SettingsError(f"--seeds must be at least 1, got {args.seeds}")
+        return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run,
+                           args.only) else 0
+    if args.command == "sweep":
+        base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+                if getattr(args, f.name, None) is not None}
+        return 1 if sweep(args.param, args.values, base, args.runs_dir, args.results_dir, args.dry_run) else 0
+    if args.command == "fidelity":
+        print(fidelity(args.run, args.results_dir).read_text())
         return 0
-    except (DataError, SettingsError) as e:
-        log(f"error: {e}")
-        return 2
-    except TrainingError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted: every finished epoch is in the checkpoint; the same tables command continues from it.")
-        return 130
+    if args.command == "explain":
+        explain_command(args.run, args.user, args.answers, args.clusters, args.data_dir, args.top)
+        return 0
+    for path in plots(args.dataset, args.results_dir):
+        log(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

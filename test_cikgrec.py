@@ -1396,3 +1396,29 @@ def test_the_demo_dataset_is_what_make_demo_writes(tmp_path):
     assert sum((shipped / n).stat().st_size for n in names) < 1_000_000
     ds = C.load_dataset(shipped)
     assert (ds.n_users, ds.n_items, ds.n_interests) == (299, 240, 8) and len(ds.kg) == 504 and ds.item_names[0]
+
+
+def test_fresh_user_review_of_the_redesign(tmp_path, capsys):
+    """Found by a fresh user: --out /dev/null was replaced by a regular file; a huge --ks or
+    --threads crashed (traceback, segfault); the memory message blamed --dim for a huge
+    --batch-size or --layers; --lambda2 without interest nodes was silently ignored; a folder as
+    --run said "not found"."""
+    small_dataset(tmp_path)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    base = ["train", "--dataset", "fx", "--data-dir", str(tmp_path), "--epochs", "1", "--dim", "8"]
+    assert C.main(base + ["--out", str(fifo)]) == 2
+    assert "exists and is not a regular file" in capsys.readouterr().err and not fifo.is_file()
+    for flag, value, expect in (("--ks", "99999999999999999999", "--ks 99999999999999999999: a cut-off must be at most"),
+                                ("--threads", "100000", "--threads must be at most")):
+        assert C.main(base + ["--out", str(tmp_path / "r.json"), flag, value]) == 2
+        assert expect in capsys.readouterr().err
+    big = SimpleNamespace(n_users=40, n_items=30, n_entities=30, n_interests=0)
+    for name, value in (("batch_size", 10**12), ("layers", 10**7)):
+        with pytest.raises(C.SettingsError, match=f"--{name.replace('_', '-')} {value}: this run needs"):
+            C.check_memory(C.Settings(**{name: value}), big, torch.device("cpu"), free=2**34)
+    s = tiny_settings(tmp_path, model="lightgcn", lambda2=0.5)
+    t = C.Trainer(s, *C.read_data(s), torch.device("cpu"))
+    assert any("--lambda2 0.5 has no effect: the CG graph holds no interest edges" in n for n in t.notes)
+    with pytest.raises(C.DataError, match="is a folder: give the run's results JSON"):
+        C.load_trained(tmp_path)

@@ -616,7 +616,7 @@ def test_an_interrupted_sweep_says_how_to_continue(tmp_path, monkeypatch, capsys
     args = ["--dataset", "fx", "--data-dir", str(tmp_path)]
     assert E.main(["tables", "--table", "table1", "--runs-dir", str(tmp_path / "runs"),
                    "--results-dir", str(tmp_path / "res")] + args) == 130
-    assert "the same tables command continues from it." in capsys.readouterr().err
+    assert "the same tables (or sweep) command continues from it." in capsys.readouterr().err
     assert C.main(["train", "--out", str(tmp_path / "r.json")] + args) == 130
     assert "the same command with --resume continues from it." in capsys.readouterr().err
 
@@ -657,6 +657,11 @@ def test_sweep_trains_one_run_per_value_and_chooses_on_validation(tmp_path, caps
     assert f"Validation chooses l2 = {best['value']:g}." in md and "(chosen)" in md
     capsys.readouterr()
     assert E.main(args + tiny) == 0 and "2 of 2 runs already done" in capsys.readouterr().err  # resumes
+    (folder / "l2-0.001-seed2024.json").unlink()  # a sweep not yet finished chooses nothing
+    assert E.main(args + tiny + ["--dry-run"]) == 0
+    md = (tmp_path / "res" / "fx" / "sweep-lightgcn-l2.md").read_text()
+    assert "1 of 2 runs are not finished yet: no value is chosen (best so far: l2 = 1e-05)." in md
+    assert "(chosen)" not in md and json.loads((tmp_path / "res" / "fx" / "sweep-lightgcn-l2.json").read_text())["chosen"] is None
     for bad, expect in ((["--param", "out"], "--param 'out'"), (["--values", "0.1"], "at least two distinct"),
                         (["--values", "a,b"], "expected comma-separated float"), (["--l2", "0.1"], "--l2: the sweep sets it")):
         argv = list(args)
