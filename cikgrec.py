@@ -1779,7 +1779,7 @@ def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, devic
         log(f"note: --resume: no checkpoint at {ckpt_path}, starting afresh")
     elif ckpt_path.is_file():
         log(f"note: starting afresh: the checkpoint {ckpt_path} will be replaced (--resume continues it)")
-    for line in interest_lines(ds, s):
+    for line in interest_lines(ds, s, data_sha256):
         log(line)
     unused = "" if "uj" in GRAPHS[s.graph] else f" (not in the {s.graph.upper()} graph)"
     log(f"{s.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.n_entities} entities, "
@@ -2194,11 +2194,11 @@ def data_changed(saved_sha256: dict, s: Settings) -> list:
             for name, sha in sorted(saved_sha256.items()) if name not in now or _sha256(str(now[name])) != sha]
 
 
-def interest_lines(ds: Dataset, s: Settings) -> list:
+def interest_lines(ds: Dataset, s: Settings, data_sha256: dict) -> list:
     """What train says of its interest file: which file, how many users have interests, and a
     warning when llm_interests.py cluster made it from answers of under half of the users with a
     prompt (its <file>.coverage.json, as after an `infer --limit` trial). Published files have no
-    coverage file and are not judged."""
+    coverage file and are not judged. data_sha256: the digests fit has computed (data_files)."""
     if not s.interest_nodes:
         return ["interests: none (--no-interest-nodes)"]
     if not ds.interest_file:
@@ -2209,7 +2209,7 @@ def interest_lines(ds: Dataset, s: Settings) -> list:
     try:
         cov = json.loads(path.with_name(path.stem + ".coverage.json").read_text())
         share, asked = cov["users_answered"] / cov["users_with_prompt"], cov["users_with_prompt"]
-        fits = cov["interest_file_sha256"] == _sha256(str(path))
+        fits = cov["interest_file_sha256"] == data_sha256.get(path.name)
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return lines
     if fits and share < 0.5:
