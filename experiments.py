@@ -14,6 +14,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -68,10 +69,14 @@ TABLES = {
         "lightgcn-cikg": ("LightGCN_CIKG", {"model": "lightgcn", "graph": "cikg"}),
     },
 }
-# Configurations that are the same run as one of another table: its results are reused when
-# their settings match (a CIKGRec run takes hours; no need to train it twice).
-SAME_RUN = {("ablation", "full"): ("table1", "cikgrec"),
-            ("lightgcn-variants", "lightgcn-cg"): ("table1", "lightgcn")}
+# Baselines tuned on validation, as a fair comparison needs: Table 1's rows of a dataset take these
+# settings on top of the dataset's (an option given on the command line wins). Chosen by
+# `experiments.py sweep` on the validation split (results/<dataset>/sweep-<model>-<param>.md).
+TUNED: dict = {}  # e.g. {"book-crossing": {"lightgcn": {"l2": 1e-4}}}
+
+# A planned run whose settings match a finished run elsewhere under --runs-dir/<dataset>/ (another
+# table's, a sweep's, or `train`'s at its default --out) reuses it: e.g. the ablation's "full" is
+# Table 1's CIKGRec, and a sweep's default value is that run too. A CIKGRec run takes hours.
 
 
 def _paper(metrics, rows):
@@ -130,6 +135,8 @@ def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
     dataset = base.get("dataset") or Settings.dataset
     runs = []
     for config, (_, flags) in TABLES[table].items():
+        if table == "table1":
+            flags = {**flags, **{k: v for k, v in TUNED.get(dataset, {}).get(config, {}).items() if base.get(k) is None}}
         for i in range(n_seeds):
             seed = FIRST_SEED + i
             out = Path(runs_dir) / dataset / table / f"{config}-seed{seed}.json"
@@ -180,9 +187,9 @@ def settings_differ(results: dict, settings: Settings) -> list:
 
 def done_results(run: PlannedRun, need_refit: bool = True) -> Path | None:
     """The results file of a planned run if it exists: its own, or that of the same run made
-    elsewhere when the settings agree (all but _NOT_COMPARED): in another table (SAME_RUN), or by
-    `train` at its default --out (runs/<dataset>-seed<seed>.json, so `make train` counts as
-    Table 1's CIKGRec row). None when the run is still to do. Raises SettingsError when the run's
+    elsewhere when the settings agree (all but _NOT_COMPARED): in another table or sweep under
+    runs_dir/<dataset>/, or by `train` at its default --out (runs/<dataset>-seed<seed>.json, so
+    `make train` counts as Table 1's CIKGRec row); a file that cannot be read is no candidate. None when the run is still to do. Raises SettingsError when the run's
     own file was made with other settings (e.g. a quick --epochs 1 trial) or on other data (the
     SHA-256 of its files): it is neither reused nor overwritten. A run stopped by --max-minutes is
     not done (the sweep resumes it), nor, with need_refit, one whose refit is still to do (Table 1;
@@ -204,13 +211,14 @@ def done_results(run: PlannedRun, need_refit: bool = True) -> Path | None:
                                 "differs from the run's): delete it or give another --runs-dir")
         return None if time_limited(results) or (need_refit and unrefit(results, run.settings)) else run.out
     runs_dir = run.out.parents[2]  # plan_runs writes runs_dir/<dataset>/<table>/<config>-seed<s>.json
-    others = [runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name]
-    same = SAME_RUN.get((run.table, run.config))
-    if same:
-        others.insert(0, run.out.parent.parent / same[0] / f"{same[1]}-seed{run.seed}.json")
+    others = sorted(p for p in run.out.parent.parent.glob(f"*/*-seed{run.seed}.json") if p != run.out)
+    others.append(runs_dir / output_paths(dataclasses.replace(run.settings, out=""))[0].name)
     for other in others:
         if other.is_file():
-            results = read_results(other)
+            try:
+                results = read_results(other)
+            except DataError:
+                continue
             if not (definition_changes(results, run.settings) or settings_differ(results, run.settings)
                     or time_limited(results) or (need_refit and unrefit(results, run.settings))
                     or run_data_changed(results, run.settings)):
@@ -242,6 +250,11 @@ def run_sweep(runs: list, dry_run: bool = False) -> int:
         left = f"~{_fmt_duration(elapsed / finished * (len(todo) - n + 1))} left" if finished else "time left unknown yet"
         log(f"run {n}/{len(todo)}: {r.config} seed {r.seed} ({_fmt_duration(elapsed)} elapsed, {left})")
         ckpt = output_paths(r.settings)[2]
+        other = None if r.out.is_file() else done_results(r, need_refit=False)
+        if other is not None:  # the same run finished elsewhere (e.g. a sweep's): only its refit is left
+            r.out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(other, r.out)
+            log(f"{r.out}: a copy of {other}, the same run, to add its refit to")
         try:
             resume = ckpt.is_file() or r.out.with_suffix(".refit.ckpt.pt").is_file()
             cut += time_limited(fit(dataclasses.replace(r.settings, resume=resume)))
@@ -313,6 +326,14 @@ _TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, 
                           "(README: Baselines) with the dataset's sizes, learning rate and L2."}
 
 
+def _tuned_note(table: str, dataset: str) -> str:
+    """' Tuned on validation (...): LightGCN's l2 = 1e-05.' for Table 1's rows that TUNED sets."""
+    tuned = [f"{TABLES[table][c][0]}'s " + ", ".join(f"{k} = {v:g}" for k, v in flags.items())
+             for c, flags in TUNED.get(dataset, {}).items()] if table == "table1" else []
+    return (f" Tuned on validation (sweep-*.md in this folder), instead of the dataset's setting: {'; '.join(tuned)}."
+            if tuned else "")
+
+
 def _device_minutes(row: dict) -> str:
     """The min/run cell: '114 (cpu)', or '138 (cpu), 6.4 (cuda)' when the seeds ran on different machines."""
     return ", ".join(f"{v:.0f} ({d})" if v >= 10 else f"{v:.1f} ({d})"
@@ -356,7 +377,7 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results", giv
           "mean of 10 seeds. diff % = 100 (ours - paper) / paper. min/run: mean minutes of training and "
           "evaluation per run, by device (each results file's provenance names the device and threads; "
           "the README says which machines and how many runs shared them)."
-          + _TABLE_NOTES.get(table, ""), ""] + _made_with(given) + [
+          + _TABLE_NOTES.get(table, "") + _tuned_note(table, dataset), ""] + _made_with(given) + [
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         n = str(r["n"]) + (f" ({r['n_selected']} selected)" if refit and r.get("n_selected", r["n"]) != r["n"] else "")
@@ -504,8 +525,8 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
         return failed
     rows = aggregate_table(table, dataset, {c: p for (t, c), p in files.items() if t == table})
     md, csv_path = write_table(rows, table, dataset, results_dir, _non_defaults(base))
-    # groups: each results file once, in the first row that has it (SAME_RUN rows share files:
-    # Table 4's CG seeds are Table 1's LightGCN ones)
+    # groups: each results file once, in the first row that has it (rows of the same
+    # run share files: the ablation's full model is Table 1's CIKGRec)
     unique, seen = {}, set()
     for key, paths in files.items():
         mine = [p for p in paths if p not in seen]
@@ -691,9 +712,10 @@ def write_sweep(param: str, runs: list, results_dir="results", given: str = "") 
     s0 = runs[0].settings
     rows = []
     for r in runs:
-        if not r.out.is_file() or done_results(r) is None:
+        found = done_results(r)  # its own file, or the same run's elsewhere (Table 1's at the default)
+        if found is None:
             continue
-        res = read_results(r.out)
+        res = read_results(found)
         v = res["valid"] or {}
         rows.append({"value": getattr(r.settings, param), "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
                      "minutes": res.get("minutes"), **{m: v.get(m) for m in ("recall@50", "ndcg@50", "recall@100", "ndcg@100")}})

@@ -141,6 +141,51 @@ def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch,
     assert E.done_results(more[2]) is None  # other settings: not the same run
 
 
+def test_a_run_made_elsewhere_with_the_same_settings_is_reused(tmp_path, monkeypatch, capsys):
+    # Table 1's CIKGRec is the lambda3 sweep's run at the default value; the L2 sweep's run at the
+    # value TUNED gives Table 1's LightGCN is that row's run, whose refit is added to a copy
+    small_dataset(tmp_path)
+    monkeypatch.setattr(E, "TUNED", {"fx": {"lightgcn": {"l2": 1e-3}}})
+    base, runs_dir = {"dataset": "fx", "data_dir": str(tmp_path), "epochs": 1}, tmp_path / "runs"
+    table = {r.config: r for r in E.plan_runs("table1", base, 1, runs_dir)}
+    assert table["lightgcn"].settings.l2 == 1e-3 and table["cikgrec"].settings.l2 == C.Settings.l2
+    assert table["simgcl"].settings.l2 == C.Settings.l2
+    given = {r.config: r for r in E.plan_runs("table1", {**base, "l2": 0.5}, 1, runs_dir)}
+    assert given["lightgcn"].settings.l2 == 0.5  # an option given on the command line wins
+    assert E.plan_runs("lightgcn-variants", base, 1, runs_dir)[0].settings.l2 == C.Settings.l2  # Table 1 only
+    fake_results(table["cikgrec"].out, metrics(0.3, 0.4, 0.1, 0.2), C.dataclasses.asdict(table["cikgrec"].settings))
+    (runs_dir / "fx" / "broken").mkdir()
+    (runs_dir / "fx" / "broken" / "x-seed2024.json").write_text("{not json")  # no candidate, no error
+    lam = {r.config: r for r in E.plan_sweep("lambda3", [0.01, C.Settings.lambda3], base, runs_dir)}
+    assert E.done_results(lam["lambda3=0.03"]) == table["cikgrec"].out
+    assert E.done_results(lam["lambda3=0.01"]) is None
+    saved = json.loads(table["cikgrec"].out.read_text())  # the sweep's table shows the reused run
+    saved.update(valid=metrics(0.25, 0.35, 0.12, 0.15), best_epoch=0, epochs_run=1)
+    table["cikgrec"].out.write_text(json.dumps(saved))
+    E.write_sweep("lambda3", list(lam.values()), tmp_path / "res")
+    rows = json.loads((tmp_path / "res" / "fx" / "sweep-cikgrec-lambda3.json").read_text())["rows"]
+    assert [(x["value"], x["recall@50"]) for x in rows] == [(0.03, 0.25)]
+    l2 = {r.config: r for r in E.plan_sweep("l2", [1e-4, 1e-3], {**base, "model": "lightgcn"}, runs_dir)}
+    swept = fake_results(l2["l2=0.001"].out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(l2["l2=0.001"].settings))
+    before = swept.read_text()
+    lg = table["lightgcn"]
+    assert E.done_results(lg) is None and E.done_results(lg, need_refit=False) == swept
+    calls = []
+
+    def spy(s):
+        calls.append((s.out, s.refit, json.loads(C.Path(s.out).read_text())["settings"]["l2"]))
+        return {}
+
+    monkeypatch.setattr(E, "fit", spy)
+    assert E.run_sweep([lg]) == 0
+    assert calls == [(str(lg.out), True, 1e-3)] and swept.read_text() == before  # the refit goes to the copy
+    assert f"{lg.out}: a copy of {swept}, the same run, to add its refit to" in capsys.readouterr().err
+    rows = E.aggregate_table("table1", "fx", {})
+    md, _ = E.write_table(rows, "table1", "fx", tmp_path / "res")
+    assert "Tuned on validation (sweep-*.md in this folder), instead of the dataset's setting: LightGCN's l2 = 0.001." \
+        in md.read_text()
+
+
 def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch, capsys):
     small_dataset(tmp_path)
     monkeypatch.setattr(E, "fit", lambda s: pytest.fail("--aggregate-only must not train"))
