@@ -1691,6 +1691,17 @@ class Trainer:
 RUN_FREE = ("max_minutes", "resume", "device", "threads", "out", "data_dir", "interests", "eval_batch")
 
 
+def settings_differ(results: dict, s: Settings) -> list:
+    """The settings (names) in which the run of `results` (read_results; its "settings") differs
+    from s, leaving out RUN_FREE and refit, which never change a run's numbers. A setting newer than
+    the file counts as its default, which keeps the old behaviour; a file without settings differs
+    in all."""
+    saved = results.get("settings", {})
+    if saved:
+        saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **saved}
+    return [k for k, v in dataclasses.asdict(s).items() if k not in RUN_FREE + ("refit",) and saved.get(k) != v]
+
+
 def fit(s: Settings, force: bool = False) -> dict:
     """Train with early stopping on validation Recall@50 + NDCG@50, evaluate the selected model
     on test once, write the results JSON and the best model's state. With select_on="test"
@@ -1917,8 +1928,7 @@ def finished_results(out: Path, s: Settings) -> dict | None:
     results = read_results(out)
     if results.get("selected_on") != "valid" or results.get("best_epoch") is None or results.get("stopped_by"):
         return None
-    saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **results.get("settings", {})}
-    differ = [k for k, v in dataclasses.asdict(s).items() if k not in RUN_FREE + ("refit",) and saved.get(k) != v]
+    differ = settings_differ(results, s)
     if differ:
         raise SettingsError(f"{out} holds a run with other settings ({', '.join(differ[:4])}): give another --out")
     changed = data_changed(results.get("provenance", {}).get("data_sha256", {}), s)
@@ -2127,8 +2137,7 @@ def existing_results(out: Path, s: Settings) -> str:
     except DataError as e:
         return f"{out} exists and is not a run's results ({e.message}): give --force to replace it, or another --out"
     saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **r.get("settings", {})}
-    differ = [f"{option(k)} {saved.get(k)} there, {v} here" for k, v in dataclasses.asdict(s).items()
-              if k not in RUN_FREE + ("refit",) and saved.get(k) != v]
+    differ = [f"{option(k)} {saved.get(k)} there, {getattr(s, k)} here" for k in settings_differ(r, s)]
     what = ("the results of a finished run" if not r.get("stopped_by") else
             f"the results of a run that stopped early ({str(r['stopped_by']).split(';')[0]})")
     options = f"; the options that differ: {', '.join(differ[:6])}" if differ else "; the same options as this run"

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from cikgrec import (DATASETS, GRAPHS, HEADLINE_METRICS, DataError, Settings, SettingsError,
                      Trainer, TrainingError, _flatten, exit_code, keep_freed_memory, _open_text, _write_json, add_settings_arguments,
                      check_settings, data_changed, dataset_folder, definition_changes, fit,
-                     group_ndcg, item_title, load_trained, log, mask_rate, option, output_paths, read_results,
-                     make_settings, _finite)
+                     duration, group_ndcg, item_title, load_trained, log, mask_rate, option, output_paths, read_results,
+                     make_settings, settings_differ, _finite)
 
 # ----------------------------------------------------------------------------------------------
 # Tables: configurations, seeds, the paper's numbers, aggregation
@@ -144,9 +144,6 @@ def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
     return runs
 
 
-_NOT_COMPARED = ("out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes", "refit")
-
-
 def run_data_changed(results: dict, settings: Settings) -> list:
     """The data files (names) that differ from those the run of `results` (read_results) was
     trained on, read as `settings` would read them (data_changed)."""
@@ -176,18 +173,9 @@ def unrefit(results: dict, settings: Settings) -> bool:
     return settings.refit and not isinstance(results.get("refit"), dict)
 
 
-def settings_differ(results: dict, settings: Settings) -> list:
-    """The settings (names) in which the results (read_results) differ from `settings`, leaving
-    out those that do not change a run's numbers (_NOT_COMPARED)."""
-    saved = results.get("settings", {})
-    if saved:  # a setting newer than the file counts as its default, which keeps the old behaviour
-        saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **saved}
-    return [k for k, v in dataclasses.asdict(settings).items() if k not in _NOT_COMPARED and saved.get(k) != v]
-
-
 def done_results(run: PlannedRun, need_refit: bool = True) -> Path | None:
     """The results file of a planned run if it exists: its own, or that of the same run made
-    elsewhere when the settings agree (all but _NOT_COMPARED): in another table or sweep under
+    elsewhere when the settings agree (cikgrec.settings_differ): in another table or sweep under
     runs_dir/<dataset>/, or by `train` at its default --out (runs/<dataset>-seed<seed>.json, so
     `make train` counts as Table 1's CIKGRec row); a file that cannot be read is no candidate. None when the run is still to do. Raises SettingsError when the run's
     own file was made with other settings (e.g. a quick --epochs 1 trial) or on other data (the
@@ -226,11 +214,6 @@ def done_results(run: PlannedRun, need_refit: bool = True) -> Path | None:
     return None
 
 
-def _fmt_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def run_sweep(runs: list, dry_run: bool = False) -> int:
     """fit() every planned run whose results file does not exist yet (an interrupted sweep
     resumes: finished runs are skipped, a run cut mid-way continues from its checkpoint). Progress
@@ -247,8 +230,8 @@ def run_sweep(runs: list, dry_run: bool = False) -> int:
     start, finished, failed, cut = time.perf_counter(), 0, 0, 0
     for n, r in enumerate(todo, 1):
         elapsed = time.perf_counter() - start
-        left = f"~{_fmt_duration(elapsed / finished * (len(todo) - n + 1))} left" if finished else "time left unknown yet"
-        log(f"run {n}/{len(todo)}: {r.config} seed {r.seed} ({_fmt_duration(elapsed)} elapsed, {left})")
+        left = f"~{duration(elapsed / finished * (len(todo) - n + 1))} left" if finished else "time left unknown yet"
+        log(f"run {n}/{len(todo)}: {r.config} seed {r.seed} ({duration(elapsed)} elapsed, {left})")
         ckpt = output_paths(r.settings)[2]
         other = None if r.out.is_file() else done_results(r, need_refit=False)
         if other is not None:  # the same run finished elsewhere (e.g. a sweep's): only its refit is left
@@ -343,7 +326,7 @@ def _device_minutes(row: dict) -> str:
 def _non_defaults(base: dict) -> str:
     """The options a tables command gave beyond the dataset and the run-independent ones, e.g.
     "--min-epochs 30", so a table says what it was made with."""
-    skip = ("dataset",) + _NOT_COMPARED
+    skip = ("dataset", "out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes", "refit")
     return " ".join(f"{option(k)} {v}" for k, v in sorted(base.items()) if k not in skip and v is not None)
 
 
