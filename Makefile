@@ -9,7 +9,7 @@ TOP      ?= 20
 INTERESTS = interests/$(DATASET)/user_interest_clustered.txt
 
 .PHONY: data demo demo-data train bench interests bench-interests test table1 ablation lightgcn-variants plots \
-        prepare stats recommend
+        prepare stats recommend gpu-window
 
 demo:  ## the first run: about a minute on the shipped demo dataset, written to runs/demo/first-run.json
 	$(PYTHON) cikgrec.py train --dataset demo --data-dir data --epochs 100 --out runs/demo/first-run.json $(ARGS)
@@ -47,17 +47,22 @@ interests: $(DATA_DIR)/$(DATASET)/train.txt  ## LLM interests -> interests/<data
 bench-interests:  ## time TF-IDF and k-means at the size of the largest dataset
 	$(PYTHON) llm_interests.py bench
 
-table1: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 1 (CIKGRec, LightGCN, SimGCL) over SEEDS seeds (default 5)
-	$(PYTHON) experiments.py tables --table table1 --seeds $(or $(SEEDS),5) $(if $(ONLY),--only $(ONLY)) --dataset $(DATASET) \
+table1: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 1 (CIKGRec, LightGCN, SimGCL) over SEEDS seeds (default 5); JOBS=N runs at once
+	$(PYTHON) experiments.py tables --table table1 --seeds $(or $(SEEDS),5) $(if $(ONLY),--only $(ONLY)) $(if $(JOBS),--jobs $(JOBS)) --dataset $(DATASET) \
 	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
 
 ablation: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 3 (ablations) over SEEDS seeds (default 1)
-	$(PYTHON) experiments.py tables --table ablation --seeds $(or $(SEEDS),1) $(if $(ONLY),--only $(ONLY)) --dataset $(DATASET) \
+	$(PYTHON) experiments.py tables --table ablation --seeds $(or $(SEEDS),1) $(if $(ONLY),--only $(ONLY)) $(if $(JOBS),--jobs $(JOBS)) --dataset $(DATASET) \
 	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
 
 lightgcn-variants: $(DATA_DIR)/$(DATASET)/train.txt  ## Table 4 (LightGCN on CG/CIG/CKG/CIKG), SEEDS default 1
-	$(PYTHON) experiments.py tables --table lightgcn-variants --seeds $(or $(SEEDS),1) $(if $(ONLY),--only $(ONLY)) --dataset $(DATASET) \
+	$(PYTHON) experiments.py tables --table lightgcn-variants --seeds $(or $(SEEDS),1) $(if $(ONLY),--only $(ONLY)) $(if $(JOBS),--jobs $(JOBS)) --dataset $(DATASET) \
 	  --data-dir $(DATA_DIR) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
+
+gpu-window: $(DATA_DIR)/$(DATASET)/train.txt  ## a short GPU window: Table 1's 3 rows x SEEDS (1) at once, each cut after MINUTES (8); again continues them
+	$(PYTHON) experiments.py tables --table table1 --seeds $(or $(SEEDS),1) --dataset $(DATASET) --data-dir $(DATA_DIR) \
+	  --runs-dir $(or $(RUNS_DIR),results/runs) --device $(or $(DEVICE),cuda) --max-minutes $(or $(MINUTES),8) \
+	  --jobs $(or $(JOBS),$(shell echo $$((3 * $(or $(SEEDS),1))))) $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
 
 plots:  ## optional (needs matplotlib): Fig. 3 bars from results/<dataset>/groups.json, Eq. 3 curves
 	$(PYTHON) experiments.py plots --results-dir results

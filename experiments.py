@@ -11,9 +11,12 @@ It calls cikgrec.fit and reads results files; the method and its training loop a
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import json
+import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -214,11 +217,29 @@ def done_results(run: PlannedRun, need_refit: bool = True) -> Path | None:
     return None
 
 
-def run_sweep(runs: list, dry_run: bool = False) -> int:
+def train_planned(r: PlannedRun, log_file: str | None = None) -> bool:
+    """fit() one planned run: its checkpoint continued where there is one, or, where the same run
+    finished elsewhere (done_results), its refit added to a copy of that file. True when
+    --max-minutes cut it. log_file: where its progress goes (a run in a worker of --jobs), else
+    stderr. Raises what fit raises."""
+    if log_file:
+        sys.stderr = open(log_file, "a", buffering=1)
+    other = None if r.out.is_file() else done_results(r, need_refit=False)
+    if other is not None:  # e.g. a sweep's run at the value Table 1 takes: only its refit is left
+        r.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(other, r.out)
+        log(f"{r.out}: a copy of {other}, the same run, to add its refit to")
+    resume = output_paths(r.settings)[2].is_file() or r.out.with_suffix(".refit.ckpt.pt").is_file()
+    return time_limited(fit(dataclasses.replace(r.settings, resume=resume)))
+
+
+def run_sweep(runs: list, dry_run: bool = False, jobs: int = 1) -> int:
     """fit() every planned run whose results file does not exist yet (an interrupted sweep
     resumes: finished runs are skipped, a run cut mid-way continues from its checkpoint). Progress
     on stderr: "run i/n: config seed s (elapsed, ~time left)", the time left estimated from the
     runs finished so far. A run that fails (TrainingError) is reported and the sweep goes on.
+    jobs > 1: that many runs at once, each in its own process with its log in <out>.log (a GPU
+    shared by several runs, or one CPU thread each: --threads 0 becomes cores / jobs).
     Returns the number of failed runs."""
     todo = [r for r in runs if done_results(r) is None]
     log(f"{len(runs) - len(todo)} of {len(runs)} runs already done; {len(todo)} to run")
@@ -227,28 +248,55 @@ def run_sweep(runs: list, dry_run: bool = False) -> int:
             left = " (its refit only: the run is finished)" if done_results(r, need_refit=False) else ""
             log(f"  to run: {r.config} seed {r.seed} -> {r.out}{left}")
         return 0
+    if jobs > 1 and todo:
+        return _run_at_once(todo, jobs)
     start, finished, failed, cut = time.perf_counter(), 0, 0, 0
     for n, r in enumerate(todo, 1):
         elapsed = time.perf_counter() - start
         left = f"~{duration(elapsed / finished * (len(todo) - n + 1))} left" if finished else "time left unknown yet"
         log(f"run {n}/{len(todo)}: {r.config} seed {r.seed} ({duration(elapsed)} elapsed, {left})")
-        ckpt = output_paths(r.settings)[2]
-        other = None if r.out.is_file() else done_results(r, need_refit=False)
-        if other is not None:  # the same run finished elsewhere (e.g. a sweep's): only its refit is left
-            r.out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(other, r.out)
-            log(f"{r.out}: a copy of {other}, the same run, to add its refit to")
         try:
-            resume = ckpt.is_file() or r.out.with_suffix(".refit.ckpt.pt").is_file()
-            cut += time_limited(fit(dataclasses.replace(r.settings, resume=resume)))
+            cut += train_planned(r)
             finished += 1
         except TrainingError as e:
             failed += 1
             log(f"run {n}/{len(todo)} failed: {e} (its checkpoint is kept; going on)")
-    if cut:
-        log(f"{cut} of {len(todo)} runs stopped at --max-minutes before early stopping: they are not in the "
-            "tables yet; the same command continues them")
+    _say_cut(cut, len(todo))
     return failed
+
+
+def _run_at_once(todo: list, jobs: int) -> int:
+    """run_sweep's --jobs: the runs in `jobs` worker processes (spawned: each starts its own torch
+    and CUDA), each logging to <out>.log; a line on stderr as each run ends."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    start, failed, cut = time.perf_counter(), 0, 0
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {}
+        for r in todo:
+            s = r.settings if r.settings.threads else dataclasses.replace(r.settings, threads=threads)
+            r = dataclasses.replace(r, settings=s)
+            r.out.parent.mkdir(parents=True, exist_ok=True)
+            running[pool.submit(train_planned, r, str(r.out.with_suffix(".log")))] = r
+        log(f"{len(todo)} runs, {jobs} at a time; each run's progress is in its <out>.log, "
+            f"e.g. {todo[0].out.with_suffix('.log')}")
+        for n, done in enumerate(concurrent.futures.as_completed(running), 1):
+            r, elapsed = running[done], duration(time.perf_counter() - start)
+            try:
+                was_cut = done.result()
+                cut += was_cut
+                log(f"run {n}/{len(todo)} {'cut by --max-minutes' if was_cut else 'done'}: {r.config} seed {r.seed} "
+                    f"({elapsed} elapsed)")
+            except Exception as e:  # what fit raised in the worker: the others go on
+                failed += 1
+                log(f"run {n}/{len(todo)} failed: {r.config} seed {r.seed}: {e} (its log: {r.out.with_suffix('.log')})")
+    _say_cut(cut, len(todo))
+    return failed
+
+
+def _say_cut(cut: int, n: int) -> None:
+    if cut:
+        log(f"{cut} of {n} runs stopped at --max-minutes before early stopping: they are not in the "
+            "tables yet; the same command continues them")
 
 
 def _mean_std(values: list) -> tuple[float, float | None]:
@@ -459,7 +507,7 @@ def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str
 
 
 def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="results",
-           dry_run: bool = False, only: str | None = None) -> int:
+           dry_run: bool = False, only: str | None = None, jobs: int = 1) -> int:
     """Run a table's sweep (unless dry_run; only the configurations named in `only`, comma
     separated, when given), then write its .md/.csv and groups.md from every results file there
     is. Returns the number of failed runs. Raises SettingsError on an unknown configuration."""
@@ -491,7 +539,7 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
             pass
     except OSError as e:
         raise SettingsError(f"--results-dir {results_dir}: cannot write into {existing} ({e.strerror})") from None
-    failed = run_sweep(todo, dry_run)
+    failed = run_sweep(todo, dry_run, jobs)
     files = {}  # (table, config) -> results files found, for every table of the dataset
     for t in TABLES:
         for r in plan_runs(t, base, n_seeds, runs_dir):
@@ -756,7 +804,8 @@ def write_sweep(param: str, runs: list, results_dir="results", given: str = "") 
     return name.with_suffix(".md")
 
 
-def sweep(param: str, values_text: str, base: dict, runs_dir="runs", results_dir="results", dry_run=False) -> int:
+def sweep(param: str, values_text: str, base: dict, runs_dir="runs", results_dir="results", dry_run=False,
+          jobs: int = 1) -> int:
     """`sweep`: train what is left of a one-setting sweep, then write its table. Returns the number
     of failed runs. Raises SettingsError, DataError."""
     values = sweep_values(param, values_text)
@@ -766,7 +815,7 @@ def sweep(param: str, values_text: str, base: dict, runs_dir="runs", results_dir
     for r in runs:
         check_settings(r.settings)
     dataset_folder(Path(runs[0].settings.data_dir) / runs[0].settings.dataset)
-    failed = run_sweep(runs, dry_run)
+    failed = run_sweep(runs, dry_run, jobs)
     md = write_sweep(param, runs, results_dir, _non_defaults({k: v for k, v in base.items() if k != "model"}))
     print(md.read_text())
     return failed
@@ -880,6 +929,16 @@ def plots(datasets: list, results_dir="results") -> list:
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
+JOBS_HELP = ("runs at once, each in its own process, its log in <out>.log (default 1): several runs on one "
+             "GPU, or on a CPU one thread each (--threads 0 becomes cores / jobs)")
+
+
+def check_jobs(jobs: int) -> int:
+    if not 1 <= jobs <= 64:
+        raise SettingsError(f"--jobs must be between 1 and 64, got {jobs}")
+    return jobs
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: tables, sweep, fidelity, explain, plots."""
     p = argparse.ArgumentParser(prog="experiments.py", description=__doc__.split("\n")[0], allow_abbrev=False)
@@ -894,6 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--results-dir", default="results")
     tp.add_argument("--dry-run", "--aggregate-only", dest="dry_run", action="store_true",
                     help="train nothing: list the runs still to do, aggregate the existing results")
+    tp.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
     ep = sub.add_parser("explain", allow_abbrev=False, help="case study (Fig. 4): a user's interests, recommendations, paths")
     ep.add_argument("--run", required=True, help="results JSON of a finished run (its .pt beside it)")
     ep.add_argument("--user", type=int, required=True)
@@ -908,6 +968,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs-dir", default="runs")
     sp.add_argument("--results-dir", default="results")
     sp.add_argument("--dry-run", action="store_true", help="train nothing: list the runs left, tabulate the rest")
+    sp.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
     fp = sub.add_parser("fidelity", allow_abbrev=False, help="a --variant authors --select-on test run against the authors' curve")
     fp.add_argument("--run", required=True, help="results JSON of the run")
     fp.add_argument("--results-dir", default="results")
@@ -932,11 +993,12 @@ def command(args: argparse.Namespace) -> int:
         if args.seeds < 1:
             raise SettingsError(f"--seeds must be at least 1, got {args.seeds}")
         return 1 if tables(args.table, base, args.seeds, args.runs_dir, args.results_dir, args.dry_run,
-                           args.only) else 0
+                           args.only, check_jobs(args.jobs)) else 0
     if args.command == "sweep":
         base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
                 if getattr(args, f.name, None) is not None}
-        return 1 if sweep(args.param, args.values, base, args.runs_dir, args.results_dir, args.dry_run) else 0
+        return 1 if sweep(args.param, args.values, base, args.runs_dir, args.results_dir, args.dry_run,
+                          check_jobs(args.jobs)) else 0
     if args.command == "fidelity":
         print(fidelity(args.run, args.results_dir).read_text())
         return 0

@@ -602,6 +602,28 @@ def test_tables_end_to_end_on_the_fixture(tmp_path, capsys):
     assert "LightGCN (table1)" not in groups and "| CIKGRec (table1) | 1 |" in groups
 
 
+def test_jobs_train_runs_at_once_with_the_numbers_of_one_at_a_time(tmp_path, capsys):
+    small_dataset(tmp_path)
+    tiny = ["--dim", "8", "--layers", "2", "--enc-layers", "1", "--batch-size", "4", "--mask-epochs", "5",
+            "--eval-batch", "3", "--epochs", "2", "--lr", "0.01", "--threads", "1"]
+
+    def table(runs_dir, *more):
+        return ["tables", "--table", "table1", "--only", "cikgrec,lightgcn", "--dataset", "fx", "--data-dir",
+                str(tmp_path), "--seeds", "1", "--runs-dir", str(tmp_path / runs_dir), "--results-dir",
+                str(tmp_path / "res")] + tiny + list(more)
+    assert E.main(table("one")) == 0
+    assert E.main(table("two", "--jobs", "2")) == 0
+    err = capsys.readouterr().err
+    assert "2 runs, 2 at a time; each run's progress is in its <out>.log" in err
+    assert re.search(r"run 2/2 done: (cikgrec|lightgcn) seed 2024 \(", err)
+    for name in ("cikgrec-seed2024", "lightgcn-seed2024"):
+        one, two = (json.loads((tmp_path / d / "fx" / "table1" / f"{name}.json").read_text()) for d in ("one", "two"))
+        assert two["test"] == one["test"] and two["refit"]["test"] == one["refit"]["test"]
+        assert [h["bpr"] for h in two["history"]] == [h["bpr"] for h in one["history"]]
+        assert "refit epoch" in (tmp_path / "two" / "fx" / "table1" / f"{name}.log").read_text()
+    assert E.main(table("two", "--jobs", "0")) == 2 and "--jobs must be between 1 and 64, got 0" in capsys.readouterr().err
+
+
 def test_plots_is_optional_and_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     real_import = __import__
 
