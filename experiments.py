@@ -75,7 +75,7 @@ TABLES = {
 # Baselines tuned on validation, as a fair comparison needs: Table 1's rows of a dataset take these
 # settings on top of the dataset's (an option given on the command line wins). Chosen by
 # `experiments.py sweep` on the validation split (results/<dataset>/sweep-<model>-<param>.md).
-TUNED: dict = {}  # e.g. {"book-crossing": {"lightgcn": {"l2": 1e-4}}}
+TUNED = {"book-crossing": {"lightgcn": {"l2": 1e-5}}}  # results/book-crossing/sweep-lightgcn-l2.md
 
 # A planned run whose settings match a finished run elsewhere under --runs-dir/<dataset>/ (another
 # table's, a sweep's, or `train`'s at its default --out) reuses it: e.g. the ablation's "full" is

@@ -81,6 +81,7 @@ def test_run_settings_follow_the_command_line(tmp_path):
     assert len(runs) == 6
     s = runs[("lightgcn", 2025)].settings
     assert (s.model, s.graph, s.seed, s.layers, s.lr) == ("lightgcn", "cg", 2025, 4, 8e-4)  # dataset's
+    assert s.l2 == 1e-5 != runs[("cikgrec", 2025)].settings.l2 == 5e-5  # LightGCN's L2 chosen on validation
     assert s.out == str(tmp_path / "book-crossing" / "table1" / "lightgcn-seed2025.json")
     assert runs[("simgcl", 2024)].settings.graph == "cg" and runs[("simgcl", 2024)].settings.tau == 0.15
     assert runs[("simgcl", 2024)].settings.min_epochs == 30 and s.min_epochs == 0  # SimGCL's early peak
