@@ -1693,13 +1693,22 @@ RUN_FREE = ("max_minutes", "resume", "device", "threads", "out", "data_dir", "in
 
 def settings_differ(results: dict, s: Settings) -> list:
     """The settings (names) in which the run of `results` (read_results; its "settings") differs
-    from s, leaving out RUN_FREE and refit, which never change a run's numbers. A setting newer than
+    from s, leaving out RUN_FREE and refit, which never change a run's numbers, and min_epochs where
+    the run's early stop came after s's min_epochs anyway. A setting newer than
     the file counts as its default, which keeps the old behaviour; a file without settings differs
     in all."""
     saved = results.get("settings", {})
     if saved:
         saved = {**{f.name: f.default for f in dataclasses.fields(Settings)}, **saved}
-    return [k for k, v in dataclasses.asdict(s).items() if k not in RUN_FREE + ("refit",) and saved.get(k) != v]
+    differ = [k for k, v in dataclasses.asdict(s).items() if k not in RUN_FREE + ("refit",) and saved.get(k) != v]
+    # --min-epochs M only holds off early stopping before epoch M: a run whose patience ran out
+    # after M epochs, under a smaller M of its own, ran exactly the epochs it would have run with M
+    ran, best = results.get("epochs_run"), results.get("best_epoch")
+    if ("min_epochs" in differ and saved and saved["min_epochs"] <= s.min_epochs and not results.get("stopped_by")
+            and isinstance(ran, int) and isinstance(best, int) and ran - 1 - best >= saved["patience"]
+            and ran >= s.min_epochs):
+        differ.remove("min_epochs")
+    return differ
 
 
 def fit(s: Settings, force: bool = False) -> dict:

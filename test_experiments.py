@@ -188,6 +188,21 @@ def test_a_run_made_elsewhere_with_the_same_settings_is_reused(tmp_path, monkeyp
         in md.read_text()
 
 
+def test_min_epochs_is_no_difference_when_the_early_stop_came_after_it():
+    # --min-epochs M only holds off stopping before epoch M: a run (M = 0) whose patience ran out
+    # at epoch 40 ran the epochs it would have run with M = 30, but not those of M = 60
+    s0 = C.make_settings(dataset="fx")
+    saved = {"settings": C.dataclasses.asdict(s0), "best_epoch": 30, "epochs_run": 41, "stopped_by": None}
+    at = lambda m: C.settings_differ(saved, C.dataclasses.replace(s0, min_epochs=m))
+    assert at(0) == [] and at(30) == [] and at(41) == [] and at(42) == ["min_epochs"] and at(60) == ["min_epochs"]
+    cut = {**saved, "stopped_by": "time limit: --max-minutes 8 reached after epoch 40"}
+    assert C.settings_differ(cut, C.dataclasses.replace(s0, min_epochs=30)) == ["min_epochs"]
+    capped = {**saved, "best_epoch": 35}  # 41 epochs but 5 without improvement: the --epochs cap, not patience
+    assert C.settings_differ(capped, C.dataclasses.replace(s0, min_epochs=30)) == ["min_epochs"]
+    held = {**saved, "settings": {**saved["settings"], "min_epochs": 30}}  # its own M may have held a stop off
+    assert C.settings_differ(held, s0) == ["min_epochs"]
+
+
 def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch, capsys):
     small_dataset(tmp_path)
     monkeypatch.setattr(E, "fit", lambda s: pytest.fail("--aggregate-only must not train"))
