@@ -77,10 +77,6 @@ TABLES = {
 # `experiments.py sweep` on the validation split (results/<dataset>/sweep-<model>-<param>.md).
 TUNED = {"book-crossing": {"lightgcn": {"l2": 1e-5}}}  # results/book-crossing/sweep-lightgcn-l2.md
 
-# A planned run whose settings match a finished run elsewhere under --runs-dir/<dataset>/ (another
-# table's, a sweep's, or `train`'s at its default --out) reuses it: e.g. the ablation's "full" is
-# Table 1's CIKGRec, and a sweep's default value is that run too. A CIKGRec run takes hours.
-
 
 def _paper(metrics, rows):
     return {ds: {cfg: dict(zip(metrics, vals)) for cfg, vals in by_cfg.items()} for ds, by_cfg in rows.items()}
@@ -178,10 +174,12 @@ def unrefit(results: dict, settings: Settings) -> bool:
 
 def done_results(run: PlannedRun, need_refit: bool = True) -> Path | None:
     """The results file of a planned run if it exists: its own, or that of the same run made
-    elsewhere when the settings agree (cikgrec.settings_differ): in another table or sweep under
-    runs_dir/<dataset>/, or by `train` at its default --out (runs/<dataset>-seed<seed>.json, so
-    `make train` counts as Table 1's CIKGRec row); a file that cannot be read is no candidate. None when the run is still to do. Raises SettingsError when the run's
-    own file was made with other settings (e.g. a quick --epochs 1 trial) or on other data (the
+    elsewhere when the settings agree (cikgrec.settings_differ), so a CIKGRec run of hours is not
+    trained twice: in another table or sweep under runs_dir/<dataset>/ (the ablation's "full" is
+    Table 1's CIKGRec, a sweep's default value is that run too), or by `train` at its default
+    --out (runs/<dataset>-seed<seed>.json, so `make train` counts as Table 1's CIKGRec row); a
+    file that cannot be read is no candidate. None when the run is still to do. Raises
+    SettingsError when the run's own file was made with other settings (e.g. a quick --epochs 1 trial) or on other data (the
     SHA-256 of its files): it is neither reused nor overwritten. A run stopped by --max-minutes is
     not done (the sweep resumes it), nor, with need_refit, one whose refit is still to do (Table 1;
     need_refit=False: a finished run counts, for the table's "selected" columns)."""
