@@ -1729,6 +1729,7 @@ def fit(s: Settings, force: bool = False) -> dict:
     Interrupted (Ctrl-C) saying what the checkpoint holds.
     """
     check_settings(s)
+    deadline = time.perf_counter() + 60 * s.max_minutes if s.max_minutes else None  # both phases
     if s.refit and s.select_on == "test":
         raise SettingsError("--refit needs validation selection: with --select-on test the model was chosen "
                             "on test and there is nothing to refit")
@@ -1742,17 +1743,20 @@ def fit(s: Settings, force: bool = False) -> dict:
     with output_lock(out):
         done = finished_results(out, s) if s.refit and not force else None
         if done is not None:  # a finished validation-selected run: only its refit is left to do
-            log(f"{out}: selected epoch {done['best_epoch']} on validation; refitting on all of train.txt")
-            return add_refit(s, done, out, device)
+            return add_refit(s, done, out, device, deadline)
+        done = finished_run(out, s) if s.resume and not force else None
+        if done is not None:  # its checkpoint would only be rewritten, and its refit lost
+            log(f"{out} is finished: --resume has nothing to continue (--refit adds a refit, --force trains it again)")
+            return done
         if out.exists() and not (s.resume and ckpt_path.is_file()):
             if not force:
                 raise SettingsError(existing_results(out, s))
             log(f"note: --force: the results in {out} will be replaced")
-        return _train(s, ds, train_part, valid, device, out, best_path, ckpt_path)
+        return _train(s, ds, train_part, valid, device, out, best_path, ckpt_path, deadline)
 
 
 def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, device, out: Path, best_path: Path,
-           ckpt_path: Path) -> dict:
+           ckpt_path: Path, deadline: float | None) -> dict:
     """fit's training, under its output lock: early stopping, checkpoints, the test evaluation
     and the results file."""
     torch.manual_seed(s.seed)
@@ -1846,7 +1850,7 @@ def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, devic
         log(f"epoch {epoch:4d} | {parts}{mask} | {sel} R@50 {metrics['recall@50']:.4f} "
             f"N@50 {metrics['ndcg@50']:.4f}{' *' if stopper.best_epoch == epoch else ''} | "
             f"{seconds:.1f}s + eval {eval_seconds:.2f}s | {duration(before + time.perf_counter() - started)} elapsed")
-        if s.max_minutes and time.perf_counter() - started >= 60 * s.max_minutes and going_on(epoch):
+        if deadline and time.perf_counter() >= deadline and going_on(epoch):
             limit = (f"time limit: --max-minutes {s.max_minutes:g} reached after epoch {epoch}, before early "
                      f"stopping; --resume (in a sweep: the same tables command) continues from {ckpt_path}")
             log(limit)
@@ -1877,7 +1881,7 @@ def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, devic
     if failure:  # the results of the epochs before the failure are written; the run still failed
         raise TrainingError(f"{failure}; the results of the best epoch before it ({stopper.best_epoch}) are in {out}")
     if s.refit and not limit:
-        return add_refit(s, results, out, device)
+        return add_refit(s, results, out, device, deadline)
     return results
 
 
@@ -1946,28 +1950,50 @@ def finished_results(out: Path, s: Settings) -> dict | None:
     return results
 
 
-def add_refit(s: Settings, results: dict, out: Path, device) -> dict:
+def finished_run(out: Path, s: Settings) -> dict | None:
+    """The results at `out` when they are those of a finished run (not stopped early) with
+    settings s on the same data, else None (a torn or foreign file included)."""
+    try:
+        results = read_results(out) if out.is_file() else None
+    except DataError:
+        return None
+    if results is None or results.get("stopped_by") or settings_differ(results, s):
+        return None
+    return None if data_changed(results.get("provenance", {}).get("data_sha256", {}), s) else results
+
+
+def add_refit(s: Settings, results: dict, out: Path, device, deadline: float | None = None) -> dict:
     """The refit: train again from the same seed on all of train.txt (validation items back in)
     for exactly best_epoch + 1 epochs, with no selection, then evaluate on test once. Adds
     "refit" {"epochs", "test", "groups", "seconds", "model", "model_sha256"} to the results and
     rewrites them; the model goes to <out>.refit.pt. A checkpoint after every epoch
-    (<out>.refit.ckpt.pt) lets --resume continue it. The refit model never saw the test set."""
+    (<out>.refit.ckpt.pt, which names the run it refits) lets --resume continue it. With a
+    deadline (time.perf_counter(); fit's --max-minutes) it stops after the epoch in which that time
+    passes and returns the results without a refit. The refit model never saw the test set."""
     if isinstance(results.get("refit"), dict) and "test" in results["refit"]:
         log(f"{out} already has its refit")
         return results
+    log(f"{out}: selected epoch {results['best_epoch']} on validation; refitting on all of train.txt")
     epochs = results["best_epoch"] + 1
+    run = {"settings": {k: v for k, v in results.get("settings", {}).items() if k not in RUN_FREE + ("refit",)},
+           "data_sha256": results.get("provenance", {}).get("data_sha256"), "best_epoch": results["best_epoch"]}
     everything = dataclasses.replace(s, select_on="test")  # no validation split: all of train.txt
     ds, train_all, _ = read_data(everything)
     model_path, ckpt_path = out.with_suffix(".refit.pt"), out.with_suffix(".refit.ckpt.pt")
     torch.manual_seed(s.seed)
     trainer, start, seconds = Trainer(everything, ds, train_all, None, device), 0, 0.0
     if s.resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck.get("epochs") != epochs:
-            raise SettingsError(f"--resume: {ckpt_path} refits {ck.get('epochs')} epochs, not {epochs}; delete it")
-        trainer.load_state(ck["trainer"])
-        start, seconds = ck["epoch"] + 1, ck["seconds"]
-        log(f"resuming the refit {ckpt_path} after epoch {ck['epoch']}")
+        try:
+            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except Exception as e:  # a truncated or foreign file: say which, not a traceback
+            raise SettingsError(f"--resume: cannot read {ckpt_path} ({e}); delete it to start the refit afresh") from None
+        if ck.get("run") != run or ck.get("epochs") != epochs:  # e.g. left by a run that --force replaced
+            log(f"note: {ckpt_path} is the refit of another run (other settings, data or selected epoch): "
+                "starting the refit afresh")
+        else:
+            trainer.load_state(ck["trainer"])
+            start, seconds = ck["epoch"] + 1, ck["seconds"]
+            log(f"resuming the refit {ckpt_path} after epoch {ck['epoch']}")
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         try:
@@ -1978,10 +2004,15 @@ def add_refit(s: Settings, results: dict, out: Path, device) -> dict:
                 if epoch > 0 else "no refit epoch finished; the selected run's results are kept, and the same "
                                   "command adds the refit")) from None
         seconds += time.perf_counter() - t0
-        _save({"trainer": trainer.state(), "epoch": epoch, "epochs": epochs, "seconds": seconds}, ckpt_path)
+        _save({"trainer": trainer.state(), "epoch": epoch, "epochs": epochs, "seconds": seconds, "run": run},
+              ckpt_path)
         log(f"refit epoch {epoch:4d} of {epochs} | " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()
                                                              if v is not None and k != "mask_rate")
             + f" | {seconds / 60:.1f} min")
+        if deadline and time.perf_counter() >= deadline and epoch + 1 < epochs:
+            log(f"time limit: --max-minutes {s.max_minutes:g} reached after refit epoch {epoch} of {epochs}; "
+                f"--resume (in a sweep: the same tables command) continues the refit from {ckpt_path}")
+            return results
     _save(trainer.model.state_dict(), model_path)
     test = trainer.evaluate("test")  # the refit's one look at test
     results["refit"] = {"epochs": epochs, "test": test, "groups": group_ndcg(trainer),
@@ -2156,7 +2187,7 @@ def existing_results(out: Path, s: Settings) -> str:
 
 
 def check_writable(out: Path, *beside: Path) -> None:
-    """Before any training: --out names a file (not a folder, not a .pt, which is where the model
+    """Before anything is written: --out names a file (not a folder, not a .pt, which is where a model
     goes) in a folder that exists or can be made and that takes a new file. Raises SettingsError."""
     if out.suffix == ".pt":
         raise SettingsError(f"--out {out}: give the results file (e.g. .json); the model is saved beside "
@@ -2262,8 +2293,9 @@ def _finite(v) -> bool:
 
 def read_results(path) -> dict:
     """A run's results JSON, checked: an object with a "test" dict of numbers in [0, 1] and, where
-    present, a "settings" dict. Raises DataError naming the file (a torn, foreign or hand-edited
-    file must not become a traceback or a wrong number in a table)."""
+    present, whole-number epochs (best_epoch below epochs_run), a finished refit of best_epoch + 1
+    epochs, and a "settings" dict whose values have the types of Settings'. Raises DataError naming
+    the file (a torn, foreign or hand-edited file must not become a traceback or a wrong number)."""
     path = Path(path)
     try:
         with _open_text(path) as f:
@@ -2275,10 +2307,19 @@ def read_results(path) -> dict:
     missing = [m for m in HEADLINE_METRICS if m not in r["test"]]
     if missing:
         raise DataError(path, 0, f"no test {missing[0]} in it")
+    epoch = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    for key in ("best_epoch", "epochs_run"):
+        if r.get(key) is not None and not epoch(r[key]):
+            raise DataError(path, 0, f"{key} = {r[key]!r} is not an epoch (a whole number from 0)")
+    if r.get("best_epoch") is not None and r.get("epochs_run") is not None and r["best_epoch"] >= r["epochs_run"]:
+        raise DataError(path, 0, f"best_epoch {r['best_epoch']} is not below epochs_run {r['epochs_run']}")
     refit = r.get("refit")
     if refit is not None and not (isinstance(refit, dict) and isinstance(refit.get("test"), dict)
-                                  and all(m in refit["test"] for m in HEADLINE_METRICS) and _finite(refit.get("seconds"))):
+                                  and all(m in refit["test"] for m in HEADLINE_METRICS) and _finite(refit.get("seconds"))
+                                  and epoch(refit.get("epochs"))):
         raise DataError(path, 0, "refit is not a finished refit ({\"epochs\", \"test\", \"seconds\", ...})")
+    if refit is not None and r.get("best_epoch") is not None and refit["epochs"] != r["best_epoch"] + 1:
+        raise DataError(path, 0, f"refit epochs = {refit['epochs']!r}, not best_epoch + 1 = {r['best_epoch'] + 1}")
     for name, test in (("test", r["test"]), ("refit test", (refit or {}).get("test", {}))):
         bad = [k for k, v in test.items() if not _finite(v)]
         if bad:
@@ -2291,6 +2332,14 @@ def read_results(path) -> dict:
     for key in ("settings", "provenance"):
         if not isinstance(r.get(key, {}), dict):
             raise DataError(path, 0, f"{key} is not an object")
+    kinds = {bool: ("True or False", lambda v: isinstance(v, bool)),
+             int: ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+             float: ("a finite number", _finite), str: ("a string", lambda v: isinstance(v, str))}
+    for f in dataclasses.fields(Settings):
+        v = r.get("settings", {}).get(f.name)
+        what, ok = kinds[type(f.default)]
+        if v is not None and not ok(v):
+            raise DataError(path, 0, f"settings {f.name} = {v!r} is not {what}")
     if not isinstance(r.get("provenance", {}).get("data_sha256", {}), dict):
         raise DataError(path, 0, "provenance data_sha256 is not an object")
     return r
@@ -2324,6 +2373,8 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
     use_refit = refit and isinstance(results.get("refit"), dict)
     model_path = results_path.with_suffix(".refit.pt" if use_refit else ".pt")
     model_sha256 = (results["refit"] if use_refit else results.get("provenance", {})).get("model_sha256")
+    if use_refit and not isinstance(model_sha256, str):  # which .refit.pt is the run's cannot be told
+        raise DataError(results_path, 0, "its refit has no model_sha256: which model file is its refit cannot be told")
     if not model_path.is_file():
         raise DataError(model_path, 0, "not found (a finished run writes <out>.json and <out>.pt"
                                        + (", its refit <out>.refit.pt)" if use_refit else ")"))
@@ -2378,8 +2429,12 @@ class Run:
         users: dense ids 0..n_users-1, or original ids (user_list.txt) with original=True; None:
         every user. A user's train.txt items are never recommended unless include_seen. Rows use
         the same kind of ids as the request (item ids too: dense ints, or original strings).
-        Unknown users are left out and listed in `.unknown`."""
+        Unknown users are left out and listed in `.unknown`; a user asked twice counts once.
+        Raises SettingsError unless k is a whole number from 1."""
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise SettingsError(f"k must be a whole number from 1, got {k!r}")
         ds = self.trainer.ds
+        users = None if users is None else list(dict.fromkeys(users))
         if users is None:
             dense, unknown = list(range(ds.n_users)), []
         elif original:
@@ -2732,12 +2787,24 @@ def recommend_command(args) -> int:
     """recommend: load the run, score every requested user, write the rows; unknown users in a note."""
     if args.k < 1:
         raise SettingsError(f"--k must be at least 1, got {args.k}")
-    users = read_user_ids(args.users) if args.users else None
+    if args.out not in (None, "", "-"):  # before the run is loaded; never over the run's own files
+        out = Path(args.out)
+        if out.suffix == ".pt":
+            raise SettingsError(f"--out {out}: .pt is where runs keep their models; give the recommendations "
+                                "a file of their own (e.g. recs.tsv)")
+        if out.resolve() == Path(args.run).resolve():
+            raise SettingsError(f"--out {out}: that is the run's own results file; give the recommendations "
+                                "a file of their own (e.g. recs.tsv)")
+        check_writable(out)
+    users = list(dict.fromkeys(read_user_ids(args.users))) if args.users else None
     t0 = time.perf_counter()
     run = load_run(args.run, args.data_dir, args.device)
     t1 = time.perf_counter()
     rows = run.recommend(users, k=args.k, original=True, include_seen=args.include_seen)
     t2 = time.perf_counter()
+    if users and len(rows.unknown) == len(users):
+        raise SettingsError(f"none of the {len(users)} users of {args.users} is in {run.trainer.s.dataset} "
+                            f"(user_list.txt), e.g. {users[0]!r}; --users takes original user ids")
     if rows.unknown:
         shown = ", ".join(map(str, rows.unknown[:20])) + (f" and {len(rows.unknown) - 20} more" if len(rows.unknown) > 20 else "")
         log(f"note: {len(rows.unknown)} of {len(users)} users are not in {run.trainer.s.dataset} "
@@ -2793,10 +2860,10 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-def exit_code(action, interrupted: str) -> int:
+def exit_code(action, interrupted: str, own: bool = True) -> int:
     """The command line's exit codes around `action` (a function returning one): 2 with one line
     for bad input or settings, 1 for a failed training, 130 for Ctrl-C (saying what the checkpoint
-    holds, or `interrupted` when no epoch was running)."""
+    holds, or `interrupted` when no epoch was running or `own` is False: a sweep's own words)."""
     try:
         return action()
     except (DataError, SettingsError) as e:
@@ -2806,7 +2873,7 @@ def exit_code(action, interrupted: str) -> int:
         log(f"error: {e}")
         return 1
     except KeyboardInterrupt as e:
-        log(str(e) if isinstance(e, Interrupted) else interrupted)
+        log(str(e) if isinstance(e, Interrupted) and own else interrupted)
         return 130
 
 

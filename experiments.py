@@ -228,7 +228,8 @@ def train_planned(r: PlannedRun, log_file: str | None = None) -> bool:
         shutil.copyfile(other, r.out)
         log(f"{r.out}: a copy of {other}, the same run, to add its refit to")
     resume = output_paths(r.settings)[2].is_file() or r.out.with_suffix(".refit.ckpt.pt").is_file()
-    return time_limited(fit(dataclasses.replace(r.settings, resume=resume)))
+    results = fit(dataclasses.replace(r.settings, resume=resume))
+    return time_limited(results) or unrefit(results, r.settings)  # a refit cut by --max-minutes too
 
 
 def run_sweep(runs: list, dry_run: bool = False, jobs: int = 1) -> int:
@@ -504,6 +505,25 @@ def write_groups(dataset: str, files: dict, results_dir="results", data_dir: str
     return path
 
 
+def check_results_dir(results_dir, dataset: str) -> None:
+    """Before anything is trained or written: <results_dir>/<dataset> is, or can become, a folder
+    that takes a new file, and is not a dataset folder (one with a train.txt). Makes nothing (a dry
+    run leaves no empty folder). Raises SettingsError."""
+    folder = existing = Path(results_dir) / dataset
+    if (folder / "train.txt").exists():
+        raise SettingsError(f"--results-dir {results_dir}: {folder} is a dataset folder (it has train.txt); "
+                            "the results go elsewhere")
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SettingsError(f"--results-dir {results_dir}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise SettingsError(f"--results-dir {results_dir}: cannot write into {existing} ({e.strerror})") from None
+
+
 def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="results",
            dry_run: bool = False, only: str | None = None, jobs: int = 1) -> int:
     """Run a table's sweep (unless dry_run; only the configurations named in `only`, comma
@@ -527,16 +547,7 @@ def tables(table: str, base: dict, n_seeds: int, runs_dir="runs", results_dir="r
     if clash:  # e.g. --model simgcl would run SimGCL in the row labelled CIKGRec
         raise SettingsError(f"{option(clash[0])}: the rows of {table} set {', '.join(map(option, by_rows))} "
                             "themselves")
-    existing = Path(results_dir) / dataset  # checked before hours of training, not after; made later
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise SettingsError(f"--results-dir {results_dir}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise SettingsError(f"--results-dir {results_dir}: cannot write into {existing} ({e.strerror})") from None
+    check_results_dir(results_dir, dataset)  # before hours of training, not after
     failed = run_sweep(todo, dry_run, jobs)
     files = {}  # (table, config) -> results files found, for every table of the dataset
     for t in TABLES:
@@ -813,6 +824,7 @@ def sweep(param: str, values_text: str, base: dict, runs_dir="runs", results_dir
     for r in runs:
         check_settings(r.settings)
     dataset_folder(Path(runs[0].settings.data_dir) / runs[0].settings.dataset)
+    check_results_dir(results_dir, runs[0].settings.dataset)
     failed = run_sweep(runs, dry_run, jobs)
     md = write_sweep(param, runs, results_dir, _non_defaults({k: v for k, v in base.items() if k != "model"}))
     print(md.read_text())
@@ -841,6 +853,7 @@ def fidelity(run, results_dir="results") -> Path:
     if r.get("selected_on") != "test" or s.get("variant") != "authors" or not r.get("history"):
         raise DataError(run, 0, "not the results of a --variant authors --select-on test run with its history")
     dataset = r["dataset"]
+    check_results_dir(results_dir, dataset)
     theirs = AUTHORS_CURVE.get(dataset, {})
     by_epoch = {h["epoch"]: h["test"] for h in r["history"]}
     fmt = lambda vals: " | ".join("" if v is None else f"{v:.4f}" for v in vals)
@@ -939,10 +952,10 @@ def check_jobs(jobs: int) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: tables, sweep, fidelity, explain, plots."""
-    p = argparse.ArgumentParser(prog="experiments.py", description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="experiments.py", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     tp = sub.add_parser("tables", allow_abbrev=False, help="run a paper table's configurations over seeds, write results/<dataset>/")
-    add_settings_arguments(tp, skip=("seed", "out", "resume"))  # the sweep sets these itself
+    add_settings_arguments(tp, skip=("seed", "out", "resume", "refit"))  # the sweep sets these (refit: Table 1 only)
     tp.add_argument("--table", required=True, choices=list(TABLES))
     tp.add_argument("--seeds", type=int, default=1, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
     tp.add_argument("--only", default=None, help="run only these configurations (comma separated; "
@@ -980,7 +993,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # as cikgrec's command line does
     return exit_code(lambda: command(args), "interrupted: the finished runs are kept and a run cut mid-way "
-                     "continues from its checkpoint: the same tables (or sweep) command continues from it.")
+                     "continues from its checkpoint: the same tables (or sweep) command continues from it.", own=False)
 
 
 def command(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ repository root); under CI ($CI set) a missing dataset fails instead of skipping
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -1043,6 +1044,49 @@ def test_an_interrupted_refit_resumes_exactly(tmp_path, monkeypatch):
     assert resumed["refit"]["test"] == whole["refit"]["test"]
 
 
+def test_a_refit_checkpoint_of_another_run_is_not_continued(tmp_path, capsys):
+    """Found by a fresh user: --force with other settings left the old run's refit checkpoint,
+    and --refit --resume continued it (0 epochs trained), reporting the old refit's numbers."""
+    small_dataset(tmp_path)
+    C.fit(tiny_settings(tmp_path, epochs=3, refit=True))  # leaves runs/fx.refit.ckpt.pt
+    C.fit(tiny_settings(tmp_path, epochs=3, lambda3=0.5), force=True)
+    resumed = C.fit(tiny_settings(tmp_path, epochs=3, lambda3=0.5, refit=True, resume=True))
+    assert "is the refit of another run" in capsys.readouterr().err
+    clean = C.fit(tiny_settings(tmp_path, epochs=3, lambda3=0.5, refit=True, out=str(tmp_path / "clean.json")))
+    assert resumed["refit"]["test"] == clean["refit"]["test"]
+    ckpt = tmp_path / "runs" / "fx.refit.ckpt.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    C.fit(tiny_settings(tmp_path, epochs=3, lambda3=0.5), force=True)
+    with pytest.raises(C.SettingsError, match=f"--resume: cannot read {ckpt}"):
+        C.fit(tiny_settings(tmp_path, epochs=3, lambda3=0.5, refit=True, resume=True))
+
+
+def test_resume_of_a_finished_run_keeps_its_refit(tmp_path, capsys):
+    """Found by a fresh user: --resume without --refit on a finished run rewrote its results
+    without the refit."""
+    small_dataset(tmp_path)
+    done = C.fit(tiny_settings(tmp_path, epochs=3, refit=True))
+    out = tmp_path / "runs" / "fx.json"
+    before = out.read_bytes()
+    again = C.fit(tiny_settings(tmp_path, epochs=3, resume=True))
+    assert "is finished: --resume has nothing to continue" in capsys.readouterr().err
+    assert out.read_bytes() == before and again["refit"] == json.loads(json.dumps(done["refit"]))
+
+
+def test_max_minutes_also_limits_the_refit(tmp_path, capsys):
+    """Found by a fresh user: --max-minutes stopped the selection run but not its refit (a GPU
+    window would run past its end)."""
+    small_dataset(tmp_path)
+    selected = C.fit(tiny_settings(tmp_path, epochs=4))
+    assert selected["best_epoch"] >= 1  # a refit of 2 or more epochs, so that it can be cut
+    cut = C.fit(tiny_settings(tmp_path, epochs=4, refit=True, max_minutes=1e-9))
+    assert "refit" not in cut and "time limit: --max-minutes 1e-09 reached after refit epoch 0" in capsys.readouterr().err
+    assert "refit" not in json.loads((tmp_path / "runs" / "fx.json").read_text())
+    resumed = C.fit(tiny_settings(tmp_path, epochs=4, refit=True, resume=True))
+    whole = C.fit(tiny_settings(tmp_path, epochs=4, refit=True, out=str(tmp_path / "whole.json")))
+    assert resumed["refit"]["test"] == whole["refit"]["test"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Your own data: prepare and stats
 # ---------------------------------------------------------------------------------------------
@@ -1242,6 +1286,48 @@ def test_recommend_uses_the_refit_model(tmp_path):
     run, results = trained_fixture(tmp_path, refit=True)
     assert run.model_file.endswith("fx.refit.pt") and "refit" in results
     assert run.trainer.s.select_on == "test"  # the refit's graph: all of train.txt
+    # found by a fresh user: without the refit's model_sha256 any .refit.pt was loaded unchecked
+    path = tmp_path / "runs" / "fx.json"
+    del results["refit"]["model_sha256"]
+    path.write_text(json.dumps(results))
+    with pytest.raises(C.DataError, match="its refit has no model_sha256"):
+        C.load_run(path)
+
+
+def test_recommend_out_never_replaces_the_run_or_a_special_file(tmp_path):
+    """Found by a fresh user: --out replaced whatever it named (the run's results, its model, a
+    FIFO), and a folder or an unwritable place was a traceback."""
+    trained_fixture(tmp_path)
+    run = tmp_path / "runs" / "fx.json"
+    before = run.read_bytes()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "afile").write_text("x")
+    for out, expect in (("runs/fx.json", "--out runs/fx.json: that is the run's own results file"),
+                        ("runs/fx.pt", "--out runs/fx.pt: .pt is where runs keep their models"),
+                        ("runs", "--out runs: runs is a folder"),
+                        ("fifo", "--out fifo: fifo exists and is not a regular file"),
+                        ("afile/recs.tsv", "--out afile/recs.tsv: afile is a file, not a folder")):
+        r = run_cli("recommend", "--run", "runs/fx.json", "--out", out, cwd=tmp_path)
+        assert r.returncode == 2 and expect in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert run.read_bytes() == before and stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode)
+    r = run_cli("recommend", "--run", "runs/fx.json", "--k", "1", "--out", "new/recs.tsv", cwd=tmp_path)
+    assert r.returncode == 0 and len((tmp_path / "new" / "recs.tsv").read_text().splitlines()) == 1 + 8
+
+
+def test_recommend_users_none_known_is_an_error_and_repeats_count_once(tmp_path):
+    """Found by a fresh user: a --users file of unknown ids gave a header and exit 0; an id given
+    twice gave its rows twice; k = -1 in Python was numpy's error."""
+    run, _ = trained_fixture(tmp_path)
+    (tmp_path / "ghosts.txt").write_text("ghost\nnobody\n")
+    r = run_cli("recommend", "--run", "runs/fx.json", "--users", "ghosts.txt", cwd=tmp_path)
+    assert r.returncode == 2 and "none of the 2 users of ghosts.txt is in fx (user_list.txt)" in r.stderr, r.stderr
+    (tmp_path / "twice.txt").write_text("U1\nU1\nU2\n")
+    r = run_cli("recommend", "--run", "runs/fx.json", "--k", "1", "--users", "twice.txt", cwd=tmp_path)
+    assert r.returncode == 0 and [x.split("\t")[0] for x in r.stdout.splitlines()[1:]] == ["U1", "U2"]
+    assert [row["user"] for row in run.recommend([3, 3, 4], k=1)] == [3, 4]
+    for k in (-1, 0, 2.5, True):
+        with pytest.raises(C.SettingsError, match=f"k must be a whole number from 1, got {k!r}"):
+            run.recommend([0], k=k)
 
 
 # ---------------------------------------------------------------------------------------------

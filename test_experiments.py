@@ -303,6 +303,9 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     assert E.main(other + ["--min-epochs", "30"]) == 0 and "0 of 4 runs already done" in capsys.readouterr().err
 
 
+OK = b'"test": {"recall@50": 0.5, "recall@100": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}'  # the test metrics of a results file
+
+
 @pytest.mark.parametrize("content, expect", [
     (b'{"test": {"recall@50": 0.1', "not a results JSON (JSONDecodeError"),
     (b"[]", 'not the results JSON of a run (no "test" metrics)'),
@@ -321,6 +324,17 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
      "test ndcg@50 = -0.1 is not between 0 and 1"),
     (b'{"test": {"recall@50": 0.5, "recall@100": 0.5, "ndcg@50": 0.1, "ndcg@100": 0.2}, "provenance": []}',
      "provenance is not an object"),
+    # found by a fresh user: a hand-edited epoch or setting became a traceback or a wrong refit
+    (b"{%s, \"best_epoch\": \"5\"}" % OK, "best_epoch = '5' is not an epoch (a whole number from 0)"),
+    (b"{%s, \"best_epoch\": 4.5}" % OK, "best_epoch = 4.5 is not an epoch (a whole number from 0)"),
+    (b"{%s, \"best_epoch\": -1}" % OK, "best_epoch = -1 is not an epoch (a whole number from 0)"),
+    (b"{%s, \"best_epoch\": 500, \"epochs_run\": 10}" % OK, "best_epoch 500 is not below epochs_run 10"),
+    (b"{%s, \"best_epoch\": 2, \"refit\": {%s, \"epochs\": 999, \"seconds\": 1, \"model_sha256\": \"ab\"}}"
+     % (OK, OK), "refit epochs = 999, not best_epoch + 1 = 3"),
+    (b"{%s, \"best_epoch\": 2, \"refit\": {%s, \"epochs\": \"3\", \"seconds\": 1}}" % (OK, OK),
+     "refit is not a finished refit"),
+    (b"{%s, \"settings\": {\"dim\": \"64\"}}" % OK, "settings dim = '64' is not a whole number"),
+    (b"{%s, \"settings\": {\"lr\": true}}" % OK, "settings lr = True is not a finite number"),
 ])
 def test_tables_name_a_broken_results_file(tmp_path, capsys, content, expect):
     """Found by a fresh user: each was a traceback or a wrong number ("0.5", "nan") in a table."""
@@ -350,6 +364,33 @@ def test_tables_refuse_a_results_dir_they_cannot_write(tmp_path, capsys):
     # ended in a traceback after training (the tests run as root: /proc refuses even root)
     assert E.main(args + ["/proc/cikgrec-test/res"]) == 2
     assert "--results-dir /proc/cikgrec-test/res: cannot write into /proc (" in capsys.readouterr().err
+    # found by a fresh user: fidelity --results-dir <the data folder> wrote into the dataset's folder
+    assert E.main(args + [str(tmp_path)]) == 2
+    assert f"--results-dir {tmp_path}: {tmp_path / 'fx'} is a dataset folder" in capsys.readouterr().err
+
+
+def test_a_refit_cut_by_max_minutes_counts_as_cut_and_ctrl_c_names_the_sweep(tmp_path, monkeypatch, capsys):
+    """Found by a fresh user: --max-minutes did not limit the refit; now a refit it cuts leaves
+    the run unfinished for the sweep. And Ctrl-C in a sweep said to use --resume, which tables
+    does not take."""
+    small_dataset(tmp_path)
+    base = {"dataset": "fx", "data_dir": str(tmp_path), "epochs": 2, "dim": 8}
+    run = next(r for r in E.plan_runs("table1", base, 1, str(tmp_path / "runs")) if r.config == "cikgrec")
+    assert run.settings.refit
+    selected = {"test": {m: 0.1 for m in C.HEADLINE_METRICS}, "best_epoch": 0, "stopped_by": None}
+    monkeypatch.setattr(E, "fit", lambda s: selected)
+    assert E.train_planned(run) is True  # no refit yet: not done
+    monkeypatch.setattr(E, "fit", lambda s: {**selected, "refit": {"epochs": 1}})
+    assert E.train_planned(run) is False
+
+    def interrupted(s):
+        raise C.Interrupted("interrupted in epoch 3: ... the same command with --resume continues from it")
+    monkeypatch.setattr(E, "fit", interrupted)
+    args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
+    assert E.main(args) == 130
+    err = capsys.readouterr().err
+    assert "the same tables (or sweep) command continues from it" in err and "--resume" not in err, err
 
 
 def test_tables_without_any_results_leave_the_committed_tables(tmp_path, capsys):
