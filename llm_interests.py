@@ -937,14 +937,21 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
         say(f"infer: {n - counts['failed']} done, {counts['failed']} failed, {len(todo)} total | "
             f"{rate:.1f} req/s | " + ("finished" if final else f"ETA {_fmt_seconds(eta)}"))
 
+    tally, tally_lock = {"failed": 0, "other": 0}, threading.Lock()  # as the workers finish users
+
     def work(job):
-        if stop.is_set():  # another worker hit a setup error: send nothing more
+        if stop.is_set():  # another worker hit a setup error, or the early stop: send nothing more
             return job, {"error": "stopped", "reason": "stopped", "status": None, "attempts": 0}
         try:
-            return job, ask_llm(cfg, job.messages, stop, random.Random(job.user * 7919 + time.time_ns()))
+            res = ask_llm(cfg, job.messages, stop, random.Random(job.user * 7919 + time.time_ns()))
         except SetupError:
             stop.set()  # at once, from the worker, not when the main thread gets to its result
             raise
+        with tally_lock:  # the early stop, decided here too: a busy main thread must not let more be sent
+            tally["other" if "outcome" in res else "failed"] += 1
+            if tally["failed"] >= early_stop_after and not tally["other"]:
+                stop.set()
+        return job, res
 
     with open(answers_path, "a", encoding="utf-8") as answers, \
             open(failures_path, "a", encoding="utf-8") as failures:
