@@ -1951,15 +1951,12 @@ def finished_results(out: Path, s: Settings) -> dict | None:
 
 
 def finished_run(out: Path, s: Settings) -> dict | None:
-    """The results at `out` when they are those of a finished run (not stopped early) with
-    settings s on the same data, else None (a torn or foreign file included)."""
+    """finished_results, with None instead of an error for a torn or foreign file, or a run with
+    other settings or data (for --resume, which then goes on as before)."""
     try:
-        results = read_results(out) if out.is_file() else None
-    except DataError:
+        return finished_results(out, s)
+    except (DataError, SettingsError):
         return None
-    if results is None or results.get("stopped_by") or settings_differ(results, s):
-        return None
-    return None if data_changed(results.get("provenance", {}).get("data_sha256", {}), s) else results
 
 
 def add_refit(s: Settings, results: dict, out: Path, device, deadline: float | None = None) -> dict:
