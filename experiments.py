@@ -28,11 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cikgrec import (DATASETS, GRAPHS, HEADLINE_METRICS, DataError, Settings, SettingsError,
-                     Trainer, TrainingError, _flatten, exit_code, keep_freed_memory, _open_text, _write_json, add_settings_arguments,
-                     check_settings, data_changed, dataset_folder, definition_changes, fit,
-                     duration, group_ndcg, item_title, load_trained, log, mask_rate, option, output_paths, read_results,
-                     make_settings, settings_differ, _finite)
+from cikgrec import (GRAPHS, DataError, Settings, SettingsError, Trainer, TrainingError,
+                     add_settings_arguments, flatten, log, make_settings, mask_rate, open_text,
+                     option)
+from cli import (HELP, HEADLINE_METRICS, RUN_FREE, check_settings, data_changed, definition_changes, duration,
+                 exit_code, finite, fit, group_ndcg, keep_freed_memory, load_trained, output_paths, read_results,
+                 settings_differ, write_json)
+from prepare import DATASETS, dataset_folder, item_title
 
 # ----------------------------------------------------------------------------------------------
 # Tables: configurations, seeds, the paper's numbers, aggregation
@@ -155,7 +157,7 @@ def check_groups(g, path) -> dict:
     ok = (isinstance(g, dict) and isinstance(g.get("bounds"), list) and isinstance(g.get("ndcg"), list)
           and len(g["bounds"]) == len(g["ndcg"]) > 0
           and all(isinstance(b, (list, tuple)) and len(b) == 4 for b in g["bounds"])
-          and all(_finite(v) for v in g["ndcg"]))
+          and all(finite(v) for v in g["ndcg"]))
     if not ok:
         raise DataError(path, 0, "not Fig. 3 groups ({\"bounds\": [...], \"ndcg\": [...]}, one value per group)")
     return g
@@ -373,7 +375,7 @@ def _device_minutes(row: dict) -> str:
 def _non_defaults(base: dict) -> str:
     """The options a tables command gave beyond the dataset and the run-independent ones, e.g.
     "--min-epochs 30", so a table says what it was made with."""
-    skip = ("dataset", "out", "resume", "device", "threads", "eval_batch", "data_dir", "max_minutes", "refit")
+    skip = tuple(k for k in RUN_FREE if k != "interests") + ("dataset", "refit")
     return " ".join(f"{option(k)} {v}" for k, v in sorted(base.items()) if k not in skip and v is not None)
 
 
@@ -446,13 +448,13 @@ def results_groups(results_path, data_dir: str | None = None) -> dict:
     cache, model = results_path.with_suffix(".groups.json"), results_path.with_suffix(".pt")
     if cache.is_file() and (not model.is_file() or cache.stat().st_mtime_ns >= model.stat().st_mtime_ns):
         try:
-            with _open_text(cache) as f:
+            with open_text(cache) as f:
                 return check_groups(json.loads(f.read()), cache)
         except ValueError as e:
             raise DataError(cache, 0, f"not a groups JSON ({type(e).__name__}: {e})") from None
     trainer, _ = load_trained(results_path, data_dir)
     out = group_ndcg(trainer)
-    _write_json(out, cache)
+    write_json(out, cache)
     return out
 
 
@@ -583,7 +585,7 @@ def read_cluster_terms(path) -> dict:
     """interest_clusters.tsv (llm_interests.py cluster) -> {interest id: "top terms"} of the kept
     clusters (rows whose interest_id column is a number)."""
     terms = {}
-    with _open_text(Path(path)) as f:
+    with open_text(Path(path)) as f:
         next(f, None)  # header: cluster users interest_id top_terms example_phrases
         for line in f:
             cols = line.rstrip("\n").split("\t")
@@ -625,7 +627,7 @@ def explain(trainer: Trainer, user: int, top: int = 10, answers: dict | None = N
         share = share[:0]
     has_item = np.zeros((ds.n_users, ds.n_items), dtype=bool) if len(share) else None
     if has_item is not None:
-        rows, cols = _flatten(trainer.train)
+        rows, cols = flatten(trainer.train)
         has_item[rows, cols] = True
     test = set(ds.test[user].tolist())
     for i in recs:
@@ -685,7 +687,7 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
         clusters_path = str(folder / "interest_clusters.tsv")
     answers = {}
     if answers_path:
-        with _open_text(Path(answers_path)) as f:
+        with open_text(Path(answers_path)) as f:
             lines = f.read().splitlines()
         for line in lines:
             try:
@@ -711,8 +713,7 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
 # run per value (one seed, validation selection, in runs/<dataset>/sweep-<model>-<param>/) and
 # writes results/<dataset>/sweep-<model>-<param>.md/.csv/.json (and .png with matplotlib): the
 # validation metrics per value and the value validation chooses. The test set plays no part.
-SWEEP_FIXED = ("dataset", "data_dir", "out", "seed", "resume", "device", "threads", "eval_batch", "max_minutes",
-               "refit", "model", "select_on")
+SWEEP_FIXED = tuple(k for k in RUN_FREE if k != "interests") + ("dataset", "seed", "refit", "model", "select_on")
 
 
 def sweep_values(param: str, text: str) -> list:
@@ -955,7 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="experiments.py", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     tp = sub.add_parser("tables", allow_abbrev=False, help="run a paper table's configurations over seeds, write results/<dataset>/")
-    add_settings_arguments(tp, skip=("seed", "out", "resume", "refit"))  # the sweep sets these (refit: Table 1 only)
+    add_settings_arguments(tp, skip=("seed", "out", "resume", "refit"), notes=HELP)  # the sweep sets these (refit: Table 1 only)
     tp.add_argument("--table", required=True, choices=list(TABLES))
     tp.add_argument("--seeds", type=int, default=1, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
     tp.add_argument("--only", default=None, help="run only these configurations (comma separated; "
@@ -973,7 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--data-dir", default=None, help="default: the run's")
     ep.add_argument("--top", type=int, default=10)
     sp = sub.add_parser("sweep", allow_abbrev=False, help="one setting at a time on validation (Fig. 5 style)")
-    add_settings_arguments(sp, skip=("out", "resume", "refit", "select_on"))
+    add_settings_arguments(sp, skip=("out", "resume", "refit", "select_on"), notes=HELP)
     sp.add_argument("--param", required=True, help="the setting to vary, e.g. lambda3, l2")
     sp.add_argument("--values", required=True, help="comma separated, e.g. 0.005,0.01,0.03")
     sp.add_argument("--runs-dir", default="runs")

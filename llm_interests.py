@@ -1,11 +1,16 @@
 """CIKGRec, first half: infer user interests with an LLM (Eq. 1) and structure them into
 interest nodes by text clustering (Eq. 2). Paper section "LLM-based CIKG Construction".
 
-One readable file, in the order the data flows:
-prompts -> client (one request: an answer, a refusal or a failure; retries and waits) ->
-answer parsing (reasoning stripped, lists in any shape) -> runner (thread pool, answers file,
-resume, progress, dry-run cost) -> batch export/import -> cleaning -> TF-IDF -> k-means ->
-filtering, writing and coverage -> command line.
+Read from the top. First the method, in the order the data flows:
+  prompts (P_u of Eq. 1: the user's last 30 named training items, titles in brackets) ->
+  parsing an answer (A_u) into interest pieces (reasoning stripped, lists in any shape) ->
+  cleaning the pieces into phrases -> TF-IDF vectors of the phrases -> k-means into kappa
+  clusters (f_C of Eq. 2) -> filtering the clusters (too common, or one user's only) ->
+  interest edges (u, Has Interest, j), written as user_interest_clustered.txt.
+Then, below a banner, the tool that gets the answers out of real servers: the client (one
+request gives an answer, a refusal or a failure; retries and waits), the runner (thread pool,
+answers file, resume, progress, cost preview), batch export/import, the coverage file, the
+benchmark and the command line.
 
     python llm_interests.py infer   --dataset book-crossing --data-dir ../shared/data [--dry-run]
     python llm_interests.py cluster --dataset book-crossing --data-dir ../shared/data
@@ -16,7 +21,8 @@ filtering, writing and coverage -> command line.
 Everything is written under interests/<dataset>/ (--out-dir), never into the dataset folder.
 The LLM is any OpenAI-compatible chat-completions server: $OPENAI_BASE_URL (default
 https://api.openai.com/v1), $OPENAI_API_KEY (may be unset for a local server), $LLM_MODEL.
-docs/llm-servers.md tells how OpenAI, vLLM, llama.cpp, Ollama and gateways behave with it.
+docs/llm-servers.md, in the repository, tells how OpenAI, vLLM, llama.cpp, Ollama and
+gateways behave with it.
 """
 from __future__ import annotations
 
@@ -43,13 +49,14 @@ import numpy as np
 import requests
 import scipy.sparse as sp
 
-import cikgrec  # shared: load_dataset, split_validation, DataError
+import cikgrec  # shared: DataError, the dataset readers (load_dataset, read_user_items, split_validation, ...)
+import prepare  # the tool layer: item titles, id lists, the dense-id check
 
 DataError = cikgrec.DataError
-item_title = cikgrec.item_title  # DBpedia URI -> readable title, shared with explain
+item_title = prepare.item_title  # DBpedia URI -> readable title, shared with explain
 
 # ----------------------------------------------------------------------------------------------
-# Settings
+# Settings of the method
 # ----------------------------------------------------------------------------------------------
 ITEM_WORD = {"ml1m": "movies", "dbbook2014": "books", "book-crossing": "books"}  # --field overrides
 # kappa, the number of clusters of Eq. (2). book-crossing: 350, the authors' script. ml1m and
@@ -57,13 +64,10 @@ ITEM_WORD = {"ml1m": "movies", "dbbook2014": "books", "book-crossing": "books"} 
 # that; we use 550 for both.
 DEFAULT_K = {"ml1m": 550, "dbbook2014": 550, "book-crossing": 350}
 N_LAST_ITEMS = 30  # items per prompt: the user's last 30 named training items
-DEFAULT_MODEL = "gpt-3.5-turbo-0125"  # the authors' model; --model or $LLM_MODEL override
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_ANSWER_CHARS = 600  # an answer longer than this is not "at most five short interests"
 MIN_PHRASE_CHARS, MAX_PHRASE_CHARS = 2, 50  # cleaned phrases outside this range are dropped
 CLUSTER_FILES = ("user_interest_clustered.txt", "interest_clusters.tsv",  # what `cluster` writes
                  "user_interest_clustered.coverage.json")
-EARLY_STOP_USERS = 8  # infer stops when its first min(8, to ask) finished users all failed
 
 SYSTEM_PROMPT = (
     "You are shown the {field} that an anonymous user liked. Infer the user's interests from "
@@ -74,6 +78,10 @@ SYSTEM_PROMPT = (
 def say(*parts) -> None:
     """Progress and summaries go to stderr, so stdout stays clean for data (bench prints there)."""
     print(*parts, file=sys.stderr, flush=True)
+
+
+class InputError(Exception):
+    """A setting or an input the command cannot work with (reported in one line, exit code 2)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,7 +97,8 @@ class Job:
 
 def build_messages(titles: list, field: str) -> list:
     """The chat messages for one user: our system instruction, then the titles in brackets
-    joined by ', ' (the authors' format, REFERENCE "Interest inference")."""
+    joined by ', ' (the authors' format: a system message asking for at most five interests,
+    comma-separated, no explanation; a user message "[title 1], [title 2], ...")."""
     liked = ", ".join(f"[{t}]" for t in titles)
     return [{"role": "system", "content": SYSTEM_PROMPT.format(field=field)},
             {"role": "user", "content": f"The {field} this user liked: {liked}"}]
@@ -108,15 +117,15 @@ def load_prompt_data(folder) -> PromptData:
     ids against user_list.txt). kg_final.txt, test.txt and user_interest_clustered.txt are not
     read, so a broken one does not stop `infer` or the batch commands (which regenerate the
     interest file). Raises DataError naming the file, also when item_list.txt is missing."""
-    folder = cikgrec.dataset_folder(folder)
+    folder = prepare.dataset_folder(folder)
     names_path = folder / "item_list.txt"
     if not names_path.exists():
         raise DataError(names_path, 0, "not found: the prompts name each user's items by the titles this file holds")
     names = cikgrec.read_item_names(names_path)
-    listed_users = cikgrec.list_size(folder / "user_list.txt")
+    listed_users = prepare.list_size(folder / "user_list.txt")
     train = cikgrec.read_user_items(folder / "train.txt", len(names), listed_users)
     if listed_users is None:  # a stray huge user id would make a huge list below
-        cikgrec.check_dense(folder / "train.txt", "user", set(train))
+        prepare.check_dense(folder / "train.txt", "user", set(train))
     return PromptData([np.array(train.get(u, []), dtype=np.int64) for u in range(1 + max(train))], names)
 
 
@@ -130,7 +139,7 @@ def make_jobs(dataset, field: str, split_seed: int = 0, n_last: int = N_LAST_ITE
     read). Returns (jobs, skipped): skipped lists the users with no named item.
     """
     train_part, _ = cikgrec.split_validation(dataset.train, split_seed)
-    titles = [cikgrec.item_title(n) for n in dataset.item_names]
+    titles = [prepare.item_title(n) for n in dataset.item_names]
     jobs, skipped = [], []
     for user, items in enumerate(train_part):
         named = [int(i) for i in items if i < len(titles) and titles[i]][-n_last:]
@@ -142,10 +151,438 @@ def make_jobs(dataset, field: str, split_seed: int = 0, n_last: int = N_LAST_ITE
 
 
 # ----------------------------------------------------------------------------------------------
+# Answer parsing: reasoning stripped, lists in the shapes models write them
+# ----------------------------------------------------------------------------------------------
+THINK_CLOSE = re.compile(r"</(?:think|thinking|thought|reasoning)>|<\|channel\|>final<\|message\|>", re.I)
+THINK_OPEN = re.compile(r"<(?:think|thinking|thought|reasoning)>|<\|channel\|>analysis<\|message\|>", re.I)
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """A reply's content -> (answer, reasoning), both stripped.
+
+    A thinking model writes <think>...</think> before its answer (also <thinking>, <thought>,
+    <reasoning>, or gpt-oss's channels): the answer is what follows the last closing tag, and
+    everything before it is reasoning, also when the server stripped the opening tag and left
+    only </think>. An opening tag never closed (the reply was cut off mid-thought) makes the rest
+    reasoning and leaves no answer. Text without tags is all answer."""
+    text = text or ""
+    closes = list(THINK_CLOSE.finditer(text))
+    if closes:
+        return text[closes[-1].end():].strip(), THINK_OPEN.sub("", text[:closes[-1].start()]).strip()
+    opened = THINK_OPEN.search(text)
+    if opened:
+        return text[:opened.start()].strip(), text[opened.end():].strip()
+    return text.strip(), ""
+
+
+REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i can'?t|i cannot|i am unable|i'?m unable|"
+                     r"as an ai)\b", re.IGNORECASE)  # an apology in the first 200 characters: refused
+PREAMBLE = re.compile(r"^[^:\n]{0,100}?\b(?:here|interests?|interested|likes?|enjoys?|based on|answer|user)\b"
+                      r"[^:\n]{0,100}:[ \t]*", re.I)
+BULLET = re.compile(r"^\s*(?:[-*+•·‣▪]+|\(?\d{1,2}[.):]|#+)\s*")
+INLINE_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+")  # "1. X 2. Y" on one line
+SEPARATOR = re.compile(r"[,;/|\n，；、]")
+PIECE_EDGES = " \t\"'`*_[](){}.!:"
+
+
+def split_answer(text: str, truncated: bool = False) -> list:
+    """An answer -> its raw interest pieces, in order (not yet cleaned).
+
+    Accepted shapes, all giving the same pieces: items separated by commas, semicolons, slashes
+    or bars; one per line, with bullets (-, *, •) or numbers ("1.", "2)"); numbered on one line
+    ("1. X 2. Y"); a JSON array of strings (also inside a ```json fence); each after a
+    preamble such as "Here are the interests:" (a first line ending in a colon, or text before
+    a colon that speaks of the interests or the user). Markdown emphasis, quotes and trailing
+    full stops are stripped. truncated (the answer was cut at the token limit): the last piece
+    is a fragment and is dropped, unless the text ends with a separator."""
+    ends_complete = bool(re.search(r"[,;/|\n，；、][ \t]*$", text or ""))  # cut right after a separator
+    text = re.sub(r"^```[a-zA-Z]*\s*|\s*```\s*$", "", (text or "").strip()).strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+            if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed):
+                return [p.strip() for p in parsed if p.strip()]
+        except ValueError:
+            pass
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[0].rstrip().endswith(":"):
+        lines = lines[1:]
+    elif lines:
+        lines[0] = PREAMBLE.sub("", lines[0], count=1)
+    pieces = []
+    for line in lines:
+        for part in INLINE_NUMBER.split(BULLET.sub("", line, count=1)):
+            pieces += SEPARATOR.split(part)
+    pieces = [p.strip(PIECE_EDGES) for p in pieces]
+    pieces = [p for p in pieces if p]
+    if truncated and pieces and not ends_complete:
+        pieces.pop()
+    return pieces
+
+
+class Parsed(NamedTuple):
+    """answer_phrases' result."""
+    phrases: list  # distinct cleaned phrases
+    problem: str  # '' for a usable answer, else why there is no phrase
+    dropped: int = 0  # pieces that cleaning emptied
+
+
+def answer_phrases(text, truncated: bool = False) -> Parsed:
+    """An LLM answer (the A_u of Eq. 1) -> Parsed(phrases, problem, dropped).
+
+    phrases: the distinct cleaned phrases (clean_phrase) of the pieces split_answer finds, after
+    any reasoning is removed (split_reasoning) and, when truncated, the trailing fragment is
+    dropped. dropped: pieces that cleaning emptied (no Latin letters left, e.g. another script,
+    or over MAX_PHRASE_CHARS). problem is '' for a usable answer, else one of "empty",
+    "reasoning only", "too long" (over MAX_ANSWER_CHARS), "refused" (an apology or "I can't"),
+    "truncated" (cut before one complete piece), "not a list" (one piece longer than a phrase,
+    e.g. a sentence), "no phrases" (nothing left after cleaning); then phrases is empty.
+    """
+    if text is None or not str(text).strip():
+        return Parsed([], "empty")
+    text, reasoning = split_reasoning(str(text))
+    if not text:
+        return Parsed([], "reasoning only" if reasoning else "empty")
+    if len(text) > MAX_ANSWER_CHARS:
+        return Parsed([], "too long")
+    if REFUSAL.search(text[:200]):
+        return Parsed([], "refused")
+    pieces = split_answer(text, truncated)
+    if not pieces:
+        return Parsed([], "truncated" if truncated else "no phrases")
+    if len(pieces) == 1 and len(pieces[0]) > MAX_PHRASE_CHARS:
+        return Parsed([], "not a list")
+    cleaned = [clean_phrase(p) for p in pieces]
+    phrases = list(dict.fromkeys(p for p in cleaned if p))
+    return Parsed(phrases, "" if phrases else "no phrases", cleaned.count(""))
+
+
+def record_phrases(rec: dict) -> Parsed:
+    """The phrases of one answers-file record: refused and filtered records give none (problem
+    "refused" / "filtered"); an answer is truncated when the record says so, or (a file written
+    before the flag) when its finish_reason is "length"."""
+    outcome = rec.get("outcome", "answered")
+    if outcome in ("refused", "filtered"):
+        return Parsed([], outcome)
+    return answer_phrases(rec.get("answer"), bool(rec.get("truncated", rec.get("finish_reason") == "length")))
+
+# ----------------------------------------------------------------------------------------------
+# Cleaning: interest pieces -> phrases
+# ----------------------------------------------------------------------------------------------
+STOPWORDS = frozenset("""
+a about above after again against ain all also am an and any are aren as at be because been before
+being below between both but by can couldn could d did didn do does doesn doing don down during each
+few for from further had hadn has hasn have haven having he her here hers herself him himself his how
+i if in into is isn it its itself just ll m ma me mightn more most mustn my myself needn no nor not
+now o of off on once only or other our ours ourselves out over own re s same shan she should shouldn
+so some such t than that the their theirs them themselves then there these they this those through
+to too under until up ve very was wasn we were weren what when where which while who whom why will
+with won wouldn would y you your yours yourself yourselves
+""".split())
+LEMMA_EXCEPTIONS = {"movies": "movie", "zombies": "zombie", "cookies": "cookie", "series": "series",
+                    "species": "species", "news": "news", "christmas": "christmas", "texas": "texas"}
+
+
+def lemma(word: str) -> str:
+    """A simple plural rule in place of a full lemmatiser: mysteries -> mystery, witches ->
+    witch, novels -> novel; words ending in ss/us/is/ics, short words and a few listed
+    exceptions (series, movies -> movie) are handled as such."""
+    if word in LEMMA_EXCEPTIONS:
+        return LEMMA_EXCEPTIONS[word]
+    if len(word) <= 3 or word.endswith(("ss", "us", "is", "ics")):
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "sses", "xes")):
+        return word[:-2]
+    return word[:-1] if word.endswith("s") else word
+
+
+def clean_phrase(text: str) -> str:
+    """One raw interest -> a cleaned phrase, or '' if nothing usable is left.
+
+    Lowercase; accents removed; every run of non-letters becomes one space (so "Sci-Fi" ->
+    "sci fi"); English stopwords dropped; each word through `lemma`; kept only if 2..50
+    characters long."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    words = [lemma(w) for w in re.sub(r"[^a-z]+", " ", text).split() if w not in STOPWORDS]
+    phrase = " ".join(words)
+    return phrase if MIN_PHRASE_CHARS <= len(phrase) <= MAX_PHRASE_CHARS else ""
+
+
+# ----------------------------------------------------------------------------------------------
+# TF-IDF (the text representation f_C of Eq. 2 clusters)
+# ----------------------------------------------------------------------------------------------
+def ngrams(phrase: str) -> list:
+    """The unigrams and bigrams of a cleaned phrase: "sci fi film" -> [sci, fi, film, sci fi, fi film]."""
+    words = phrase.split()
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+
+def tfidf(phrases: list, weights=None, max_df: float = 0.8):
+    """TF-IDF vectors of phrases, by hand (what scikit-learn's TfidfVectorizer computes with
+    ngram_range=(1, 2), max_df, smooth_idf=True, norm='l2', tokens = the words of the cleaned
+    phrase).
+
+    phrases: n strings; weights: n occurrence counts (default 1 each), so that a phrase said by
+    many users is one row but counts that many documents. Terms are sorted alphabetically.
+    tf = count of the term in the phrase; df = documents holding it; terms with df > max_df * N
+    are dropped (N = documents); idf = ln((1 + N) / (1 + df)) + 1; rows scaled to unit L2 norm.
+    Fallback (documented): when max_df would drop every term (a tiny or uniform corpus, e.g.
+    ["sci fi", "sci fi"]), all terms are kept, with a note. A phrase with no terms left is an
+    all-zero row (never NaN). Returns (X: scipy.sparse.csr_matrix [n, n_terms], terms: list).
+    """
+    weights = np.ones(len(phrases)) if weights is None else np.asarray(weights, dtype=float)
+    grams = [ngrams(p) for p in phrases]
+    terms = sorted({g for gs in grams for g in gs})
+    index = {t: c for c, t in enumerate(terms)}
+    rows = [r for r, gs in enumerate(grams) for _ in gs]
+    cols = [index[g] for gs in grams for g in gs]
+    counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(phrases), len(terms)))
+    counts.sum_duplicates()
+    n_docs = weights.sum()
+    df = np.bincount(counts.indices, weights=weights[np.repeat(np.arange(len(phrases)), np.diff(counts.indptr))],
+                     minlength=len(terms))
+    keep = df <= max_df * n_docs
+    if len(terms) and not keep.any():
+        say(f"note: max_df {max_df} would drop all {len(terms)} terms of this small corpus: keeping them all")
+        keep[:] = True
+    counts, df = counts[:, keep], df[keep]
+    terms = [t for t, k in zip(terms, keep) if k]
+    idf = np.log((1 + n_docs) / (1 + df)) + 1
+    x = (counts @ sp.diags(idf)).tocsr()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+    x = (sp.diags(1 / np.where(norms > 0, norms, 1.0)) @ x).tocsr()
+    return x, terms
+
+
+# ----------------------------------------------------------------------------------------------
+# k-means (the clustering f_C of Eq. 2)
+# ----------------------------------------------------------------------------------------------
+def _rows_dense(x, idx) -> np.ndarray:
+    return x[idx].toarray() if sp.issparse(x) else np.asarray(x[idx], dtype=float)
+
+
+def _sq_distances(x, x2, centres) -> np.ndarray:
+    """Squared Euclidean distances [n, k] = |x|^2 - 2 x.c + |c|^2, clipped at 0."""
+    d = x2[:, None] - 2 * np.asarray(x @ centres.T) + (centres ** 2).sum(1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+def n_distinct_rows(x) -> int:
+    """How many different vectors x holds (dense or sparse)."""
+    if not sp.issparse(x):
+        return len(np.unique(np.round(np.asarray(x, dtype=float), 12), axis=0))
+    x = x.tocsr()
+    return len({(tuple(x.indices[a:b]), tuple(np.round(x.data[a:b], 12)))
+                for a, b in zip(x.indptr[:-1], x.indptr[1:])})
+
+
+def kmeans_pp(x, x2, k: int, w, rng) -> np.ndarray:
+    """k-means++ seeding: the first centre drawn by weight, each next one with probability
+    proportional to weight * squared distance to the nearest centre so far. Returns [k, d]."""
+    first = rng.choice(len(w), p=w / w.sum())
+    centres = [_rows_dense(x, [first])[0]]
+    d2 = _sq_distances(x, x2, centres[0][None, :])[:, 0]
+    for _ in range(1, k):
+        p = w * d2
+        idx = rng.choice(len(w), p=p / p.sum()) if p.sum() > 0 else rng.choice(len(w))
+        centres.append(_rows_dense(x, [idx])[0])
+        d2 = np.minimum(d2, _sq_distances(x, x2, centres[-1][None, :])[:, 0])
+    return np.vstack(centres)
+
+
+def kmeans(x, k: int, weights=None, n_init: int = 3, max_iter: int = 100, tol: float = 1e-6,
+           seed: int = 0, verbose: bool = False):
+    """Weighted k-means (Lloyd) with k-means++ seeding and several seedings, best kept.
+
+    x: [n, d] dense array or scipy.sparse matrix; weights: n positive weights (default 1).
+    k larger than the number of distinct vectors is clamped to it, with a note. Each step
+    assigns every point to its nearest centre, then moves each centre to the weighted mean of
+    its points; a centre left without points is re-seeded at the point farthest from its own
+    centre. Stops when the centres move less than tol (sum of squared shifts) or after
+    max_iter steps; the labels returned are the nearest centres of the final centres. The
+    seeding with the lowest inertia (weighted sum of squared distances) wins.
+    Returns (labels int [n], centres [k, d], inertia). Raises ValueError on an empty x or k < 1.
+    """
+    n = x.shape[0]
+    if n == 0 or k < 1:
+        raise ValueError(f"k-means needs at least one point and k >= 1 (got {n} points, k = {k})")
+    x = x.tocsr().astype(float) if sp.issparse(x) else np.asarray(x, dtype=float)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    distinct = n_distinct_rows(x)
+    if k > distinct:
+        say(f"note: k = {k} is more than the {distinct} distinct vectors: using k = {distinct}")
+        k = distinct
+    x2 = np.asarray(x.multiply(x).sum(axis=1)).ravel() if sp.issparse(x) else (x ** 2).sum(1)
+    rng = np.random.default_rng(seed)
+    best = None
+    for init in range(n_init):
+        centres = kmeans_pp(x, x2, k, w, rng)
+        for step in range(1, max_iter + 1):
+            d = _sq_distances(x, x2, centres)
+            labels = d.argmin(1)
+            members = sp.csr_matrix((w, (labels, np.arange(n))), shape=(k, n))
+            size = np.asarray(members.sum(axis=1)).ravel()
+            sums = members @ x
+            new = (sums.toarray() if sp.issparse(sums) else np.asarray(sums)) / np.maximum(size, 1e-300)[:, None]
+            far = d[np.arange(n), labels]
+            for j in np.flatnonzero(size == 0):  # empty cluster: re-seed at the farthest point
+                idx = int(far.argmax())
+                new[j], far[idx] = _rows_dense(x, [idx])[0], -1.0
+            shift = ((new - centres) ** 2).sum()
+            centres = new
+            if shift <= tol:
+                break
+        d = _sq_distances(x, x2, centres)
+        labels = d.argmin(1)
+        inertia = float((w * d[np.arange(n), labels]).sum())
+        if verbose:
+            say(f"k-means seeding {init + 1}/{n_init}: {step} steps, inertia {inertia:.2f}")
+        if best is None or inertia < best[2]:
+            best = (labels, centres, inertia)
+    return best
+
+
+# ----------------------------------------------------------------------------------------------
+# Filtering and writing the interest nodes (Eq. 2: J and the edges (u, Has Interest, j))
+# ----------------------------------------------------------------------------------------------
+def filter_clusters(user_clusters: dict, max_share: float = 0.2, min_users: int = 2) -> tuple[list, dict]:
+    """Which clusters become interest nodes (the authors' rule: clusters shared by at least
+    1/5 of the users, and clusters held by a single user, are dropped).
+
+    user_clusters: {user: set of cluster ids} (a set: a user linked twice to a cluster counts
+    once). A cluster held by at least max_share of the users that have any cluster is dropped
+    (too common to tell users apart), and so is one held by fewer than min_users users (it
+    links nobody). Returns (kept cluster ids sorted, {dropped cluster id: reason}).
+    """
+    n_users = sum(1 for cs in user_clusters.values() if cs)
+    held = collections.Counter(c for cs in user_clusters.values() for c in set(cs))
+    kept, dropped = [], {}
+    for c in sorted(held):
+        if held[c] >= max_share * n_users:
+            dropped[c] = f"held by {held[c]} of {n_users} users (>= {max_share:g})"
+        elif held[c] < min_users:
+            dropped[c] = f"held by {held[c]} user(s) (< {min_users})"
+        else:
+            kept.append(c)
+    return kept, dropped
+
+
+def link_users(user_phrases: dict, cluster_of: dict) -> dict:
+    """{user: phrases} and {phrase: cluster} -> {user: set of clusters}: a user whose phrases
+    share a cluster ("sci fi", "science fiction") is linked to it once (one edge, not two)."""
+    return {u: {cluster_of[p] for p in ps if p in cluster_of} for u, ps in user_phrases.items()}
+
+
+def interest_edges(user_clusters: dict, kept: list, n_entities: int) -> list:
+    """(user, interest id) pairs, sorted and unique: kept cluster number r becomes interest id
+    n_entities + r, so ids follow the largest entity id and are contiguous (no id without users)."""
+    new_id = {c: n_entities + r for r, c in enumerate(kept)}
+    return sorted({(u, new_id[c]) for u, cs in user_clusters.items() for c in cs if c in new_id})
+
+
+def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8, max_share: float = 0.2,
+                    seed: int = 0, n_init: int = 3, max_iter: int = 100) -> dict:
+    """Eq. (2): answers {user: record with "answer"} -> interest nodes and user-interest edges.
+
+    Each user's record becomes distinct cleaned phrases (record_phrases: reasoning removed, a
+    truncated answer's trailing fragment dropped, refused and filtered records none); every
+    distinct phrase is one TF-IDF row weighted by the number of users who said it; k-means
+    groups the rows into k clusters; a user links to the clusters of its phrases;
+    `filter_clusters` keeps the informative ones. Returns a dict with "edges" [(user, interest
+    id)], "clusters" (one row per cluster for the TSV), "problems" (Counter of records without
+    interests by kind: refused, filtered, empty, ...), "n_truncated" (usable answers whose
+    fragment was dropped), "n_dropped" (pieces that cleaning emptied) and counts. Raises
+    InputError when no answer gives a phrase or no cluster survives the filtering (an empty
+    interest file helps nobody).
+    """
+    problems = collections.Counter()
+    user_phrases = {}
+    n_truncated = n_dropped = 0
+    for user, rec in sorted(answers.items()):
+        phrases, problem, dropped = record_phrases(rec)
+        n_dropped += dropped
+        if problem:
+            problems[problem] += 1
+        else:
+            user_phrases[user] = phrases
+            n_truncated += bool(rec.get("truncated", rec.get("finish_reason") == "length"))
+    said = collections.Counter(p for ps in user_phrases.values() for p in ps)
+    if not said:
+        raise InputError(f"none of the {len(answers)} answers gives an interest phrase "
+                         f"(bad answers: {dict(problems) or 'none'})")
+    phrases = sorted(said)
+    weights = np.array([said[p] for p in phrases], dtype=float)
+    t0 = time.time()
+    x, terms = tfidf(phrases, weights, max_df)
+    nonzero = np.flatnonzero(np.diff(x.indptr) > 0)  # phrases whose terms were all dropped
+    say(f"cluster: {len(phrases)} distinct phrases ({int(weights.sum())} in all), {len(terms)} terms, "
+        f"{len(phrases) - len(nonzero)} phrases without terms; TF-IDF {time.time() - t0:.2f} s")
+    t0 = time.time()
+    labels, centres, _ = kmeans(x[nonzero], k, weights[nonzero], n_init, max_iter, seed=seed, verbose=True)
+    say(f"cluster: k-means {time.time() - t0:.2f} s")
+    cluster_of = {phrases[i]: int(c) for i, c in zip(nonzero, labels)}
+    user_clusters = link_users(user_phrases, cluster_of)
+    kept, dropped = filter_clusters(user_clusters, max_share)
+    edges = interest_edges(user_clusters, kept, n_entities)
+    if not edges:
+        raise InputError(f"no interest node is left after filtering the {len(centres)} clusters of "
+                         f"{len(user_phrases)} users (each is held by one user or by >= {max_share:g} of "
+                         f"them): use more users, or another --k or --max-share")
+    held = collections.Counter(c for cs in user_clusters.values() for c in cs)
+    interest_id = {c: n_entities + r for r, c in enumerate(kept)}
+    rows = []
+    for c in range(len(centres)):
+        top = [terms[t] for t in np.argsort(-centres[c])[:5] if centres[c][t] > 0]
+        examples = sorted((p for p, cc in cluster_of.items() if cc == c), key=lambda p: (-said[p], p))[:5]
+        status = str(interest_id[c]) if c in interest_id else "dropped: " + dropped.get(c, "no users")
+        rows.append((c, held[c], status, top, examples))
+    return {"edges": edges, "clusters": rows, "problems": problems, "n_answers": len(answers),
+            "n_truncated": n_truncated, "n_dropped": n_dropped,
+            "n_users_with_phrases": len(user_phrases), "n_phrases": int(weights.sum()),
+            "n_distinct": len(phrases), "n_clusters": len(centres), "n_kept": len(kept),
+            "n_users_linked": len({u for u, _ in edges})}
+
+
+def write_outputs(result: dict, out_dir, coverage: dict | None = None) -> tuple[Path, Path, Path | None]:
+    """Write user_interest_clustered.txt (`user_id interest_id` lines, the published format),
+    interest_clusters.tsv (what each cluster means) and, given `coverage` ({"users_with_prompt",
+    "users_answered", ...}), user_interest_clustered.coverage.json (see coverage_record) into
+    out_dir. Each file is written to a temporary name and renamed, so an interruption never
+    leaves half a file. Returns the three paths (the last None without coverage)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    edges_path, tsv_path, cov_path = (out_dir / name for name in CLUSTER_FILES)
+    edges = "".join(f"{u} {j}\n" for u, j in result["edges"])
+    tsv = ["cluster\tusers\tinterest_id\ttop_terms\texample_phrases\n"]
+    tsv += [f"{c}\t{n}\t{status}\t{', '.join(top)}\t{' | '.join(ex)}\n" for c, n, status, top, ex in result["clusters"]]
+    files = [(edges_path, edges), (tsv_path, "".join(tsv))]
+    if coverage is not None:
+        record = coverage_record(edges.encode("utf-8"), edges_path.name, result["n_users_linked"], **coverage)
+        files.append((cov_path, json.dumps(record, indent=1) + "\n"))
+    for path, content in files:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, path)
+    return edges_path, tsv_path, cov_path if coverage is not None else None
+
+
+# ----------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
+# Below: the tool -- the client that survives real servers, the runner, batch mode, the
+# coverage file, the benchmark, the command line. The method above turns an answers file into
+# the interest graph; the code below gets those answers (Eq. 1, A_u = LLM(P_u)) and runs the
+# commands.
+# ----------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
 # Client: one request, with retries and bounded waits (Eq. 1, A_u = LLM(P_u, E_u+))
 # ----------------------------------------------------------------------------------------------
-class InputError(Exception):
-    """A setting or an input the command cannot work with (reported in one line, exit code 2)."""
+DEFAULT_MODEL = "gpt-3.5-turbo-0125"  # the authors' model; --model or $LLM_MODEL override
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 class SetupError(Exception):
@@ -381,6 +818,13 @@ def asked_wait(headers) -> tuple[float | None, str]:
     return (seconds, f"Retry-After: {value}") if seconds is not None else (None, "")
 
 
+def _fmt_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 def check_wait(seconds: float, header: str, cfg: ClientConfig, url: str) -> None:
     """Raise SetupError when a server asks to wait longer than cfg.max_wait: say what it asked
     and when to rerun, instead of putting a worker to sleep for hours."""
@@ -421,6 +865,20 @@ def usage_of(data) -> dict:
         return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0
     return {"prompt_tokens": count(u.get("prompt_tokens")), "completion_tokens": count(u.get("completion_tokens")),
             "reasoning_tokens": count(details.get("reasoning_tokens"))}
+
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "reasoning_tokens")
+
+
+def no_usage() -> dict:
+    return dict.fromkeys(USAGE_KEYS, 0)
+
+
+def add_usage(total: dict, usage) -> None:
+    """Add the token counts of `usage` (a usage_of dict, or None) to `total`, in place."""
+    for k in USAGE_KEYS:
+        v = (usage or {}).get(k, 0)
+        total[k] += v if isinstance(v, int) else 0
 
 
 def read_reply(data) -> Reply:
@@ -469,6 +927,16 @@ def read_reply(data) -> Reply:
     if REFUSAL.search(answer[:200]):
         return Reply("refused", refusal=one_line(answer, 1000), **base)
     return Reply("answered", **base)
+
+
+def outcome_result(reply: Reply, attempts: int, usage: dict, max_tokens: int | None) -> dict:
+    """The result of a final outcome (a Reply with outcome answered, refused or filtered), as
+    ask_llm returns it and answer_record writes it. truncated: an answer cut at the token limit
+    (finish_reason "length"), whose trailing fragment is not an interest."""
+    return {"outcome": reply.outcome, "answer": reply.answer, "finish_reason": reply.finish_reason,
+            "truncated": reply.outcome == "answered" and reply.finish_reason == "length",
+            "refusal": reply.refusal, "reasoning_chars": reply.reasoning_chars, "max_tokens": max_tokens,
+            "attempts": attempts, "usage": usage}
 
 
 _thread_state = threading.local()
@@ -552,9 +1020,8 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
             if status == 400 and rejects_token_field(error, field) and switch_token_field(cfg, field, message):
                 continue  # sent again at once with the other field: not a failed attempt
             if 400 <= status < 500 and status != 429 and is_content_filter(error):
-                return {"outcome": "filtered", "answer": "", "finish_reason": "content_filter", "truncated": False,
-                        "refusal": message, "reasoning_chars": 0, "max_tokens": budget, "attempts": sent,
-                        "usage": dict(usage)}
+                return outcome_result(Reply("filtered", finish_reason="content_filter", refusal=message), sent,
+                                      dict(usage), budget)
             if status == 429 or status >= 500:
                 reason = f"HTTP {status} from {url}: {message}"
                 wait, header = asked_wait(r.headers)
@@ -577,14 +1044,12 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
                     budget = min(2 * budget, top)  # cut at the limit: ask again at once with twice the budget
                     continue
                 elif reply.outcome:
-                    answer, truncated = reply.answer, reply.outcome == "answered" and reply.finish_reason == "length"
-                    if truncated and not split_answer(answer, truncated=True):
+                    res = outcome_result(reply, sent, dict(usage), budget)
+                    if res["truncated"] and not split_answer(reply.answer, truncated=True):
                         return failure(f"the answer was cut at the token limit ({top} tokens, {BUDGET_GROWTH}x "
                                        f"--max-tokens) before one complete interest" +
                                        (f"; {THINKING_HINT}" if reply.reasoning_chars else ""))
-                    return {"outcome": reply.outcome, "answer": answer, "finish_reason": reply.finish_reason,
-                            "truncated": truncated, "refusal": reply.refusal, "reasoning_chars": reply.reasoning_chars,
-                            "max_tokens": budget, "attempts": sent, "usage": dict(usage)}
+                    return res
                 elif reply.finish_reason == "length":  # no answer even with the largest budget
                     return failure(f"{reply.problem} at {top} tokens ({BUDGET_GROWTH}x --max-tokens)" +
                                    (f"; {THINKING_HINT}" if reply.reasoning_chars else ""))
@@ -602,125 +1067,11 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
 
 
 # ----------------------------------------------------------------------------------------------
-# Answer parsing: reasoning stripped, lists in the shapes models write them
+# Runner: thread pool, answers file, resume, progress, cost preview
 # ----------------------------------------------------------------------------------------------
-THINK_CLOSE = re.compile(r"</(?:think|thinking|thought|reasoning)>|<\|channel\|>final<\|message\|>", re.I)
-THINK_OPEN = re.compile(r"<(?:think|thinking|thought|reasoning)>|<\|channel\|>analysis<\|message\|>", re.I)
+EARLY_STOP_USERS = 8  # infer stops when its first min(8, to ask) finished users all failed
 
 
-def split_reasoning(text: str) -> tuple[str, str]:
-    """A reply's content -> (answer, reasoning), both stripped.
-
-    A thinking model writes <think>...</think> before its answer (also <thinking>, <thought>,
-    <reasoning>, or gpt-oss's channels): the answer is what follows the last closing tag, and
-    everything before it is reasoning, also when the server stripped the opening tag and left
-    only </think>. An opening tag never closed (the reply was cut off mid-thought) makes the rest
-    reasoning and leaves no answer. Text without tags is all answer."""
-    text = text or ""
-    closes = list(THINK_CLOSE.finditer(text))
-    if closes:
-        return text[closes[-1].end():].strip(), THINK_OPEN.sub("", text[:closes[-1].start()]).strip()
-    opened = THINK_OPEN.search(text)
-    if opened:
-        return text[:opened.start()].strip(), text[opened.end():].strip()
-    return text.strip(), ""
-
-
-REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i can'?t|i cannot|i am unable|i'?m unable|"
-                     r"as an ai)\b", re.IGNORECASE)  # an apology in the first 200 characters: refused
-PREAMBLE = re.compile(r"^[^:\n]{0,100}?\b(?:here|interests?|interested|likes?|enjoys?|based on|answer|user)\b"
-                      r"[^:\n]{0,100}:[ \t]*", re.I)
-BULLET = re.compile(r"^\s*(?:[-*+•·‣▪]+|\(?\d{1,2}[.):]|#+)\s*")
-INLINE_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+")  # "1. X 2. Y" on one line
-SEPARATOR = re.compile(r"[,;/|\n，；、]")
-PIECE_EDGES = " \t\"'`*_[](){}.!:"
-
-
-def split_answer(text: str, truncated: bool = False) -> list:
-    """An answer -> its raw interest pieces, in order (not yet cleaned).
-
-    Accepted shapes, all giving the same pieces: items separated by commas, semicolons, slashes
-    or bars; one per line, with bullets (-, *, •) or numbers ("1.", "2)"); numbered on one line
-    ("1. X 2. Y"); a JSON array of strings (also inside a ```json fence); each after a
-    preamble such as "Here are the interests:" (a first line ending in a colon, or text before
-    a colon that speaks of the interests or the user). Markdown emphasis, quotes and trailing
-    full stops are stripped. truncated (the answer was cut at the token limit): the last piece
-    is a fragment and is dropped, unless the text ends with a separator."""
-    ends_complete = bool(re.search(r"[,;/|\n，；、][ \t]*$", text or ""))  # cut right after a separator
-    text = re.sub(r"^```[a-zA-Z]*\s*|\s*```\s*$", "", (text or "").strip()).strip()
-    if text.startswith("["):
-        try:
-            parsed = json.loads(text)
-            if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed):
-                return [p.strip() for p in parsed if p.strip()]
-        except ValueError:
-            pass
-    lines = text.split("\n")
-    if len(lines) > 1 and lines[0].rstrip().endswith(":"):
-        lines = lines[1:]
-    elif lines:
-        lines[0] = PREAMBLE.sub("", lines[0], count=1)
-    pieces = []
-    for line in lines:
-        for part in INLINE_NUMBER.split(BULLET.sub("", line, count=1)):
-            pieces += SEPARATOR.split(part)
-    pieces = [p.strip(PIECE_EDGES) for p in pieces]
-    pieces = [p for p in pieces if p]
-    if truncated and pieces and not ends_complete:
-        pieces.pop()
-    return pieces
-
-
-class Parsed(NamedTuple):
-    """answer_phrases' result."""
-    phrases: list  # distinct cleaned phrases
-    problem: str  # '' for a usable answer, else why there is no phrase
-    dropped: int = 0  # pieces that cleaning emptied
-
-
-def answer_phrases(text, truncated: bool = False) -> Parsed:
-    """An LLM answer (the A_u of Eq. 1) -> Parsed(phrases, problem, dropped).
-
-    phrases: the distinct cleaned phrases (clean_phrase) of the pieces split_answer finds, after
-    any reasoning is removed (split_reasoning) and, when truncated, the trailing fragment is
-    dropped. dropped: pieces that cleaning emptied (no Latin letters left, e.g. another script,
-    or over MAX_PHRASE_CHARS). problem is '' for a usable answer, else one of "empty",
-    "reasoning only", "too long" (over MAX_ANSWER_CHARS), "refused" (an apology or "I can't"),
-    "truncated" (cut before one complete piece), "not a list" (one piece longer than a phrase,
-    e.g. a sentence), "no phrases" (nothing left after cleaning); then phrases is empty.
-    """
-    if text is None or not str(text).strip():
-        return Parsed([], "empty")
-    text, reasoning = split_reasoning(str(text))
-    if not text:
-        return Parsed([], "reasoning only" if reasoning else "empty")
-    if len(text) > MAX_ANSWER_CHARS:
-        return Parsed([], "too long")
-    if REFUSAL.search(text[:200]):
-        return Parsed([], "refused")
-    pieces = split_answer(text, truncated)
-    if not pieces:
-        return Parsed([], "truncated" if truncated else "no phrases")
-    if len(pieces) == 1 and len(pieces[0]) > MAX_PHRASE_CHARS:
-        return Parsed([], "not a list")
-    cleaned = [clean_phrase(p) for p in pieces]
-    phrases = list(dict.fromkeys(p for p in cleaned if p))
-    return Parsed(phrases, "" if phrases else "no phrases", cleaned.count(""))
-
-
-def record_phrases(rec: dict) -> Parsed:
-    """The phrases of one answers-file record: refused and filtered records give none (problem
-    "refused" / "filtered"); an answer is truncated when the record says so, or (a file written
-    before the flag) when its finish_reason is "length"."""
-    outcome = rec.get("outcome", "answered")
-    if outcome in ("refused", "filtered"):
-        return Parsed([], outcome)
-    return answer_phrases(rec.get("answer"), bool(rec.get("truncated", rec.get("finish_reason") == "length")))
-
-
-# ----------------------------------------------------------------------------------------------
-# Runner: thread pool, answers file, resume, progress
-# ----------------------------------------------------------------------------------------------
 def read_answers(path, n_users: int | None = None) -> dict:
     """Read an answers file (JSON lines, one object per user): returns {user id: record}.
 
@@ -757,6 +1108,12 @@ def read_answers(path, n_users: int | None = None) -> dict:
     return records
 
 
+def unanswered(jobs: list, answers_path) -> list:
+    """The jobs whose user has no final outcome in the answers file (what a rerun asks)."""
+    done = set(read_answers(answers_path))
+    return [j for j in jobs if j.user not in done]
+
+
 def repair_tail(path) -> None:
     """Make an answers file safe to append to: a torn last line is cut off; a complete last
     line missing only its newline gets one."""
@@ -786,13 +1143,6 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _fmt_seconds(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def format_reasons(reasons: collections.Counter, top: int = 3) -> str:
     """The most common failure reasons, for a summary: "3 x connection refused to URL; 1 x ..."
     (the count is left out when there is one reason only), then how many other reasons."""
@@ -802,8 +1152,6 @@ def format_reasons(reasons: collections.Counter, top: int = 3) -> str:
     text = "; ".join(f"{n} x {reason}" for reason, n in common)
     others = len(reasons) - len(common)
     return text + (f"; and {others} other reason(s)" if others else "")
-
-
 
 
 def answer_record(job: Job, model: str, res: dict) -> dict:
@@ -820,20 +1168,6 @@ def answer_record(job: Job, model: str, res: dict) -> dict:
     if res.get("reasoning_chars"):
         rec["reasoning_chars"] = res["reasoning_chars"]
     return rec
-
-
-USAGE_KEYS = ("prompt_tokens", "completion_tokens", "reasoning_tokens")
-
-
-def no_usage() -> dict:
-    return dict.fromkeys(USAGE_KEYS, 0)
-
-
-def add_usage(total: dict, usage) -> None:
-    """Add the token counts of `usage` (a usage_of dict, or None) to `total`, in place."""
-    for k in USAGE_KEYS:
-        v = (usage or {}).get(k, 0)
-        total[k] += v if isinstance(v, int) else 0
 
 
 def format_usage(usage, price_in: float | None = None, price_out: float | None = None) -> str:
@@ -914,8 +1248,7 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
     answers_path.parent.mkdir(parents=True, exist_ok=True)
     repair_tail(answers_path)
     repair_tail(failures_path)
-    done_users = set(read_answers(answers_path))
-    todo = [j for j in jobs if j.user not in done_users]
+    todo = unanswered(jobs, answers_path)
     counts = {"answered": 0, "refused": 0, "filtered": 0, "truncated": 0, "failed": 0,
               "skipped": len(jobs) - len(todo), "total": len(todo), "reasons": collections.Counter(),
               "usage": no_usage(), "thinking": 0}
@@ -1005,7 +1338,6 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
     report(final=True)
     return counts
 
-
 # ----------------------------------------------------------------------------------------------
 # Batch mode (OpenAI Batch API, vllm run-batch)
 # ----------------------------------------------------------------------------------------------
@@ -1054,7 +1386,7 @@ def batch_import(batch_output, jobs: list, answers_path, failures_path) -> dict:
         for no, line in enumerate(src, 1):
             if not line.strip():
                 continue
-            user, error, status, reply = None, "", None, None
+            user, error, status, res = None, "", None, None
             try:
                 obj = json.loads(line.lstrip("\ufeff"))  # a BOM is not part of the JSON
                 user = int(obj["custom_id"])
@@ -1074,8 +1406,8 @@ def batch_import(batch_output, jobs: list, answers_path, failures_path) -> dict:
                     add_usage(counts["usage"], reply.usage)
                     error = (f"error in the response body: {reply.error}" if reply.error else reply.problem) \
                         if not reply.outcome else ""
-                    truncated = reply.outcome == "answered" and reply.finish_reason == "length"
-                    if truncated and not split_answer(reply.answer, truncated=True):
+                    res = outcome_result(reply, 1, reply.usage, None)
+                    if res["truncated"] and not split_answer(reply.answer, truncated=True):
                         error = "the answer was cut at the token limit before one complete interest " \
                                 f"(export with a larger --max-tokens; {THINKING_HINT})"
             except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -1089,324 +1421,17 @@ def batch_import(batch_output, jobs: list, answers_path, failures_path) -> dict:
                                         "error": error, "status": status})
                 counts["failed"] += 1
                 continue
-            res = {"outcome": reply.outcome, "answer": reply.answer, "finish_reason": reply.finish_reason,
-                   "truncated": truncated, "refusal": reply.refusal, "reasoning_chars": reply.reasoning_chars,
-                   "attempts": 1, "usage": reply.usage, "max_tokens": None}
             rec = answer_record(by_user[user], str((body or {}).get("model", "")), res)
             append_jsonl(answers, {**rec, "batch_line": no})
             done_users.add(user)
             counts["imported"] += 1
-            counts["truncated"] += truncated
-            if reply.outcome != "answered":
-                counts[reply.outcome] += 1
+            counts["truncated"] += res["truncated"]
+            if res["outcome"] != "answered":
+                counts[res["outcome"]] += 1
     return counts
 
-
 # ----------------------------------------------------------------------------------------------
-# Cleaning: interest pieces -> phrases
-# ----------------------------------------------------------------------------------------------
-STOPWORDS = frozenset("""
-a about above after again against ain all also am an and any are aren as at be because been before
-being below between both but by can couldn could d did didn do does doesn doing don down during each
-few for from further had hadn has hasn have haven having he her here hers herself him himself his how
-i if in into is isn it its itself just ll m ma me mightn more most mustn my myself needn no nor not
-now o of off on once only or other our ours ourselves out over own re s same shan she should shouldn
-so some such t than that the their theirs them themselves then there these they this those through
-to too under until up ve very was wasn we were weren what when where which while who whom why will
-with won wouldn would y you your yours yourself yourselves
-""".split())
-LEMMA_EXCEPTIONS = {"movies": "movie", "zombies": "zombie", "cookies": "cookie", "series": "series",
-                    "species": "species", "news": "news", "christmas": "christmas", "texas": "texas"}
-
-
-def lemma(word: str) -> str:
-    """A simple plural rule in place of a full lemmatiser: mysteries -> mystery, witches ->
-    witch, novels -> novel; words ending in ss/us/is/ics, short words and a few listed
-    exceptions (series, movies -> movie) are handled as such."""
-    if word in LEMMA_EXCEPTIONS:
-        return LEMMA_EXCEPTIONS[word]
-    if len(word) <= 3 or word.endswith(("ss", "us", "is", "ics")):
-        return word
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    if word.endswith(("ches", "shes", "sses", "xes")):
-        return word[:-2]
-    return word[:-1] if word.endswith("s") else word
-
-
-def clean_phrase(text: str) -> str:
-    """One raw interest -> a cleaned phrase, or '' if nothing usable is left.
-
-    Lowercase; accents removed; every run of non-letters becomes one space (so "Sci-Fi" ->
-    "sci fi"); English stopwords dropped; each word through `lemma`; kept only if 2..50
-    characters long."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
-    words = [lemma(w) for w in re.sub(r"[^a-z]+", " ", text).split() if w not in STOPWORDS]
-    phrase = " ".join(words)
-    return phrase if MIN_PHRASE_CHARS <= len(phrase) <= MAX_PHRASE_CHARS else ""
-
-
-
-
-# ----------------------------------------------------------------------------------------------
-# TF-IDF (the text representation f_C of Eq. 2 clusters)
-# ----------------------------------------------------------------------------------------------
-def ngrams(phrase: str) -> list:
-    """The unigrams and bigrams of a cleaned phrase: "sci fi film" -> [sci, fi, film, sci fi, fi film]."""
-    words = phrase.split()
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
-
-
-def tfidf(phrases: list, weights=None, max_df: float = 0.8):
-    """TF-IDF vectors of phrases, by hand (what scikit-learn's TfidfVectorizer computes with
-    ngram_range=(1, 2), max_df, smooth_idf=True, norm='l2', tokens = the words of the cleaned
-    phrase).
-
-    phrases: n strings; weights: n occurrence counts (default 1 each), so that a phrase said by
-    many users is one row but counts that many documents. Terms are sorted alphabetically.
-    tf = count of the term in the phrase; df = documents holding it; terms with df > max_df * N
-    are dropped (N = documents); idf = ln((1 + N) / (1 + df)) + 1; rows scaled to unit L2 norm.
-    Fallback (documented): when max_df would drop every term (a tiny or uniform corpus, e.g.
-    ["sci fi", "sci fi"]), all terms are kept, with a note. A phrase with no terms left is an
-    all-zero row (never NaN). Returns (X: scipy.sparse.csr_matrix [n, n_terms], terms: list).
-    """
-    weights = np.ones(len(phrases)) if weights is None else np.asarray(weights, dtype=float)
-    grams = [ngrams(p) for p in phrases]
-    terms = sorted({g for gs in grams for g in gs})
-    index = {t: c for c, t in enumerate(terms)}
-    rows = [r for r, gs in enumerate(grams) for _ in gs]
-    cols = [index[g] for gs in grams for g in gs]
-    counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(phrases), len(terms)))
-    counts.sum_duplicates()
-    n_docs = weights.sum()
-    df = np.bincount(counts.indices, weights=weights[np.repeat(np.arange(len(phrases)), np.diff(counts.indptr))],
-                     minlength=len(terms))
-    keep = df <= max_df * n_docs
-    if len(terms) and not keep.any():
-        say(f"note: max_df {max_df} would drop all {len(terms)} terms of this small corpus: keeping them all")
-        keep[:] = True
-    counts, df = counts[:, keep], df[keep]
-    terms = [t for t, k in zip(terms, keep) if k]
-    idf = np.log((1 + n_docs) / (1 + df)) + 1
-    x = (counts @ sp.diags(idf)).tocsr()
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-    x = (sp.diags(1 / np.where(norms > 0, norms, 1.0)) @ x).tocsr()
-    return x, terms
-
-
-# ----------------------------------------------------------------------------------------------
-# k-means (the clustering f_C of Eq. 2)
-# ----------------------------------------------------------------------------------------------
-def _rows_dense(x, idx) -> np.ndarray:
-    return x[idx].toarray() if sp.issparse(x) else np.asarray(x[idx], dtype=float)
-
-
-def _sq_distances(x, x2, centres) -> np.ndarray:
-    """Squared Euclidean distances [n, k] = |x|^2 - 2 x.c + |c|^2, clipped at 0."""
-    d = x2[:, None] - 2 * np.asarray(x @ centres.T) + (centres ** 2).sum(1)[None, :]
-    return np.maximum(d, 0.0)
-
-
-def n_distinct_rows(x) -> int:
-    """How many different vectors x holds (dense or sparse)."""
-    if not sp.issparse(x):
-        return len(np.unique(np.round(np.asarray(x, dtype=float), 12), axis=0))
-    x = x.tocsr()
-    return len({(tuple(x.indices[a:b]), tuple(np.round(x.data[a:b], 12)))
-                for a, b in zip(x.indptr[:-1], x.indptr[1:])})
-
-
-def kmeans_pp(x, x2, k: int, w, rng) -> np.ndarray:
-    """k-means++ seeding: the first centre drawn by weight, each next one with probability
-    proportional to weight * squared distance to the nearest centre so far. Returns [k, d]."""
-    first = rng.choice(len(w), p=w / w.sum())
-    centres = [_rows_dense(x, [first])[0]]
-    d2 = _sq_distances(x, x2, centres[0][None, :])[:, 0]
-    for _ in range(1, k):
-        p = w * d2
-        idx = rng.choice(len(w), p=p / p.sum()) if p.sum() > 0 else rng.choice(len(w))
-        centres.append(_rows_dense(x, [idx])[0])
-        d2 = np.minimum(d2, _sq_distances(x, x2, centres[-1][None, :])[:, 0])
-    return np.vstack(centres)
-
-
-def kmeans(x, k: int, weights=None, n_init: int = 3, max_iter: int = 100, tol: float = 1e-6,
-           seed: int = 0, verbose: bool = False):
-    """Weighted k-means (Lloyd) with k-means++ seeding and several seedings, best kept.
-
-    x: [n, d] dense array or scipy.sparse matrix; weights: n positive weights (default 1).
-    k larger than the number of distinct vectors is clamped to it, with a note. Each step
-    assigns every point to its nearest centre, then moves each centre to the weighted mean of
-    its points; a centre left without points is re-seeded at the point farthest from its own
-    centre. Stops when the centres move less than tol (sum of squared shifts) or after
-    max_iter steps; the labels returned are the nearest centres of the final centres. The
-    seeding with the lowest inertia (weighted sum of squared distances) wins.
-    Returns (labels int [n], centres [k, d], inertia). Raises ValueError on an empty x or k < 1.
-    """
-    n = x.shape[0]
-    if n == 0 or k < 1:
-        raise ValueError(f"k-means needs at least one point and k >= 1 (got {n} points, k = {k})")
-    x = x.tocsr().astype(float) if sp.issparse(x) else np.asarray(x, dtype=float)
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
-    distinct = n_distinct_rows(x)
-    if k > distinct:
-        say(f"note: k = {k} is more than the {distinct} distinct vectors: using k = {distinct}")
-        k = distinct
-    x2 = np.asarray(x.multiply(x).sum(axis=1)).ravel() if sp.issparse(x) else (x ** 2).sum(1)
-    rng = np.random.default_rng(seed)
-    best = None
-    for init in range(n_init):
-        centres = kmeans_pp(x, x2, k, w, rng)
-        for step in range(1, max_iter + 1):
-            d = _sq_distances(x, x2, centres)
-            labels = d.argmin(1)
-            members = sp.csr_matrix((w, (labels, np.arange(n))), shape=(k, n))
-            size = np.asarray(members.sum(axis=1)).ravel()
-            sums = members @ x
-            new = (sums.toarray() if sp.issparse(sums) else np.asarray(sums)) / np.maximum(size, 1e-300)[:, None]
-            far = d[np.arange(n), labels]
-            for j in np.flatnonzero(size == 0):  # empty cluster: re-seed at the farthest point
-                idx = int(far.argmax())
-                new[j], far[idx] = _rows_dense(x, [idx])[0], -1.0
-            shift = ((new - centres) ** 2).sum()
-            centres = new
-            if shift <= tol:
-                break
-        d = _sq_distances(x, x2, centres)
-        labels = d.argmin(1)
-        inertia = float((w * d[np.arange(n), labels]).sum())
-        if verbose:
-            say(f"k-means seeding {init + 1}/{n_init}: {step} steps, inertia {inertia:.2f}")
-        if best is None or inertia < best[2]:
-            best = (labels, centres, inertia)
-    return best
-
-
-# ----------------------------------------------------------------------------------------------
-# Filtering and writing the interest nodes (Eq. 2: J and the edges (u, Has Interest, j))
-# ----------------------------------------------------------------------------------------------
-def filter_clusters(user_clusters: dict, max_share: float = 0.2, min_users: int = 2) -> tuple[list, dict]:
-    """Which clusters become interest nodes (the authors' rule, REFERENCE).
-
-    user_clusters: {user: set of cluster ids} (a set: a user linked twice to a cluster counts
-    once). A cluster held by at least max_share of the users that have any cluster is dropped
-    (too common to tell users apart), and so is one held by fewer than min_users users (it
-    links nobody). Returns (kept cluster ids sorted, {dropped cluster id: reason}).
-    """
-    n_users = sum(1 for cs in user_clusters.values() if cs)
-    held = collections.Counter(c for cs in user_clusters.values() for c in set(cs))
-    kept, dropped = [], {}
-    for c in sorted(held):
-        if held[c] >= max_share * n_users:
-            dropped[c] = f"held by {held[c]} of {n_users} users (>= {max_share:g})"
-        elif held[c] < min_users:
-            dropped[c] = f"held by {held[c]} user(s) (< {min_users})"
-        else:
-            kept.append(c)
-    return kept, dropped
-
-
-def link_users(user_phrases: dict, cluster_of: dict) -> dict:
-    """{user: phrases} and {phrase: cluster} -> {user: set of clusters}: a user whose phrases
-    share a cluster ("sci fi", "science fiction") is linked to it once (one edge, not two)."""
-    return {u: {cluster_of[p] for p in ps if p in cluster_of} for u, ps in user_phrases.items()}
-
-
-def interest_edges(user_clusters: dict, kept: list, n_entities: int) -> list:
-    """(user, interest id) pairs, sorted and unique: kept cluster number r becomes interest id
-    n_entities + r, so ids follow the largest entity id and are contiguous (no id without users)."""
-    new_id = {c: n_entities + r for r, c in enumerate(kept)}
-    return sorted({(u, new_id[c]) for u, cs in user_clusters.items() for c in cs if c in new_id})
-
-
-def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8, max_share: float = 0.2,
-                    seed: int = 0, n_init: int = 3, max_iter: int = 100) -> dict:
-    """Eq. (2): answers {user: record with "answer"} -> interest nodes and user-interest edges.
-
-    Each user's record becomes distinct cleaned phrases (record_phrases: reasoning removed, a
-    truncated answer's trailing fragment dropped, refused and filtered records none); every
-    distinct phrase is one TF-IDF row weighted by the number of users who said it; k-means
-    groups the rows into k clusters; a user links to the clusters of its phrases;
-    `filter_clusters` keeps the informative ones. Returns a dict with "edges" [(user, interest
-    id)], "clusters" (one row per cluster for the TSV), "problems" (Counter of records without
-    interests by kind: refused, filtered, empty, ...), "n_truncated" (usable answers whose
-    fragment was dropped), "n_dropped" (pieces that cleaning emptied) and counts. Raises
-    InputError when no answer gives a phrase or no cluster survives the filtering (an empty
-    interest file helps nobody).
-    """
-    problems = collections.Counter()
-    user_phrases = {}
-    n_truncated = n_dropped = 0
-    for user, rec in sorted(answers.items()):
-        phrases, problem, dropped = record_phrases(rec)
-        n_dropped += dropped
-        if problem:
-            problems[problem] += 1
-        else:
-            user_phrases[user] = phrases
-            n_truncated += bool(rec.get("truncated", rec.get("finish_reason") == "length"))
-    said = collections.Counter(p for ps in user_phrases.values() for p in ps)
-    if not said:
-        raise InputError(f"none of the {len(answers)} answers gives an interest phrase "
-                         f"(bad answers: {dict(problems) or 'none'})")
-    phrases = sorted(said)
-    weights = np.array([said[p] for p in phrases], dtype=float)
-    t0 = time.time()
-    x, terms = tfidf(phrases, weights, max_df)
-    nonzero = np.flatnonzero(np.diff(x.indptr) > 0)  # phrases whose terms were all dropped
-    say(f"cluster: {len(phrases)} distinct phrases ({int(weights.sum())} in all), {len(terms)} terms, "
-        f"{len(phrases) - len(nonzero)} phrases without terms; TF-IDF {time.time() - t0:.2f} s")
-    t0 = time.time()
-    labels, centres, _ = kmeans(x[nonzero], k, weights[nonzero], n_init, max_iter, seed=seed, verbose=True)
-    say(f"cluster: k-means {time.time() - t0:.2f} s")
-    cluster_of = {phrases[i]: int(c) for i, c in zip(nonzero, labels)}
-    user_clusters = link_users(user_phrases, cluster_of)
-    kept, dropped = filter_clusters(user_clusters, max_share)
-    edges = interest_edges(user_clusters, kept, n_entities)
-    if not edges:
-        raise InputError(f"no interest node is left after filtering the {len(centres)} clusters of "
-                         f"{len(user_phrases)} users (each is held by one user or by >= {max_share:g} of "
-                         f"them): use more users, or another --k or --max-share")
-    held = collections.Counter(c for cs in user_clusters.values() for c in cs)
-    interest_id = {c: n_entities + r for r, c in enumerate(kept)}
-    rows = []
-    for c in range(len(centres)):
-        top = [terms[t] for t in np.argsort(-centres[c])[:5] if centres[c][t] > 0]
-        examples = sorted((p for p, cc in cluster_of.items() if cc == c), key=lambda p: (-said[p], p))[:5]
-        status = str(interest_id[c]) if c in interest_id else "dropped: " + dropped.get(c, "no users")
-        rows.append((c, held[c], status, top, examples))
-    return {"edges": edges, "clusters": rows, "problems": problems, "n_answers": len(answers),
-            "n_truncated": n_truncated, "n_dropped": n_dropped,
-            "n_users_with_phrases": len(user_phrases), "n_phrases": int(weights.sum()),
-            "n_distinct": len(phrases), "n_clusters": len(centres), "n_kept": len(kept),
-            "n_users_linked": len({u for u, _ in edges})}
-
-
-def write_outputs(result: dict, out_dir, coverage: dict | None = None) -> tuple[Path, Path, Path | None]:
-    """Write user_interest_clustered.txt (`user_id interest_id` lines, the published format),
-    interest_clusters.tsv (what each cluster means) and, given `coverage` ({"users_with_prompt",
-    "users_answered", ...}), user_interest_clustered.coverage.json (see coverage_record) into
-    out_dir. Each file is written to a temporary name and renamed, so an interruption never
-    leaves half a file. Returns the three paths (the last None without coverage)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    edges_path, tsv_path, cov_path = (out_dir / name for name in CLUSTER_FILES)
-    edges = "".join(f"{u} {j}\n" for u, j in result["edges"])
-    tsv = ["cluster\tusers\tinterest_id\ttop_terms\texample_phrases\n"]
-    tsv += [f"{c}\t{n}\t{status}\t{', '.join(top)}\t{' | '.join(ex)}\n" for c, n, status, top, ex in result["clusters"]]
-    files = [(edges_path, edges), (tsv_path, "".join(tsv))]
-    if coverage is not None:
-        record = coverage_record(edges.encode("utf-8"), edges_path.name, result["n_users_linked"], **coverage)
-        files.append((cov_path, json.dumps(record, indent=1) + "\n"))
-    for path, content in files:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, path)
-    return edges_path, tsv_path, cov_path if coverage is not None else None
-
-
-# ----------------------------------------------------------------------------------------------
-# Coverage: how much of the dataset the interest file speaks for (read by cikgrec.py train)
+# Coverage: how much of the dataset the interest file speaks for (read by `cikgrec.py train`, in cli.py)
 # ----------------------------------------------------------------------------------------------
 COVERAGE_SUFFIX = ".coverage.json"  # user_interest_clustered.txt -> user_interest_clustered.coverage.json
 
@@ -1434,7 +1459,7 @@ def coverage_record(interest_bytes: bytes, interest_name: str, users_with_intere
 def read_coverage(interest_file) -> dict | None:
     """The coverage record of an interest file, or None when it has none (a published file) or
     it does not match (unreadable, or its SHA-256 differs from the file's: the interest file was
-    replaced after `cluster`). Needs only json, hashlib and pathlib, so cikgrec.py can hold the
+    replaced after `cluster`). Needs only json, hashlib and pathlib, so cli.py can hold the
     same few lines without importing this module: for P = .../user_interest_clustered.txt the
     record is P.with_name(P.stem + COVERAGE_SUFFIX)."""
     path = Path(interest_file)
@@ -1616,12 +1641,6 @@ def prompt_jobs(args) -> list:
         jobs = jobs[:args.limit]
     say(f"{args.dataset}: {len(jobs)} users with a prompt, {len(skipped)} without a named item (skipped)")
     return jobs
-
-
-def unanswered(jobs: list, answers_path) -> list:
-    """The jobs whose user has no final outcome in the answers file (what a rerun asks)."""
-    done = set(read_answers(answers_path))
-    return [j for j in jobs if j.user not in done]
 
 
 def counted(c: dict, names=("refused", "filtered")) -> str:

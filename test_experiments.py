@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import cikgrec as C
+import cli as T
 import experiments as E
 from test_cikgrec import small_dataset, tiny_settings
 
 
 def fake_results(path, test, settings=None, minutes=None, device="cpu", selected=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    made = C.definition(C.Settings(**settings)) if settings else 1  # as fit records it
+    made = T.definition(C.Settings(**settings)) if settings else 1  # as fit records it
     r = {"test": selected or test, "settings": settings or {}, "definition": made, "minutes": minutes, "provenance": {"device": device}}
     if (settings or {}).get("refit"):  # Table 1's runs: the refit's test is what the table shows
         r["refit"] = {"epochs": 1, "test": test, "seconds": 6.0}
@@ -101,7 +102,7 @@ def test_resume_skips_done_runs_and_continues_checkpoints(tmp_path, monkeypatch,
     done = runs[1]  # cikgrec seed 2025
     fake_results(done.out, metrics(0.1, 0.2, 0.1, 0.2), C.dataclasses.asdict(done.settings))
     half = runs[2]  # lightgcn seed 2024: interrupted, a checkpoint is left
-    C.output_paths(half.settings)[2].write_text("checkpoint")
+    T.output_paths(half.settings)[2].write_text("checkpoint")
     calls = []
 
     def spy(s):
@@ -193,14 +194,14 @@ def test_min_epochs_is_no_difference_when_the_early_stop_came_after_it():
     # at epoch 40 ran the epochs it would have run with M = 30, but not those of M = 60
     s0 = C.make_settings(dataset="fx")
     saved = {"settings": C.dataclasses.asdict(s0), "best_epoch": 30, "epochs_run": 41, "stopped_by": None}
-    at = lambda m: C.settings_differ(saved, C.dataclasses.replace(s0, min_epochs=m))
+    at = lambda m: T.settings_differ(saved, C.dataclasses.replace(s0, min_epochs=m))
     assert at(0) == [] and at(30) == [] and at(41) == [] and at(42) == ["min_epochs"] and at(60) == ["min_epochs"]
     cut = {**saved, "stopped_by": "time limit: --max-minutes 8 reached after epoch 40"}
-    assert C.settings_differ(cut, C.dataclasses.replace(s0, min_epochs=30)) == ["min_epochs"]
+    assert T.settings_differ(cut, C.dataclasses.replace(s0, min_epochs=30)) == ["min_epochs"]
     capped = {**saved, "best_epoch": 35}  # 41 epochs but 5 without improvement: the --epochs cap, not patience
-    assert C.settings_differ(capped, C.dataclasses.replace(s0, min_epochs=30)) == ["min_epochs"]
+    assert T.settings_differ(capped, C.dataclasses.replace(s0, min_epochs=30)) == ["min_epochs"]
     held = {**saved, "settings": {**saved["settings"], "min_epochs": 30}}  # its own M may have held a stop off
-    assert C.settings_differ(held, s0) == ["min_epochs"]
+    assert T.settings_differ(held, s0) == ["min_epochs"]
 
 
 def test_tables_command_aggregates_existing_results_only(tmp_path, monkeypatch, capsys):
@@ -286,7 +287,7 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
     assert E.main(args + ["--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert f"cikgrec-seed2024.json was trained on other data (the SHA-256 of {tmp_path / 'fx' / 'train.txt'} differs" in err
-    made["provenance"]["data_sha256"] = {"train.txt": C._sha256(str(tmp_path / "fx" / "train.txt"))}
+    made["provenance"]["data_sha256"] = {"train.txt": T._sha256(str(tmp_path / "fx" / "train.txt"))}
     trial[0].out.write_text(json.dumps(made))
     assert E.main(args + ["--epochs", "1"]) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
     older = C.dataclasses.asdict(E.plan_runs("table1", {"dataset": "fx", "data_dir": str(tmp_path)}, 1,
@@ -377,14 +378,14 @@ def test_a_refit_cut_by_max_minutes_counts_as_cut_and_ctrl_c_names_the_sweep(tmp
     base = {"dataset": "fx", "data_dir": str(tmp_path), "epochs": 2, "dim": 8}
     run = next(r for r in E.plan_runs("table1", base, 1, str(tmp_path / "runs")) if r.config == "cikgrec")
     assert run.settings.refit
-    selected = {"test": {m: 0.1 for m in C.HEADLINE_METRICS}, "best_epoch": 0, "stopped_by": None}
+    selected = {"test": {m: 0.1 for m in T.HEADLINE_METRICS}, "best_epoch": 0, "stopped_by": None}
     monkeypatch.setattr(E, "fit", lambda s: selected)
     assert E.train_planned(run) is True  # no refit yet: not done
     monkeypatch.setattr(E, "fit", lambda s: {**selected, "refit": {"epochs": 1}})
     assert E.train_planned(run) is False
 
     def interrupted(s):
-        raise C.Interrupted("interrupted in epoch 3: ... the same command with --resume continues from it")
+        raise T.Interrupted("interrupted in epoch 3: ... the same command with --resume continues from it")
     monkeypatch.setattr(E, "fit", interrupted)
     args = ["tables", "--table", "table1", "--dataset", "fx", "--data-dir", str(tmp_path), "--seeds", "1",
             "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
@@ -506,17 +507,17 @@ def test_graph_flag_keeps_only_its_edges(tmp_path, graph, allowed):
 # ---------------------------------------------------------------------------------------------
 def test_sparsity_groups_equal_interactions():
     counts = np.array([1] * 40 + [2] * 20 + [5] * 8 + [10] * 4)  # 40 interactions per count level
-    group, bounds = C.sparsity_groups(counts)
+    group, bounds = T.sparsity_groups(counts)
     assert bounds == [(1, 1, 40, 40), (2, 2, 20, 40), (5, 5, 8, 40), (10, 10, 4, 40)]
     assert (group[:40] == 0).all() and (group[-4:] == 3).all()
-    group, bounds = C.sparsity_groups(np.array([3, 3, 3]))  # one count level: one group
+    group, bounds = T.sparsity_groups(np.array([3, 3, 3]))  # one count level: one group
     assert bounds == [(3, 3, 3, 9)] and (group == 0).all()
 
 
 def test_group_ndcg_matches_the_whole(tmp_path):
     small_dataset(tmp_path)
     t = trainer_for(tmp_path)
-    g = C.group_ndcg(t)
+    g = T.group_ndcg(t)
     n_users = [b[2] for b in g["bounds"]]
     assert sum(n_users) == len(t.eval_sets["test"][0])
     whole = t.evaluate("test")["ndcg@50"]
@@ -531,7 +532,7 @@ def test_explain_gives_no_interest_path_for_a_model_without_interest_nodes(tmp_p
     nodes whose embeddings it never trained."""
     small_dataset(tmp_path)
     s = tiny_settings(tmp_path, model="lightgcn", graph="cg")
-    C.fit(s)
+    T.fit(s)
     capsys.readouterr()
     ex = E.explain_command(s.out, 0)
     out = capsys.readouterr().out
@@ -551,7 +552,7 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     (tmp_path / "interests" / "user_interest_clustered.txt").write_text(
         (folder / "user_interest_clustered.txt").read_text())
     s = tiny_settings(tmp_path, interests=str(tmp_path / "interests" / "user_interest_clustered.txt"))
-    r = C.fit(s)
+    r = T.fit(s)
     capsys.readouterr()
     ex = E.explain_command(s.out, 0)
     out = capsys.readouterr().out
@@ -562,7 +563,7 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     assert sorted(rec["item"] for rec in ex["recommendations"]) == [4, 5]
     paths = re.findall(r"path: user (\d+) -> interest (\d+) -> user (\d+) -> item (\d+)", out)
     assert paths, out
-    trainer, _ = C.load_trained(s.out)
+    trainer, _ = T.load_trained(s.out)
     a = trainer.model.graphs.main.adjacency().to_dense().numpy()
     e0, j0, _ = C.node_counts(trainer.ds)
     for u, j, v, i in (tuple(map(int, p)) for p in paths):
@@ -612,7 +613,7 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     cases.append((["--run", str(run), "--data-dir", str(edited)],
                   f"fx.json: the run was trained on other data (the SHA-256 of {edited / 'fx' / 'train.txt'} differs"))
     s_no = C.dataclasses.replace(s, interests="", out=str(tmp_path / "noint.json"))
-    C.fit(s_no)
+    T.fit(s_no)
     (other / "fx" / "user_interest_clustered.txt").unlink()
     cases.append((["--run", s_no.out, "--data-dir", str(other)],
                   "noint.json: the run was trained on other data (the SHA-256 of user_interest_clustered.txt (not found)"))
@@ -708,7 +709,7 @@ def test_plots_skip_a_dataset_without_group_results(tmp_path, capsys):
 def test_tables_columns_exist_whatever_ks(tmp_path):
     """Found by a fresh user: a sweep with --ks 20 trained, then failed on 'recall@100'."""
     small_dataset(tmp_path)
-    r = C.fit(tiny_settings(tmp_path, ks="20", epochs=1))
+    r = T.fit(tiny_settings(tmp_path, ks="20", epochs=1))
     assert {"recall@20", "recall@50", "recall@100", "ndcg@50", "ndcg@100"} <= set(r["test"])
 
 
@@ -737,7 +738,7 @@ def test_an_interrupted_sweep_says_how_to_continue(tmp_path, monkeypatch, capsys
     def interrupt(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(E, "fit", interrupt)
-    monkeypatch.setattr(C, "fit", interrupt)
+    monkeypatch.setattr(T, "fit", interrupt)
     args = ["--dataset", "fx", "--data-dir", str(tmp_path)]
     assert E.main(["tables", "--table", "table1", "--runs-dir", str(tmp_path / "runs"),
                    "--results-dir", str(tmp_path / "res")] + args) == 130

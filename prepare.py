@@ -1,0 +1,553 @@
+"""Datasets in and out, the tool layer around cikgrec.py (which it imports; never the reverse).
+
+    prepare       your own raw files (CSV, TSV, whitespace) -> a dataset folder in the published
+                  format: train.txt, test.txt, the id lists, kg_final.txt, stats.md
+    stats         the paper's Table 2 for a dataset folder
+    check_dataset the checks of a dataset folder that need more than one line (ids against the id
+                  lists, ids without large gaps) and its notes; load_checked = them + load_dataset
+    download      the published datasets from the authors' repository, verified by git blob id
+
+    python cikgrec.py prepare --interactions ratings.csv --items books.csv --kg kg.csv --name mine
+    python cikgrec.py stats --dataset mine
+    python cikgrec.py download --dataset book-crossing --data-dir data
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from cikgrec import DataError, SettingsError, int_rows, load_dataset, log, open_text
+
+# ----------------------------------------------------------------------------------------------
+# The checks of a dataset folder that need more than one line
+# ----------------------------------------------------------------------------------------------
+def id_list_rows(path, fields: str = "org_id remap_id"):
+    """Yield the rows of an id list (user_list.txt, entity_list.txt, relation_list.txt,
+    item_list.txt: `org_id remap_id [name...]`, header first, remap ids 0, 1, 2... in order), each
+    split into at most 3 fields (a name may hold spaces). Blank lines are skipped. A first line
+    whose second field is an id is a row (the file has no header) and is read as one. Raises
+    DataError naming the line of a row without a remap id (`fields` names the expected form), with
+    one out of order, or a file starting with a byte-order mark."""
+    with open_text(path) as f:
+        rows = 0
+        for no, line in enumerate(f, 1):
+            if no == 1 and not (len(line.split()) >= 2 and line.split()[1].isdigit()) or not line.strip():
+                continue  # the header (`org_id remap_id ...`), or a blank line
+            parts = line.rstrip("\n").split(None, 2)
+            if len(parts) < 2 or not parts[1].isdigit():
+                raise DataError(path, no, f"expected `{fields}`, got {line.strip()[:80]!r}")
+            if int(parts[1]) != rows:
+                raise DataError(path, no, f"remap id {parts[1]} out of order: expected {rows}")
+            rows += 1
+            yield parts
+
+
+def read_item_names(path) -> list[str]:
+    """Read item_list.txt (`org_id remap_id name...`, header first): names indexed by remap id.
+
+    The name is everything after the second field (book-crossing titles contain spaces);
+    'None' marks an item without a name and is returned as ''. Raises DataError on a line
+    without a remap id or with remap ids out of order (id_list_rows), or an empty file.
+    """
+    path = Path(path)
+    names = [parts[2].strip() if len(parts) > 2 else "" for parts in id_list_rows(path, "org_id remap_id name")]
+    if not names:
+        raise DataError(path, 0, "the file is empty")
+    return ["" if name == "None" else name for name in names]
+
+
+def dataset_folder(folder) -> Path:
+    """The dataset folder as a Path; DataError when it does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
+    return folder
+
+
+def list_size(path) -> int | None:
+    """Rows of an id list (id_list_rows; user_list.txt, entity_list.txt, relation_list.txt).
+    None when the file does not exist. Raises DataError as id_list_rows."""
+    path = Path(path)
+    return sum(1 for _ in id_list_rows(path)) if path.exists() else None
+
+
+def item_title(name: str) -> str:
+    """A readable title of an item name: a DBpedia URI becomes its last path segment, URL-decoded,
+    with '_' as spaces (`http://dbpedia.org/resource/Where's_My_Cow%3F` -> "Where's My Cow?");
+    any other name (book-crossing titles) is returned stripped. '' stays ''."""
+    name = name.strip()
+    if name.startswith(("http://", "https://")):
+        return urllib.parse.unquote(name.rstrip("/").rsplit("/", 1)[-1]).replace("_", " ").strip()
+    return name
+
+
+def check_dense(path: Path, what: str, ids: set) -> None:
+    """Ids are numbered 0, 1, 2, ...: one far above the number of distinct ids is a DataError
+    naming the first line of `path` that holds it."""
+    if ids and max(ids) + 1 > 2 * len(ids) + 1000:
+        with open_text(path) as f:
+            line = next((no for no, text in enumerate(f, 1) if str(max(ids)) in text.split()), 0)
+        raise DataError(path, line, f"{what} id {max(ids)} but only {len(ids)} distinct {what} ids: ids must be "
+                                    f"numbered 0, 1, 2, ... without large gaps (or list them in {what}_list.txt)")
+
+
+def check_dataset(folder) -> list:
+    """The checks of a dataset folder beyond cikgrec.load_dataset's line-by-line ones, run before
+    it (a user id of 10 million would otherwise cost a list of 10 million users): user, entity and
+    relation ids inside user_list.txt, entity_list.txt and relation_list.txt where those exist,
+    and numbered 0, 1, 2, ... without large gaps where they do not. Returns notes: lines that
+    repeat the user of an earlier line (items merged; identical repeated lines are no news) and
+    test items that are also training items of the same user. Raises DataError naming file, line
+    and value."""
+    folder = dataset_folder(folder)
+    items_path = folder / "item_list.txt"
+    n_items = sum(1 for _ in id_list_rows(items_path, "org_id remap_id name")) if items_path.exists() else None
+    if n_items == 0:
+        raise DataError(items_path, 0, "the file is empty")
+    users, entities, relations = (list_size(folder / f) for f in ("user_list.txt", "entity_list.txt",
+                                                                  "relation_list.txt"))
+    notes, items_of = [], {}
+    for name in ("train.txt", "test.txt"):
+        path, first_line, merged = folder / name, {}, []
+        items_of[name] = pairs = {}
+        for no, values in int_rows(path):
+            user = values[0]
+            if users is not None and user >= users:
+                raise DataError(path, no, f"user id {user} out of range: user_list.txt has {users} users")
+            if user in first_line and first_line[user][1] != values:
+                merged.append((no, user, first_line[user][0]))
+            first_line.setdefault(user, (no, values))
+            pairs.setdefault(user, set()).update(values[1:])
+        if merged:
+            examples = "; ".join(f"line {no}: user {u} also on line {first}" for no, u, first in merged[:3])
+            notes.append(f"{path}: {len(merged)} lines repeat the user of an earlier line; items merged "
+                         f"(e.g. {examples})")
+    for what, listed in (("user", users), ("item", n_items)):
+        if listed:
+            continue
+        ids = {f: set(d) if what == "user" else {i for v in d.values() for i in v} for f, d in items_of.items()}
+        worst = max(ids, key=lambda f: max(ids[f], default=-1))  # the file with the largest id
+        check_dense(folder / worst, what, ids["train.txt"] | ids["test.txt"])
+    train, test = items_of["train.txt"], items_of["test.txt"]
+    overlap = sum(len(test[u] & train.get(u, set())) for u in test)
+    if overlap:
+        notes.append(f"{overlap} test items are also training items of the same user: they are "
+                     "excluded from ranking and can never be hit")
+    kg_path, seen = folder / "kg_final.txt", set()
+    if kg_path.is_file():
+        for no, (h, r, t) in int_rows(kg_path, 3):
+            if entities is not None and max(h, t) >= entities:
+                raise DataError(kg_path, no, f"entity id {max(h, t)} out of range: entity_list.txt has "
+                                             f"{entities} entities")
+            if relations is not None and r >= relations:
+                raise DataError(kg_path, no, f"relation id {r} out of range: relation_list.txt has "
+                                             f"{relations} relations")
+            seen.update((h, t))
+        if entities is None:
+            check_dense(kg_path, "entity", seen | set(range(n_items or 0)))
+    return notes
+
+
+def load_checked(folder, interests_file=None, name: str = "", with_interests: bool = True):
+    """cikgrec.load_dataset after check_dataset, its notes first in the Dataset's warnings."""
+    notes = check_dataset(folder)
+    ds = load_dataset(folder, interests_file, name, with_interests)
+    ds.warnings[:0] = notes
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------
+# Your own data: prepare (raw files -> the published format) and stats (the paper's Table 2)
+# ----------------------------------------------------------------------------------------------
+PREPARED_FILES = ("train.txt", "test.txt", "item_list.txt", "user_list.txt", "kg_final.txt", "entity_list.txt",
+                  "relation_list.txt", "stats.md")
+SEPARATORS = {"tab": "\t", "comma": ",", "semicolon": ";", "space": None}
+
+
+def raw_rows(path, sep: str = "auto", rest_after: int = 0):
+    """Yield (line number, fields) of a raw CSV, TSV or whitespace-separated file (blank lines
+    skipped, fields stripped, a UTF-8 byte-order mark accepted, undecodable bytes replaced).
+
+    sep: "auto" (tab if the first line has one, else comma, else semicolon, else whitespace) or a
+    key of SEPARATORS. CSV quoting is honoured. rest_after (whitespace files): split at most that
+    many times, so the last field keeps its spaces (an item's name). Raises DataError on a missing
+    or unreadable file and on one with no data line."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(path, 0, "is a folder, not a file")
+    try:
+        f = open(path, encoding="utf-8-sig", errors="replace", newline="")
+    except FileNotFoundError:
+        raise DataError(path, 0, "file not found") from None
+    except OSError as e:
+        raise DataError(path, 0, f"cannot read it ({e.strerror})") from None
+    import csv
+    with f:
+        first = next((line for line in f if line.strip()), "")
+        f.seek(0)
+        if first and first[0] == "\ufeff":
+            first = first[1:]
+        delimiter = (SEPARATORS[sep] if sep != "auto" else
+                     next((d for d in ("\t", ",", ";") if d in first), None))
+        seen = False
+        if delimiter is None:
+            for no, line in enumerate(f, 1):
+                fields = line.lstrip("\ufeff").split(None, rest_after) if rest_after else line.split()
+                if fields:
+                    seen = True
+                    yield no, [x.strip() for x in fields]
+        else:
+            reader = csv.reader(f, delimiter=delimiter)
+            for fields in reader:
+                fields = [x.strip() for x in fields]
+                if any(fields):
+                    seen = True
+                    yield reader.line_num, fields
+    if not seen:
+        raise DataError(path, 0, "the file is empty")
+
+
+def _columns(path, first: list, spec: dict, required: tuple, header: str = "auto") -> tuple[dict, bool]:
+    """Where each column of a raw file is: ({role: 0-based index or None}, whether line 1 is a
+    header). spec: {role: a header name, or a 1-based position as digits}; roles not in
+    `required` may be absent (index None). header "auto": line 1 is a header when it names a
+    required column. Without a header, columns given by name fall back to the order of `spec`
+    where that name is the role's own (user, item, rating, timestamp: positions 1, 2, 3, 4).
+    Raises DataError naming the file and the missing column."""
+    lowered = [x.lower() for x in first]
+    names = {role: str(v).lower() for role, v in spec.items() if not str(v).isdigit()}
+    has_header = (header == "yes" or header == "auto" and any(names.get(r) in lowered for r in required))
+    where = {}
+    for pos, (role, v) in enumerate(spec.items()):
+        v = str(v)
+        if v.isdigit():
+            if int(v) < 1:
+                raise DataError(path, 0, f"column positions count from 1, got {role} column {v}")
+            where[role] = int(v) - 1
+        elif has_header and v.lower() in lowered:
+            where[role] = lowered.index(v.lower())
+        elif has_header:
+            if role in required:
+                raise DataError(path, 1, f"no column {v!r} in the header (columns: {', '.join(first)[:200]}); "
+                                         f"name the {role} column with --{role}-col NAME or a position")
+            where[role] = None
+        elif v.lower() == role:  # the default name, no header: the column order
+            where[role] = pos if role in required or pos < len(first) else None
+        else:
+            raise DataError(path, 1, f"the {role} column is named {v!r}, but the first line is not a header "
+                                     f"naming it ({', '.join(first)[:120]!r}); give its position instead")
+    return where, has_header
+
+
+def _number(path, no: int, what: str, text: str) -> float:
+    """A rating or timestamp as a finite float; DataError naming file, line and value otherwise."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v):
+        raise DataError(path, no, f"{what} must be a number, got {text[:40]!r}")
+    return v
+
+
+def _plain_id(path, no: int, what: str, text: str) -> str:
+    """An original id as the id lists keep it: not empty, no whitespace inside."""
+    if not text:
+        raise DataError(path, no, f"empty {what} id")
+    if any(c.isspace() for c in text):
+        raise DataError(path, no, f"{what} id {text[:40]!r} holds whitespace, which the id lists cannot keep")
+    return text
+
+
+def n_test_items(n: int) -> int:
+    """How many of a user's n interactions go to test in prepare's 8:2 split: round-half-up(n/5),
+    at most n-1 (n=1 -> 0, n=5 -> 1, n=12 -> 2, n=13 -> 3)."""
+    return max(0, min(int(math.floor(n / 5 + 0.5)), n - 1))
+
+
+def prepare(interactions, name: str, data_dir="data", items=None, kg=None, user_col="user", item_col="item",
+            rating_col="rating", time_col="timestamp", name_col="name", header: str = "auto", sep: str = "auto",
+            min_rating: float | None = None, min_user_interactions: int = 5, split_seed: int = 0,
+            force: bool = False) -> dict:
+    """Raw files -> a dataset folder `data_dir/name/` in the published format, the paper's way.
+
+    interactions: CSV/TSV/whitespace file with columns user, item and optionally rating and
+    timestamp (by header name, or by position: *_col "3" is the third column). items: optional
+    file (item, name). kg: optional triples file (head, relation, tail); a head or tail equal to
+    an item's original id is that item, any other value an entity (numbered after the items).
+    Processing: duplicate (user, item) pairs merged (highest rating, earliest time); with
+    min_rating, only pairs rated >= min_rating kept; users with fewer than min_user_interactions
+    pairs dropped; each user's pairs split 8:2 (n_test_items), the latest to test where
+    timestamps exist, else at random (split_seed). Items are written in time order where
+    timestamps exist (else file order); users and items are numbered in order of first
+    appearance. Writes train.txt, test.txt, item_list.txt, user_list.txt, entity_list.txt,
+    relation_list.txt, kg_final.txt (with a KG) and stats.md. Returns the stats (dataset_stats)
+    plus "processing" (what each rule removed). Raises DataError (file, line, value) on bad input,
+    an empty result or a KG that touches no item, and SettingsError for an existing folder
+    without force; nothing is written then.
+    """
+    if min_user_interactions < 1:
+        raise SettingsError(f"--min-user-interactions must be at least 1, got {min_user_interactions}")
+    if sep not in ("auto", *SEPARATORS):
+        raise SettingsError(f"--sep must be one of auto, {', '.join(SEPARATORS)}, got {sep!r}")
+    if header not in ("auto", "yes", "no"):
+        raise SettingsError(f"--header must be auto, yes or no, got {header!r}")
+    if not name or any(c in name for c in "/\\") or name in (".", ".."):
+        raise SettingsError(f"--name must be a folder name, got {name!r}")
+    folder = Path(data_dir) / name
+    present = [f for f in PREPARED_FILES + ("user_interest_clustered.txt",) if (folder / f).exists()]
+    if present and not force:
+        raise SettingsError(f"{folder} already holds a dataset ({', '.join(present[:3])}): give --force to replace "
+                            "it, or another --name")
+    path = Path(interactions)
+    rows = raw_rows(path, sep)
+    no, first = next(rows)
+    spec = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
+    where, has_header = _columns(path, first, spec, ("user", "item"), header)
+    if min_rating is not None and where["rating"] is None:
+        raise DataError(path, 0, f"--min-rating {min_rating:g} needs a rating column, and there is none "
+                                 f"(columns: {', '.join(first)[:120]})")
+    width = 1 + max(v for v in where.values() if v is not None)
+    pairs: dict[tuple, list] = {}  # (user, item) -> [rating, time, first order]
+    lines = 0
+    for no, fields in (rows if has_header else _chain_first(no, first, rows)):
+        if len(fields) < width:
+            raise DataError(path, no, f"expected at least {width} fields, got {len(fields)}: {','.join(fields)[:80]!r}")
+        u = _plain_id(path, no, "user", fields[where["user"]])
+        i = _plain_id(path, no, "item", fields[where["item"]])
+        r = _number(path, no, "the rating", fields[where["rating"]]) if where["rating"] is not None else None
+        t = _number(path, no, "the timestamp", fields[where["timestamp"]]) if where["timestamp"] is not None else None
+        lines += 1
+        known = pairs.get((u, i))
+        if known is None:
+            pairs[(u, i)] = [r, t, lines]
+        else:
+            if r is not None:
+                known[0] = max(known[0], r)
+            if t is not None:
+                known[1] = min(known[1], t)
+    all_items = {i for _, i in pairs}
+    users_read = len({u for u, _ in pairs})
+    kept = pairs if min_rating is None else {k: v for k, v in pairs.items() if v[0] >= min_rating}
+    per_user: dict[str, list] = {}
+    for (u, i), (r, t, order) in kept.items():
+        per_user.setdefault(u, []).append((t if t is not None else 0.0, order, i))
+    by_rating = users_read - len(per_user)
+    short = [u for u, v in per_user.items() if len(v) < min_user_interactions]
+    for u in short:
+        del per_user[u]
+    processing = {"lines": lines, "pairs": len(pairs), "duplicates_merged": lines - len(pairs),
+                  "pairs_below_min_rating": len(pairs) - len(kept), "users_read": users_read,
+                  "users_removed_by_min_rating": by_rating, "users_removed_by_min_interactions": len(short),
+                  "min_rating": min_rating, "min_user_interactions": min_user_interactions,
+                  "split": "by time" if where["timestamp"] is not None else f"random (split seed {split_seed})"}
+    if not per_user:
+        rules = ([f"{by_rating} had no rating >= {min_rating:g} (--min-rating)"] if min_rating is not None else []) + \
+                [f"{len(short)} had fewer than {min_user_interactions} interactions (--min-user-interactions)"]
+        raise DataError(path, 0, f"no user is left after filtering: of {users_read} users, " + "; ".join(rules))
+    # dense ids in order of first appearance; each user's items in time order (else file order)
+    user_ids = sorted(per_user, key=lambda u: min(o for _, o, _ in per_user[u]))
+    rng = np.random.default_rng(split_seed)
+    train, test = [], []
+    for u in user_ids:
+        events = sorted(per_user[u])  # (time, file order, item): time order, ties in file order
+        k = n_test_items(len(events))
+        if where["timestamp"] is not None:
+            chosen = set(range(len(events) - k, len(events)))
+        else:
+            chosen = set(rng.choice(len(events), size=k, replace=False).tolist()) if k else set()
+        train.append([i for n_, (_, _, i) in enumerate(events) if n_ not in chosen])
+        test.append([i for n_, (_, _, i) in enumerate(events) if n_ in chosen])
+    first_seen = {}
+    for (u, i), (_, _, order) in pairs.items():
+        if u in per_user and (u, i) in kept and (i not in first_seen or order < first_seen[i]):
+            first_seen[i] = order
+    item_ids = sorted(first_seen, key=first_seen.get)
+    item_index = {i: n_ for n_, i in enumerate(item_ids)}
+    names = _read_item_names_raw(items, item_col, name_col, header, sep) if items else {}
+    kg_rows, entity_ids, relation_ids, kg_info = (_read_kg_raw(kg, item_index, all_items | set(names), header, sep)
+                                                  if kg else ([], [], [], {}))
+    processing.update(kg_info)
+
+    # everything is read and checked: write
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in ("user_interest_clustered.txt", "kg_final.txt"):  # with --force: the old data's
+        if (folder / stale).exists():
+            (folder / stale).unlink()
+    clean = lambda text: " ".join(text.split()) or "None"
+    _write_lines(folder / "train.txt", [" ".join(map(str, [n_] + [item_index[i] for i in v])) for n_, v in enumerate(train)])
+    _write_lines(folder / "test.txt", [" ".join(map(str, [n_] + [item_index[i] for i in v])) for n_, v in enumerate(test)])
+    _write_lines(folder / "user_list.txt", ["org_id remap_id"] + [f"{u} {n_}" for n_, u in enumerate(user_ids)])
+    _write_lines(folder / "item_list.txt", ["org_id remap_id item_name"]
+                 + [f"{i} {n_} {clean(names.get(i, ''))}" for n_, i in enumerate(item_ids)])
+    _write_lines(folder / "entity_list.txt", ["org_id remap_id entity_name"]
+                 + [f"{i} {n_} {clean(names.get(i, ''))}" for n_, i in enumerate(item_ids)]
+                 + [f"{'_'.join(e.split())} {len(item_ids) + n_} {clean(e)}" for n_, e in enumerate(entity_ids)])
+    _write_lines(folder / "relation_list.txt", ["org_id remap_id"]
+                 + [f"{'_'.join(r.split())} {n_}" for n_, r in enumerate(relation_ids)])
+    if kg_rows:
+        _write_lines(folder / "kg_final.txt", [f"{h} {r} {t}" for h, r, t in kg_rows])
+    st = dataset_stats(folder)
+    st["processing"] = processing
+    (folder / "stats.md").write_text(stats_markdown(name, st))
+    return st
+
+
+def _chain_first(no, first, rows):
+    yield no, first
+    yield from rows
+
+
+def _write_lines(path: Path, lines: list) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_item_names_raw(path, item_col, name_col, header, sep) -> dict:
+    """{original item id: name} from a raw items file (item, name)."""
+    path = Path(path)
+    rows = raw_rows(path, sep, rest_after=1)
+    no, first = next(rows)
+    spec = {"item": item_col if not str(item_col).isdigit() else "item", "name": name_col}
+    where, has_header = _columns(path, first, spec, ("item", "name"), header)
+    names = {}
+    for no, fields in (rows if has_header else _chain_first(no, first, rows)):
+        if len(fields) <= max(where.values()):
+            raise DataError(path, no, f"expected at least {max(where.values()) + 1} fields (item, name), "
+                                      f"got {len(fields)}: {','.join(fields)[:80]!r}")
+        names.setdefault(_plain_id(path, no, "item", fields[where["item"]]), fields[where["name"]])
+    return names
+
+
+def _read_kg_raw(path, item_index: dict, item_like: set, header, sep) -> tuple:
+    """(triples as dense (head, relation, tail), entity original ids, relation names, counts) from
+    a raw KG file. A head or tail in item_index is that item; one that is an item id dropped by
+    the filtering (in item_like) drops its triple; any other value is an entity."""
+    path = Path(path)
+    rows = raw_rows(path, sep)
+    no, first = next(rows)
+    where, has_header = _columns(path, first, {"head": "head", "relation": "relation", "tail": "tail"},
+                                 ("head", "relation", "tail"), header)
+    entities, relations, triples, dropped, example, read = {}, {}, set(), 0, None, 0
+    node = lambda x: item_index[x] if x in item_index else len(item_index) + entities.setdefault(x, len(entities))
+    touching = 0
+    for no, fields in (rows if has_header else _chain_first(no, first, rows)):
+        if len(fields) < 3:
+            raise DataError(path, no, f"expected 3 fields (head, relation, tail), got {len(fields)}: "
+                                      f"{','.join(fields)[:80]!r}")
+        h, r, t = (fields[where[k]] for k in ("head", "relation", "tail"))
+        read += 1
+        for what, x in (("head", h), ("relation", r), ("tail", t)):
+            if not x:
+                raise DataError(path, no, f"empty {what}")
+        if (h in item_like and h not in item_index) or (t in item_like and t not in item_index):
+            dropped += 1
+            continue
+        example = example or (no, h, t)
+        touching += h in item_index or t in item_index
+        triples.add((node(h), relations.setdefault(r, len(relations)), node(t)))
+    if not touching:
+        where_ = f" (e.g. line {example[0]}: head {example[1][:40]!r}, tail {example[2][:40]!r})" if example else ""
+        raise DataError(path, 0, f"no head or tail is one of the items' ids{where_}: the KG would connect to nothing "
+                                 "(heads and tails that are items must be written as the interactions file's item ids)")
+    info = {"kg_lines": read, "kg_triples": len(triples), "kg_triples_of_removed_items": dropped}
+    return sorted(triples), list(entities), list(relations), info
+
+
+def dataset_stats(folder) -> dict:
+    """The paper's Table 2 for a dataset folder: users, items, interactions (train + test pairs),
+    density (interactions / (users x items)), entities (the distinct heads and tails of the KG
+    triples, items among them, as the paper counts), relations and triples. Raises DataError as
+    load_checked."""
+    ds = load_checked(folder, with_interests=True)
+    interactions = sum(len(x) for x in ds.train) + sum(len(x) for x in ds.test)
+    kg_nodes = np.unique(ds.kg[:, [0, 2]]) if len(ds.kg) else np.zeros(0, dtype=np.int64)
+    return {"dataset": ds.name, "users": ds.n_users, "items": ds.n_items, "interactions": interactions,
+            "density": interactions / max(ds.n_users * ds.n_items, 1), "entities": len(kg_nodes),
+            "entities_that_are_items": int((kg_nodes < ds.n_items).sum()),
+            "relations": len(np.unique(ds.kg[:, 1])) if len(ds.kg) else 0, "triples": len(ds.kg),
+            "interest_nodes": ds.n_interests,
+            "users_with_interests": len(np.unique(ds.interest_edges[:, 0])) if len(ds.interest_edges) else 0,
+            "warnings": ds.warnings}
+
+
+def stats_markdown(name: str, st: dict) -> str:
+    """dataset_stats (and prepare's processing, where present) as the rows of the paper's Table 2."""
+    lines = [f"# {name}", "", "| dataset | users | items | interactions | density | entities | relations | triples |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| {name} | {st['users']:,} | {st['items']:,} | {st['interactions']:,} | {100 * st['density']:.2f}% | "
+             f"{st['entities']:,} | {st['relations']:,} | {st['triples']:,} |", "",
+             f"Entities: the distinct heads and tails of the KG triples ({st['entities_that_are_items']:,} of them items),"
+             " as the paper's Table 2 counts them. Interest nodes: "
+             f"{st['interest_nodes']:,} ({st['users_with_interests']:,} users have one)."]
+    p = st.get("processing")
+    if p:
+        rating = (f"{p['pairs_below_min_rating']:,} pairs rated below {p['min_rating']:g} dropped "
+                  f"(users left without one: {p['users_removed_by_min_rating']:,})" if p["min_rating"] is not None
+                  else "no rating filter")
+        lines += ["", f"Made by `cikgrec.py prepare` from {p['lines']:,} lines: {p['duplicates_merged']:,} duplicate "
+                      f"pairs merged; {rating}; {p['users_removed_by_min_interactions']:,} of {p['users_read']:,} users "
+                      f"with fewer than {p['min_user_interactions']} interactions dropped; split 8:2 {p['split']}."]
+        if "kg_lines" in p:
+            lines.append(f"KG: {p['kg_lines']:,} lines, {p['kg_triples_of_removed_items']:,} of them dropped with their "
+                         f"filtered-out items; {p['kg_triples']:,} distinct triples kept.")
+    return "\n".join(lines) + "\n"
+
+# ----------------------------------------------------------------------------------------------
+# The published datasets: download, verified by git blob id
+# ----------------------------------------------------------------------------------------------
+DATASETS = ("ml1m", "dbbook2014", "book-crossing")  # the paper's, as the authors published them
+DATA_URL = "https://raw.githubusercontent.com/laowangzi/CIKGRec/{commit}/data/{dataset}/{file}"
+DATA_COMMIT = "4cd310f605e8857883a508170e6753dcb05c4e98"
+DATA_FILES = ("train.txt", "test.txt", "kg_final.txt", "user_interest_clustered.txt", "item_list.txt",
+              "entity_list.txt", "relation_list.txt", "user_list.txt")
+
+
+def git_blob_id(data: bytes) -> str:
+    """The id git gives a file's content: SHA-1 of b"blob <size>\\0" + content."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def download(datasets, data_dir, blobs_file=Path(__file__).parent / "data" / "GIT_BLOBS") -> None:
+    """Fetch the datasets from the authors' repository at the pinned commit, checking every file
+    against its upstream git blob id; files already present and verified are skipped.
+
+    Raises DataError with one clear line when a file cannot be fetched or does not verify.
+    """
+    expected = {}
+    for no, line in enumerate(Path(blobs_file).read_text().splitlines(), 1):
+        if line.strip():
+            blob, name = line.split()
+            expected[name] = blob
+    for ds in datasets:
+        for name, blob in sorted(expected.items()):
+            if not name.startswith(ds + "/"):
+                continue
+            path = Path(data_dir) / name
+            if path.is_file() and git_blob_id(path.read_bytes()) == blob:
+                continue
+            url = DATA_URL.format(commit=DATA_COMMIT, dataset=ds, file=name.split("/", 1)[1])
+            log(f"downloading {url}")
+            try:
+                with urllib.request.urlopen(url, timeout=60) as r:
+                    data = r.read()
+            except OSError as e:
+                present = (f"present but not the upstream file (git blob {blob}), and " if path.is_file() else "")
+                example = Path(__file__).resolve().parent.parent / "shared" / "data"
+                hint = (f", e.g. make train DATA_DIR={example}" if example.is_dir()
+                        and example.resolve() != Path(data_dir).resolve() else "")
+                raise DataError(path, 0, f"{present}cannot download {url} ({getattr(e, 'reason', e)}); "
+                                         f"without network, set DATA_DIR to a folder that has the files "
+                                         f"({data_dir} has no verified {name}){hint}") from None
+            if git_blob_id(data) != blob:
+                raise DataError(path, 0, f"downloaded file does not match its upstream git blob {blob}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
