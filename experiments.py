@@ -15,6 +15,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -31,9 +32,9 @@ import torch.nn.functional as F
 from cikgrec import (GRAPHS, DataError, Settings, SettingsError, Trainer, TrainingError,
                      add_settings_arguments, flatten, log, make_settings, mask_rate, open_text,
                      option)
-from cli import (HELP, HEADLINE_METRICS, RUN_FREE, check_settings, data_changed, definition_changes, duration,
-                 exit_code, finite, fit, group_ndcg, keep_freed_memory, load_trained, output_paths, read_results,
-                 settings_differ, write_json)
+from cli import (HELP, HEADLINE_METRICS, RUN_FREE, check_settings, data_changed, definition_changes, duration, exit_code, finite,
+                 fit, group_ndcg, keep_freed_memory, load_trained, output_paths, read_results, settings_differ,
+                 write_json)
 from prepare import DATASETS, dataset_folder, item_title
 
 # ----------------------------------------------------------------------------------------------
@@ -51,21 +52,29 @@ METRIC_NAMES = {"recall@50": "R@50", "recall@100": "R@100", "ndcg@50": "N@50", "
 # Each table: config name -> (row label, settings given on top of the dataset's defaults).
 TABLES = {
     "table1": {  # Table 1: overall performance (our code's baselines)
-        # Table 1's rows are refit on all of train.txt after validation selection (cikgrec --refit)
-        "cikgrec": ("CIKGRec", {"refit": True}),
-        "lightgcn": ("LightGCN", {"model": "lightgcn", "refit": True}),
-        # SimGCL peaks on validation within its first epochs and dips before it climbs (as
-        # LightGCN on dbbook2014's CKG, README): patience 10 from epoch 0 would keep that early
-        # model, so its row holds off early stopping for 30 epochs (a fair baseline)
+        # Table 1's rows are refit on all of train.txt after validation selection (cikgrec --refit).
+        # Every row holds off early stopping for 30 epochs: SimGCL (and LightGCN on dbbook2014's
+        # CKG) peak on validation within their first epochs and dip before they climb, and one
+        # protocol for all rows keeps them comparable
+        "cikgrec": ("CIKGRec", {"refit": True, "min_epochs": 30}),
+        "lightgcn": ("LightGCN", {"model": "lightgcn", "refit": True, "min_epochs": 30}),
         "simgcl": ("SimGCL", {"model": "simgcl", "min_epochs": 30, "refit": True}),
     },
-    "ablation": {  # Table 3: ablations by flags on the full model
-        "full": ("CIKGRec (ours)", {}),
-        "wo-uik": ("w/o UIK", {"interest_nodes": False}),  # no interest nodes at all
-        "wo-uir": ("w/o UIR", {"lambda2": 0.0}),  # no interest reconstruction
-        "wo-cl": ("w/o CL", {"lambda3": 0.0}),  # no contrastive loss
-        "wo-dmr": ("w/o DMR", {"schedule": "fixed"}),  # mask rate = omega throughout
-        "linear": ("w linear", {"schedule": "lin"}),  # linear mask schedule (Eq. 3)
+    "interests": {  # Table 3's "w/o UIK" as Table 1 runs it: does the LLM's knowledge help?
+        "cikgrec": ("CIKGRec", {"refit": True, "min_epochs": 30}),  # Table 1's row, the same runs
+        "wo-uik": ("CIKGRec w/o UIK (no LLM interests)", {"interest_nodes": False, "refit": True, "min_epochs": 30}),
+    },
+    "variants": {  # Table 1's CIKGRec row takes the variant validation chooses (no refit here)
+        "paper": ("CIKGRec, --variant paper", {"min_epochs": 30}),
+        "authors": ("CIKGRec, --variant authors", {"variant": "authors", "min_epochs": 30}),
+    },
+    "ablation": {  # Table 3: ablations by flags on the full model (Table 1's protocol: --min-epochs 30)
+        "full": ("CIKGRec (ours)", {"min_epochs": 30}),
+        "wo-uik": ("w/o UIK", {"interest_nodes": False, "min_epochs": 30}),  # no interest nodes at all
+        "wo-uir": ("w/o UIR", {"lambda2": 0.0, "min_epochs": 30}),  # no interest reconstruction
+        "wo-cl": ("w/o CL", {"lambda3": 0.0, "min_epochs": 30}),  # no contrastive loss
+        "wo-dmr": ("w/o DMR", {"schedule": "fixed", "min_epochs": 30}),  # mask rate = omega throughout
+        "linear": ("w linear", {"schedule": "lin", "min_epochs": 30}),  # linear mask schedule (Eq. 3)
     },
     "lightgcn-variants": {  # Table 4: LightGCN on graphs with more auxiliary information
         "lightgcn-cg": ("LightGCN_CG", {"model": "lightgcn", "graph": "cg"}),
@@ -77,7 +86,8 @@ TABLES = {
 # Baselines tuned on validation, as a fair comparison needs: Table 1's rows of a dataset take these
 # settings on top of the dataset's (an option given on the command line wins). Chosen by
 # `experiments.py sweep` on the validation split (results/<dataset>/sweep-<model>-<param>.md).
-TUNED = {"book-crossing": {"lightgcn": {"l2": 1e-5}}}  # results/book-crossing/sweep-lightgcn-l2.md
+TUNED = {"book-crossing": {"lightgcn": {"l2": 1e-5}}}
+TUNED_TABLES = ("table1", "interests")  # the tables whose rows take TUNED (the interests table: the chosen variant)  # results/book-crossing/sweep-lightgcn-l2.md
 
 
 def _paper(metrics, rows):
@@ -136,7 +146,7 @@ def plan_runs(table: str, base: dict, n_seeds: int, runs_dir="runs") -> list:
     dataset = base.get("dataset") or Settings.dataset
     runs = []
     for config, (_, flags) in TABLES[table].items():
-        if table == "table1":
+        if table in TUNED_TABLES:
             flags = {**flags, **{k: v for k, v in TUNED.get(dataset, {}).get(config, {}).items() if base.get(k) is None}}
         for i in range(n_seeds):
             seed = FIRST_SEED + i
@@ -344,12 +354,64 @@ def aggregate_table(table: str, dataset: str, files: dict) -> list:
                 row[m + "_selected"], row[m + "_selected_std"] = (
                     _mean_std([r["test"][m] for r in everything]) if everything else (None, None))
         row["n_selected"] = len(everything)
+        row["by_seed"] = {r.get("seed", r.get("settings", {}).get("seed")): t for r, t in zip(runs, tests)}
         rows.append(row)
+    base = next((r for r in rows if r["config"] == PAIRED_WITH.get(table)), None)
+    for row in rows:
+        for m in PAIRED_METRICS:
+            row[m + "_paired"] = None if base is None or row is base else paired_difference(
+                {s: t[m] for s, t in row["by_seed"].items()}, {s: t[m] for s, t in base["by_seed"].items()})
     return rows
 
 
+def variant_choice(rows: list) -> tuple[str, str]:
+    """The variants table's choice: (variant, why). The mean validation R@50 + N@50 of each
+    variant's selected runs over the seeds both have; the higher wins, a tie keeps paper."""
+    score = {r["config"]: {} for r in rows}
+    for r in rows:
+        for path in r["files"]:
+            res = read_results(path)
+            if res.get("valid"):
+                score[r["config"]][res.get("seed", res.get("settings", {}).get("seed"))] = (
+                    res["valid"]["recall@50"] + res["valid"]["ndcg@50"])
+    seeds = sorted(set(score.get("paper", {})) & set(score.get("authors", {})))
+    if not seeds:
+        return "paper", "no seed has runs of both variants yet: paper, the default"
+    mean = {v: float(np.mean([score[v][s] for s in seeds])) for v in ("paper", "authors")}
+    chosen = "authors" if mean["authors"] > mean["paper"] else "paper"
+    return chosen, (f"mean validation R@50 + N@50 over seeds {', '.join(map(str, seeds))}: paper {mean['paper']:.4f}, "
+                    f"authors {mean['authors']:.4f}")
+
+
+PAIRED_WITH = {"table1": "cikgrec", "interests": "cikgrec"}  # the row every other row of the table is paired with, seed by seed
+PAIRED_METRICS = ("recall@50", "ndcg@50")
+
+
+def paired_difference(a: dict, b: dict) -> tuple | None:
+    """a - b over the seeds both have ({seed: value} each): (mean, half-width of its 95%
+    confidence interval by the t distribution with n - 1 degrees of freedom (None for n = 1), n);
+    None without a common seed."""
+    from scipy import stats
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
+    return float(d.mean()), half, len(d)
+
+
+def _paired_cell(p: tuple | None) -> str:
+    """'+0.0017 ± 0.0019 (3)', '-0.0004 (1)' or '' (paired_difference)."""
+    if p is None:
+        return ""
+    mean, half, n = p
+    return f"{mean:+.4f}" + ("" if half is None else f" ± {half:.4f}") + f" ({n})"
+
+
 _TABLE_TITLES = {"table1": "Table 1: overall performance", "ablation": "Table 3: ablation study",
-                 "lightgcn-variants": "Table 4: LightGCN with more auxiliary information"}
+                 "lightgcn-variants": "Table 4: LightGCN with more auxiliary information",
+                 "variants": "the paper's CIKGRec against the authors' code, chosen on validation",
+                 "interests": "do the LLM's interests help? CIKGRec with and without interest nodes"}
 
 
 _TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, and no numbers for w/o DMR "
@@ -360,10 +422,34 @@ _TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, 
 
 def _tuned_note(table: str, dataset: str) -> str:
     """' Tuned on validation (...): LightGCN's l2 = 1e-05.' for Table 1's rows that TUNED sets."""
-    tuned = [f"{TABLES[table][c][0]}'s " + ", ".join(f"{k} = {v:g}" for k, v in flags.items())
+    tuned = [f"{TABLES[table][c][0]}'s " + ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
+                                                     for k, v in flags.items())
              for c, flags in TUNED.get(dataset, {}).items()] if table == "table1" else []
     return (f" Tuned on validation (sweep-*.md in this folder), instead of the dataset's setting: {'; '.join(tuned)}."
             if tuned else "")
+
+
+def _budget_note(table: str, dataset: str, results_dir) -> str:
+    """' Tuning budget: LightGCN: l2 over 3 points (3 runs, sweep-lightgcn-l2.md); ...' from the
+    sweep files in results/<dataset>/ of the models of Table 1's rows."""
+    if table != "table1":
+        return ""
+    parts = []
+    for config, (label, flags) in TABLES[table].items():
+        model = flags.get("model", "cikgrec")
+        if model == "cikgrec":
+            parts.append(f"{label}: the authors' settings (chosen by them, on test)")
+        for path in sorted((Path(results_dir) / dataset).glob(f"sweep-{model}-*.json")):
+            try:
+                sw = json.loads(path.read_text())
+                names = " x ".join(p for p in (sw["param"], sw.get("param2")) if p)
+                parts.append(f"{label}: {names} over {len(sw['rows'])} points ({sw.get('runs', len(sw['rows']))} runs, "
+                             f"{path.with_suffix('.md').name})")
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        if config == "cikgrec" and (Path(results_dir) / dataset / "variants.md").is_file():
+            parts.append(f"{label}: --variant paper or authors (variants.md)")
+    return f" Tuning budget, all on validation with seed {FIRST_SEED}: {'; '.join(parts)}." if parts else ""
 
 
 def _device_minutes(row: dict) -> str:
@@ -397,8 +483,11 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results", giv
     pm = lambda mean, std: "" if mean is None else f"{mean:.4f} ± " + ("-" if std is None else f"{std:.4f}")
     refit = any(m + "_selected" in r for r in rows for m in TABLE_METRICS)
     extra = ("selected",) if refit else ()
+    paired = PAIRED_WITH.get(table)
     header = ["model", "n", "min/run"] + [h for m in TABLE_METRICS
                                           for h in (METRIC_NAMES[m] + (" refit" if refit else ""), "paper", "diff %") + extra]
+    if paired:
+        header += [f"{METRIC_NAMES[m]} - {TABLES[table][paired][0]} (paired)" for m in PAIRED_METRICS]
     what = ("Ours: test metrics of the refit (trained again from the same seed on all of train.txt for the "
             "epochs that validation selected, then tested once; it never saw the test set), and beside it "
             "(selected) those of the model selected on validation and trained on 7/8 of train.txt"
@@ -409,7 +498,12 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results", giv
           "mean of 10 seeds. diff % = 100 (ours - paper) / paper. min/run: mean minutes of training and "
           "evaluation per run, by device (each results file's provenance names the device and threads; "
           "the README says which machines and how many runs shared them)."
-          + _TABLE_NOTES.get(table, "") + _tuned_note(table, dataset), ""] + _made_with(given) + [
+          + _TABLE_NOTES.get(table, "") + _tuned_note(table, dataset)
+          + (" Validation chooses --variant {}: {}.".format(*variant_choice(rows)) if table == "variants" else "") + _budget_note(table, dataset, results_dir)
+          + (f" (paired): the difference to {TABLES[table][paired][0]} over the seeds both rows have, mean ± "
+             "half-width of its 95% confidence interval (t distribution), and in brackets the number of seeds; "
+             "the split is fixed (split seed 0), so the interval covers training randomness, not the choice of "
+             "test set." if paired else ""), ""] + _made_with(given) + [
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         n = str(r["n"]) + (f" ({r['n_selected']} selected)" if refit and r.get("n_selected", r["n"]) != r["n"] else "")
@@ -419,6 +513,8 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results", giv
             cells += [pm(r[m], r[m + "_std"]), num(r[m + "_paper"], ".4f"), diff]
             if refit:
                 cells.append(pm(r.get(m + "_selected"), r.get(m + "_selected_std")))
+        if paired:
+            cells += [_paired_cell(r.get(m + "_paired")) for m in PAIRED_METRICS]
         md.append("| " + " | ".join(cells) + " |")
     md_path, csv_path = folder / f"{table}.md", folder / f"{table}.csv"
     md_path.write_text("\n".join(md) + "\n")
@@ -426,11 +522,14 @@ def write_table(rows: list, table: str, dataset: str, results_dir="results", giv
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["config", "model", "n", "minutes_per_run", "minutes_per_run_by_device"]
-                   + [f"{m}_{CSV_NAMES[k]}" for m in TABLE_METRICS for k in kinds])
+                   + [f"{m}_{CSV_NAMES[k]}" for m in TABLE_METRICS for k in kinds]
+                   + [f"{m}_paired_{x}" for m in (PAIRED_METRICS if paired else ()) for x in ("mean", "ci95", "n")])
         for r in rows:
+            pair = [x for m in (PAIRED_METRICS if paired else ()) for x in (r.get(m + "_paired") or (None,) * 3)]
             w.writerow([r["config"], r["label"], r["n"], num(r["minutes"], ".4g"),
                         ";".join(f"{d}:{v:.4g}" for d, v in r.get("minutes_by_device", {}).items())]
-                       + [num(r.get(m + s), ".6g") for m in TABLE_METRICS for s in kinds])
+                       + [num(r.get(m + s), ".6g") for m in TABLE_METRICS for s in kinds]
+                       + ["" if x is None else format(x, ".6g") for x in pair])
     return md_path, csv_path
 
 # ----------------------------------------------------------------------------------------------
@@ -716,14 +815,20 @@ def explain_command(run: str, user: int, answers_path: str | None = None, cluste
 SWEEP_FIXED = tuple(k for k in RUN_FREE if k != "interests") + ("dataset", "seed", "refit", "model", "select_on")
 
 
+def setting_kind(param: str, refusal: str) -> type:
+    """int or float: the type of the numeric Settings field `param` that a sweep may vary;
+    SettingsError(refusal) for any other name."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    if param not in fields or param in SWEEP_FIXED or fields[param].type in ("bool", bool, "str", str):
+        raise SettingsError(refusal)
+    return {"int": int, "float": float}[fields[param].type if isinstance(fields[param].type, str)
+                                        else fields[param].type.__name__]
+
+
 def sweep_values(param: str, text: str) -> list:
     """The values of a --values list, typed as the Settings field `param` is. Raises SettingsError
     naming the parameter or value."""
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
-    if param not in fields or param in SWEEP_FIXED or fields[param].type in ("bool", bool, "str", str):
-        raise SettingsError(f"--param {param!r}: give a numeric setting of a run, e.g. lambda3, l2, lr, tau, layers")
-    kind = {"int": int, "float": float}[fields[param].type if isinstance(fields[param].type, str)
-                                        else fields[param].type.__name__]
+    kind = setting_kind(param, f"--param {param!r}: give a numeric setting of a run, e.g. lambda3, l2, lr, tau, layers")
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -733,65 +838,151 @@ def sweep_values(param: str, text: str) -> list:
     return values
 
 
-def plan_sweep(param: str, values: list, base: dict, runs_dir="runs") -> list:
-    """One PlannedRun per value: seed FIRST_SEED (or base's), validation selection."""
+EARLY_EPOCH = 10  # a sweep run that peaked before this epoch and ran past it measured its transient, not the point
+
+
+def peaked_early(results: dict) -> bool:
+    """True for the results of a run that peaked on validation before EARLY_EPOCH though it ran
+    past it (a run cut by --epochs before EARLY_EPOCH measured what it was asked to)."""
+    return results["best_epoch"] < EARLY_EPOCH < results["epochs_run"]
+
+
+def plan_sweep(param: str, values: list, base: dict, runs_dir="runs", param2: str | None = None,
+               values2=(), candidates=(), rerun_min_epochs: int = 0) -> list:
+    """One PlannedRun per point of the grid `values` (x `values2` of param2, a second setting):
+    seed FIRST_SEED (or base's), validation selection, in runs_dir/<dataset>/sweep-<model>-<param>
+    [-<param2>]/<param>-<v>[-<param2>-<w>]-seed<seed>.json. candidates: more points off the grid,
+    each a dict of settings on top of base (e.g. today's setting), named candidate-<k>-<v>-....
+    rerun_min_epochs M > 0: each point also plans its rerun with --min-epochs M (...-min<M>-...;
+    PlannedRun.config ends in " rerun"), which the sweep trains where the point peaked before
+    EARLY_EPOCH."""
     dataset, model = base.get("dataset") or Settings.dataset, base.get("model") or Settings.model
     seed = base.get("seed") or FIRST_SEED
-    folder = Path(runs_dir) / dataset / f"sweep-{model}-{param}"
+    names = [param] + ([param2] if param2 else [])
+    table = f"sweep-{model}-{'-'.join(names)}"
+    folder = Path(runs_dir) / dataset / table
+    points = [{param: v, **({param2: w} if param2 else {})} for v in values for w in (values2 if param2 else [None])]
     runs = []
-    for v in values:
-        out = folder / f"{param}-{v:g}-seed{seed}.json"
-        flags = {param: v, "select_on": "valid", "refit": False}
-        runs.append(PlannedRun(f"sweep-{model}-{param}", f"{param}={v:g}", seed, run_settings(base, flags, seed, out), out))
+    for point, off_grid in [(p, False) for p in points] + [(c, True) for c in candidates]:
+        stem = ("candidate-" if off_grid else "") + "-".join(f"{k}-{v:g}" for k, v in point.items())
+        label = ", ".join(f"{k}={v:g}" for k, v in point.items()) + (" (candidate)" if off_grid else "")
+        flags = {**point, "select_on": "valid", "refit": False}
+        runs.append(PlannedRun(table, label, seed, run_settings(base, flags, seed, folder / f"{stem}-seed{seed}.json"),
+                               folder / f"{stem}-seed{seed}.json"))
+        if rerun_min_epochs:
+            out = folder / f"{stem}-min{rerun_min_epochs}-seed{seed}.json"
+            flags = {**flags, "min_epochs": rerun_min_epochs}
+            runs.append(PlannedRun(table, label + " rerun", seed, run_settings(base, flags, seed, out), out))
     return runs
 
 
-def write_sweep(param: str, runs: list, results_dir="results", given: str = "") -> Path:
-    """The sweep's table (.md, .csv), its rows (.json) and, with matplotlib, its plot (.png) under
-    results/<dataset>/: per value, the best epoch and the validation metrics at it; the value with
-    the highest validation R@50 + N@50 (what early stopping selects on) is the one chosen."""
-    s0 = runs[0].settings
+def early_peak(run: PlannedRun) -> bool:
+    """True when the run is finished (done_results) and peaked_early."""
+    found = done_results(run)
+    return found is not None and peaked_early(read_results(found))
+
+
+def sweep_rows(runs: list) -> list:
+    """The table's rows: per point, the run that measures it (its rerun with a larger --min-epochs
+    where the first run peaked before EARLY_EPOCH and the rerun is done), with its settings,
+    best epoch and validation metrics; points not finished are left out."""
+    reruns = {r.config[:-len(" rerun")]: r for r in runs if r.config.endswith(" rerun")}
     rows = []
     for r in runs:
-        found = done_results(r)  # its own file, or the same run's elsewhere (Table 1's at the default)
+        if r.config.endswith(" rerun"):
+            continue
+        rerun = reruns.get(r.config)
+        used = rerun if rerun is not None and early_peak(r) and done_results(rerun) else r
+        found = done_results(used)  # its own file, or the same run's elsewhere (Table 1's at the default)
         if found is None:
             continue
         res = read_results(found)
         v = res["valid"] or {}
-        rows.append({"value": getattr(r.settings, param), "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
-                     "minutes": res.get("minutes"), **{m: v.get(m) for m in ("recall@50", "ndcg@50", "recall@100", "ndcg@100")}})
+        rows.append({"config": r.config, "candidate": r.config.endswith("(candidate)"),
+                     "min_epochs": used.settings.min_epochs, "rerun": used is not r, "first_best_epoch":
+                     read_results(done_results(r))["best_epoch"] if used is not r else None,
+                     "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"], "minutes": res.get("minutes"),
+                     **{m: v.get(m) for m in ("recall@50", "ndcg@50", "recall@100", "ndcg@100")}})
+    return rows
+
+
+def write_sweep(param: str, runs: list, results_dir="results", given: str = "", param2: str | None = None) -> Path:
+    """The sweep's table (.md, .csv), its rows (.json) and, with matplotlib, its plot (.png) under
+    results/<dataset>/: per point, the best epoch and the validation metrics at it; the point with
+    the highest validation R@50 + N@50 (what early stopping selects on) is the one chosen. A point
+    whose run peaked before EARLY_EPOCH is not measured: its rerun with a larger --min-epochs
+    stands in (marked), or, while there is none, it is marked and not chosen."""
+    s0 = runs[0].settings
+    names = [param] + ([param2] if param2 else [])
+    rows = sweep_rows(runs)
+    for x in rows:
+        x["value"] = getattr(next(r for r in runs if r.config == x["config"]).settings, param)
+        if param2:
+            x["value2"] = getattr(next(r for r in runs if r.config == x["config"]).settings, param2)
+        x["unmeasured"] = peaked_early(x)
     folder = Path(results_dir) / s0.dataset
     folder.mkdir(parents=True, exist_ok=True)
-    name = folder / f"sweep-{s0.model}-{param}"
-    chosen = max(rows, key=lambda x: x["recall@50"] + x["ndcg@50"])["value"] if rows else None
-    missing = len(runs) - len(rows)
-    md = [f"# {s0.dataset}: {s0.model}, validation metrics by --{param.replace('_', '-')}", "",
-          f"One run per value (seed {runs[0].seed}, validation split seed {s0.split_seed}), each selected on "
-          "validation R@50 + N@50; the metrics are those of the validation split at the selected epoch. "
-          "The test set plays no part here." + (f" Made with `{given}`." if given else ""), "",
-          f"| {param} | best epoch (of) | valid R@50 | valid N@50 | valid R@100 | valid N@100 | minutes |",
-          "|---|---|---|---|---|---|---|"]
+    name = folder / f"sweep-{s0.model}-{'-'.join(names)}"
+    measured = [x for x in rows if not x["unmeasured"]]
+    best = max(measured, key=lambda x: x["recall@50"] + x["ndcg@50"]) if measured else None
+    n_points = len([r for r in runs if not r.config.endswith(" rerun")])
+    missing = n_points - len(rows)
+    chosen = None if missing or best is None else best
+    what = f"--{param.replace('_', '-')}" + (f" and --{param2.replace('_', '-')}" if param2 else "")
+    md = [f"# {s0.dataset}: {s0.model}, validation metrics by {what}", "",
+          f"One run per {'point' if param2 else 'value'} (seed {runs[0].seed}, validation split seed {s0.split_seed}), "
+          "each selected on validation R@50 + N@50; the metrics are those of the validation split at the selected "
+          "epoch. The test set plays no part here." + (f" Made with `{given}`." if given else ""), ""]
+    head = f"| {param} |" + (f" {param2} |" if param2 else "")
+    md += [head + " best epoch (of) | valid R@50 | valid N@50 | valid R@100 | valid N@100 | minutes |",
+           "|---|" + ("---|" if param2 else "") + "---|---|---|---|---|---|"]
     for x in rows:
-        mark = " (chosen)" if x["value"] == chosen and not missing else ""
-        md.append(f"| {x['value']:g}{mark} | {x['best_epoch']} ({x['epochs_run']}) | {x['recall@50']:.4f} | "
+        mark = " (chosen)" if x is chosen else ""
+        mark += (f" (rerun with --min-epochs {x['min_epochs']}: the first run peaked at epoch "
+                 f"{x['first_best_epoch']})" if x["rerun"] else "")
+        mark += f" (peaked at epoch {x['best_epoch']}, before {EARLY_EPOCH}: not measured)" if x["unmeasured"] else ""
+        cells = f"| {x['value']:g}{'' if param2 else mark} |" + (f" {x['value2']:g}{mark} |" if param2 else "")
+        if x["candidate"]:  # off the grid: its own settings
+            cells = f"| {x['config']}{mark} |" + (" |" if param2 else "")
+        md.append(f"{cells} {x['best_epoch']} ({x['epochs_run']}) | {x['recall@50']:.4f} | "
                   f"{x['ndcg@50']:.4f} | {x['recall@100']:.4f} | {x['ndcg@100']:.4f} | "
                   + ("" if x["minutes"] is None else f"{x['minutes']:.0f}") + " |")
-    missing = len(runs) - len(rows)
-    if missing:  # no choice before every value has run
-        md += ["", f"{missing} of {len(runs)} runs are not finished yet: no value is chosen"
-                   + (f" (best so far: {param} = {chosen:g})." if chosen is not None else ".")]
+    point = lambda x: (f"{param} = {x['value']:g}" + (f", {param2} = {x['value2']:g}" if param2 else "")
+                       if not x["candidate"] else x["config"])
+    if missing:  # no choice before every point has run
+        md += ["", f"{missing} of {n_points} runs are not finished yet: "
+                   + ("no value is chosen" if not param2 else "no point is chosen")
+                   + (f" (best so far: {point(best)})." if best is not None else ".")]
+    elif chosen is None:
+        md += ["", "Every run peaked before epoch 10: none is measured, nothing is chosen."]
     else:
-        md += ["", f"Validation chooses {param} = {chosen:g}."]
+        md += ["", f"Validation chooses {point(chosen)}."]
+        grid = sorted({x["value"] for x in rows if not x["candidate"]})
+        if not chosen["candidate"] and len(grid) > 2 and chosen["value"] in (grid[0], grid[-1]):
+            md.append(f"{param} = {chosen['value']:g} lies on the grid's edge: the grid should go one step past it.")
+    md.append(f"Budget: {len(rows)} points, {sum(1 for x in rows if x['rerun']) + len(rows)} runs "
+              f"(reruns included), seed {runs[0].seed}.")
     name.with_suffix(".md").write_text("\n".join(md) + "\n")
     with open(name.with_suffix(".csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([param, "best_epoch", "epochs_run", "minutes", "valid_recall@50", "valid_ndcg@50",
-                    "valid_recall@100", "valid_ndcg@100", "chosen"])
+        w.writerow([param] + ([param2] if param2 else []) + ["candidate", "min_epochs", "best_epoch", "epochs_run",
+                    "minutes", "valid_recall@50", "valid_ndcg@50", "valid_recall@100", "valid_ndcg@100", "chosen"])
         for x in rows:
-            w.writerow([x["value"], x["best_epoch"], x["epochs_run"], x["minutes"], x["recall@50"], x["ndcg@50"],
-                        x["recall@100"], x["ndcg@100"], x["value"] == chosen and not missing])
-    name.with_suffix(".json").write_text(json.dumps({"param": param, "model": s0.model, "dataset": s0.dataset,
-                                                     "chosen": None if missing else chosen, "rows": rows}, indent=1))
+            w.writerow([x["value"]] + ([x["value2"]] if param2 else []) + [
+                x["config"] if x["candidate"] else "", x["min_epochs"], x["best_epoch"], x["epochs_run"], x["minutes"],
+                x["recall@50"], x["ndcg@50"], x["recall@100"], x["ndcg@100"], x is chosen])
+    keep = ("value", "value2", "best_epoch", "epochs_run", "minutes", "recall@50", "ndcg@50", "recall@100",
+            "ndcg@100", "config", "candidate", "min_epochs", "rerun", "unmeasured")
+    out_rows = [{k: x[k] for k in keep if k in x} for x in rows]
+    if param2:
+        chosen_value = None if chosen is None else ({"config": chosen["config"]} if chosen["candidate"]
+                                                    else {param: chosen["value"], param2: chosen["value2"]})
+    else:
+        chosen_value = None if chosen is None else chosen["value"]
+    name.with_suffix(".json").write_text(json.dumps({"param": param, **({"param2": param2} if param2 else {}),
+                                                     "model": s0.model, "dataset": s0.dataset,
+                                                     "chosen": chosen_value, "runs": len(rows) + sum(x["rerun"] for x in rows),
+                                                     "rows": out_rows}, indent=1))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -799,11 +990,16 @@ def write_sweep(param: str, runs: list, results_dir="results", given: str = "") 
     except ImportError:
         log(f"note: no {name.with_suffix('.png')} (plots need matplotlib, an optional extra)")
         return name.with_suffix(".md")
-    if rows:
+    grid_rows = [x for x in rows if not x["candidate"]]
+    if grid_rows:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        xs = [x["value"] for x in rows]
-        for m, style in (("recall@50", "o-"), ("ndcg@50", "s--")):
-            ax.plot(xs, [x[m] for x in rows], style, label=f"valid {METRIC_NAMES[m]}")
+        for w2 in sorted({x.get("value2") for x in grid_rows}, key=lambda v: (v is None, v)):
+            part = [x for x in grid_rows if x.get("value2") == w2]
+            xs = [x["value"] for x in part]
+            for m, style in (("recall@50", "o-"), ("ndcg@50", "s--")):
+                ax.plot(xs, [x[m] for x in part], style,
+                        label=f"valid {METRIC_NAMES[m]}" + (f", {param2} {w2:g}" if param2 else ""))
+        xs = [x["value"] for x in grid_rows]
         if min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
         ax.set(xlabel=param, title=f"{s0.dataset}: {s0.model} by {param} (validation)")
@@ -814,20 +1010,54 @@ def write_sweep(param: str, runs: list, results_dir="results", given: str = "") 
     return name.with_suffix(".md")
 
 
+def parse_candidate(text: str) -> dict:
+    """'tau=0.15,lambda3=0.01' -> {"tau": 0.15, "lambda3": 0.01}, typed as the Settings fields.
+    Raises SettingsError naming the part that is not a numeric setting."""
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        out[key.strip()] = _typed(key.strip(), value.strip(), text)
+    return out
+
+
+def _typed(param: str, value: str, text: str):
+    kind = setting_kind(param, f"--candidate {text!r}: {param!r} is not a numeric setting of a run")
+    try:
+        return kind(value)
+    except ValueError:
+        raise SettingsError(f"--candidate {text!r}: expected {kind.__name__} for {param}, got {value!r}") from None
+
+
 def sweep(param: str, values_text: str, base: dict, runs_dir="runs", results_dir="results", dry_run=False,
-          jobs: int = 1) -> int:
-    """`sweep`: train what is left of a one-setting sweep, then write its table. Returns the number
-    of failed runs. Raises SettingsError, DataError."""
+          jobs: int = 1, param2: str | None = None, values2_text: str | None = None, candidates=(),
+          rerun_min_epochs: int = 0) -> int:
+    """`sweep`: train what is left of a sweep over one setting or a grid over two (param2), with
+    the candidate points off the grid, then the rerun with --min-epochs rerun_min_epochs of each
+    point that peaked before EARLY_EPOCH, then write its table. Returns the number of failed
+    runs. Raises SettingsError, DataError."""
     values = sweep_values(param, values_text)
-    if param in base:
-        raise SettingsError(f"{option(param)}: the sweep sets it itself (--values)")
-    runs = plan_sweep(param, values, base, runs_dir)
+    values2 = sweep_values(param2, values2_text or "") if param2 else ()
+    for p in (param, param2):
+        if p and p in base:
+            raise SettingsError(f"{option(p)}: the sweep sets it itself (--values)")
+    if param2 == param:
+        raise SettingsError(f"--param2 {param2}: give a second setting, not --param again")
+    if rerun_min_epochs and rerun_min_epochs <= (base.get("min_epochs") or 0):
+        raise SettingsError(f"--rerun-early {rerun_min_epochs}: give more than --min-epochs")
+    points = [parse_candidate(c) for c in candidates]
+    runs = plan_sweep(param, values, base, runs_dir, param2, values2, points, rerun_min_epochs)
     for r in runs:
         check_settings(r.settings)
     dataset_folder(Path(runs[0].settings.data_dir) / runs[0].settings.dataset)
     check_results_dir(results_dir, runs[0].settings.dataset)
-    failed = run_sweep(runs, dry_run, jobs)
-    md = write_sweep(param, runs, results_dir, _non_defaults({k: v for k, v in base.items() if k != "model"}))
+    first = [r for r in runs if not r.config.endswith(" rerun")]
+    failed = run_sweep(first, dry_run, jobs)
+    reruns = [r for r in runs if r.config.endswith(" rerun")
+              and early_peak(next(f for f in first if f.config == r.config[:-len(" rerun")]))]
+    if reruns:
+        log(f"{len(reruns)} runs peaked before epoch {EARLY_EPOCH}: their reruns with --min-epochs {rerun_min_epochs}")
+        failed += run_sweep(reruns, dry_run, jobs)
+    md = write_sweep(param, runs, results_dir, _non_defaults({k: v for k, v in base.items() if k != "model"}), param2)
     print(md.read_text())
     return failed
 
@@ -864,7 +1094,9 @@ def fidelity(run, results_dir="results") -> Path:
           "protocol, selected on test: NOT an honest estimate (the honest counterpart is Table 1's refit). "
           f"Seed {r['seed']}; results file `{run}` (its `history` has every epoch).", "",
           "| epoch | ours R@50 | N@50 | R@100 | N@100 | authors' code R@50 | N@50 | R@100 | N@100 |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|"] if theirs else [
+          f"The authors' own per-epoch curve is known here for {', '.join(AUTHORS_CURVE)} only: {dataset} is "
+          "compared with the paper's Table 1 alone."]
     for e in sorted(theirs):
         # epochs counted from 0, as in our history; REFERENCE.md's epoch numbers are read the same way
         ours = [by_epoch[e][m] for m in CURVE_METRICS] if e in by_epoch else [None] * 4
@@ -977,6 +1209,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(sp, skip=("out", "resume", "refit", "select_on"), notes=HELP)
     sp.add_argument("--param", required=True, help="the setting to vary, e.g. lambda3, l2")
     sp.add_argument("--values", required=True, help="comma separated, e.g. 0.005,0.01,0.03")
+    sp.add_argument("--param2", help="a second setting: the sweep is then the grid --values x --values2")
+    sp.add_argument("--values2", help="the values of --param2, comma separated")
+    sp.add_argument("--candidate", action="append", default=[],
+                    help="a point off the grid, e.g. today's setting: tau=0.15,lambda3=0.01 (repeatable)")
+    sp.add_argument("--rerun-early", type=int, default=0, metavar="M",
+                    help=f"rerun with --min-epochs M each point whose best epoch is below {EARLY_EPOCH} "
+                         "(its transient: not a measurement)")
     sp.add_argument("--runs-dir", default="runs")
     sp.add_argument("--results-dir", default="results")
     sp.add_argument("--dry-run", action="store_true", help="train nothing: list the runs left, tabulate the rest")
@@ -1009,8 +1248,10 @@ def command(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
                 if getattr(args, f.name, None) is not None}
+        if bool(args.param2) != bool(args.values2):
+            raise SettingsError("--param2 and --values2 go together")
         return 1 if sweep(args.param, args.values, base, args.runs_dir, args.results_dir, args.dry_run,
-                          check_jobs(args.jobs)) else 0
+                          check_jobs(args.jobs), args.param2, args.values2, args.candidate, args.rerun_early) else 0
     if args.command == "fidelity":
         print(fidelity(args.run, args.results_dir).read_text())
         return 0

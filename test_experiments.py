@@ -85,7 +85,7 @@ def test_run_settings_follow_the_command_line(tmp_path):
     assert s.l2 == 1e-5 != runs[("cikgrec", 2025)].settings.l2 == 5e-5  # LightGCN's L2 chosen on validation
     assert s.out == str(tmp_path / "book-crossing" / "table1" / "lightgcn-seed2025.json")
     assert runs[("simgcl", 2024)].settings.graph == "cg" and runs[("simgcl", 2024)].settings.tau == 0.15
-    assert runs[("simgcl", 2024)].settings.min_epochs == 30 and s.min_epochs == 0  # SimGCL's early peak
+    assert runs[("simgcl", 2024)].settings.min_epochs == 30 == s.min_epochs  # every Table 1 row: one protocol
     abl = {r.config: r.settings for r in E.plan_runs("ablation", base, 1, tmp_path)}
     assert not abl["wo-uik"].interest_nodes and abl["wo-uir"].lambda2 == 0 and abl["wo-cl"].lambda3 == 0
     assert abl["wo-dmr"].schedule == "fixed" and abl["linear"].schedule == "lin"
@@ -159,7 +159,8 @@ def test_a_run_made_elsewhere_with_the_same_settings_is_reused(tmp_path, monkeyp
     fake_results(table["cikgrec"].out, metrics(0.3, 0.4, 0.1, 0.2), C.dataclasses.asdict(table["cikgrec"].settings))
     (runs_dir / "fx" / "broken").mkdir()
     (runs_dir / "fx" / "broken" / "x-seed2024.json").write_text("{not json")  # no candidate, no error
-    lam = {r.config: r for r in E.plan_sweep("lambda3", [0.01, C.Settings.lambda3], base, runs_dir)}
+    swept_base = {**base, "min_epochs": 30}  # a sweep holds off early stopping as every Table 1 row does
+    lam = {r.config: r for r in E.plan_sweep("lambda3", [0.01, C.Settings.lambda3], swept_base, runs_dir)}
     assert E.done_results(lam["lambda3=0.03"]) == table["cikgrec"].out
     assert E.done_results(lam["lambda3=0.01"]) is None
     saved = json.loads(table["cikgrec"].out.read_text())  # the sweep's table shows the reused run
@@ -168,7 +169,7 @@ def test_a_run_made_elsewhere_with_the_same_settings_is_reused(tmp_path, monkeyp
     E.write_sweep("lambda3", list(lam.values()), tmp_path / "res")
     rows = json.loads((tmp_path / "res" / "fx" / "sweep-cikgrec-lambda3.json").read_text())["rows"]
     assert [(x["value"], x["recall@50"]) for x in rows] == [(0.03, 0.25)]
-    l2 = {r.config: r for r in E.plan_sweep("l2", [1e-4, 1e-3], {**base, "model": "lightgcn"}, runs_dir)}
+    l2 = {r.config: r for r in E.plan_sweep("l2", [1e-4, 1e-3], {**swept_base, "model": "lightgcn"}, runs_dir)}
     swept = fake_results(l2["l2=0.001"].out, metrics(0.2, 0.3, 0.1, 0.2), C.dataclasses.asdict(l2["l2=0.001"].settings))
     before = swept.read_text()
     lg = table["lightgcn"]
@@ -294,8 +295,13 @@ def test_tables_refuse_a_results_file_made_with_other_settings(tmp_path, capsys)
                                              tmp_path / "runs")[0].settings)
     del older["min_epochs"]  # made before --min-epochs existed: counts as its default, 0
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), older)
+    assert E.main(args) == 2 and "other settings (min_epochs)" in capsys.readouterr().err  # Table 1 holds off 30
+    made = json.loads(trial[0].out.read_text())
+    made.update(best_epoch=50, epochs_run=61)  # ... but its early stop came after epoch 30: the same run
+    made["refit"]["epochs"] = 51
+    trial[0].out.write_text(json.dumps(made))
     assert E.main(args) == 0 and "1 of 3 runs already done" in capsys.readouterr().err
-    older["min_epochs"] = 30
+    older["min_epochs"] = 40
     fake_results(trial[0].out, metrics(0.2, 0.3, 0.1, 0.2), older)
     assert E.main(args) == 2 and "other settings (min_epochs)" in capsys.readouterr().err
     # another table run with other settings is only aggregated without that file, not refused
@@ -833,3 +839,96 @@ def test_table1_counts_finished_runs_without_their_refit_in_the_selected_columns
     text = (tmp_path / "res" / "fx" / "table1.md").read_text()
     # R@50: the refit's (one run) and, beside it, the selected model's over all three
     assert "| CIKGRec | 1 (3 selected) |  | 0.1000 ± - |  |  | 0.1000 ± 0.0000 |" in text
+
+
+def test_a_grid_sweep_over_two_settings_reruns_early_peaks_and_weighs_a_candidate(tmp_path, monkeypatch, capsys):
+    """The claim issue's SimGCL grid: lambda3 x eps in one command, one table, one file set; a
+    point that peaked before epoch 10 and ran on is its transient, not a measurement: its rerun
+    with a larger --min-epochs stands in; today's setting (off the grid) is a candidate too."""
+    small_dataset(tmp_path)
+    base = {"dataset": "fx", "data_dir": str(tmp_path), "model": "simgcl", "tau": 0.2, "min_epochs": 3}
+    runs_dir = tmp_path / "runs"
+    runs = E.plan_sweep("lambda3", [0.01, 0.5], base, runs_dir, "eps", [0.1, 0.2], [{"tau": 0.15, "lambda3": 0.01}], 40)
+    names = sorted(r.out.name for r in runs)
+    assert "lambda3-0.5-eps-0.2-seed2024.json" in names and "lambda3-0.5-eps-0.2-min40-seed2024.json" in names
+    assert "candidate-tau-0.15-lambda3-0.01-seed2024.json" in names and len(runs) == 10
+    assert all(r.out.parent.name == "sweep-simgcl-lambda3-eps" for r in runs)
+    first = {r.config: r for r in runs if not r.config.endswith(" rerun")}
+    rerun = {r.config[:-len(" rerun")]: r for r in runs if r.config.endswith(" rerun")}
+    assert rerun["lambda3=0.5, eps=0.2"].settings.min_epochs == 40 and first["lambda3=0.5, eps=0.2"].settings.min_epochs == 3
+    score = {"lambda3=0.01, eps=0.1": (0.15, 20), "lambda3=0.01, eps=0.2": (0.16, 25), "lambda3=0.5, eps=0.1": (0.10, 30),
+             "lambda3=0.5, eps=0.2": (0.30, 2), "tau=0.15, lambda3=0.01 (candidate)": (0.155, 40)}
+    for config, (r50, best) in score.items():  # the 0.5/0.2 point peaked at epoch 2 and ran to 13
+        r = first[config]
+        path = fake_results(r.out, metrics(0.5, 0.5, 0.5, 0.5), C.dataclasses.asdict(r.settings))
+        saved = json.loads(path.read_text())
+        saved.update(best_epoch=best, epochs_run=best + 11, valid=metrics(r50, 0.3, 0.05, 0.06))
+        path.write_text(json.dumps(saved))
+    md = E.write_sweep("lambda3", runs, tmp_path / "res", param2="eps").read_text()
+    assert "| 0.5 | 0.2 (peaked at epoch 2, before 10: not measured) | 2 (13) |" in md
+    assert "Validation chooses lambda3 = 0.01, eps = 0.2." in md  # never the unmeasured 0.30
+    assert "| tau=0.15, lambda3=0.01 (candidate) (candidate) |" not in md and "(candidate) | |" in md
+    trained = []
+    def fake_fit(s):  # the rerun: the same point under --min-epochs 40 peaks at epoch 35
+        trained.append(s.min_epochs)
+        path = fake_results(C.Path(s.out), metrics(0.5, 0.5, 0.5, 0.5), C.dataclasses.asdict(s))
+        saved = json.loads(path.read_text())
+        saved.update(best_epoch=35, epochs_run=46, valid=metrics(0.12, 0.3, 0.05, 0.06))
+        path.write_text(json.dumps(saved))
+        return saved
+    monkeypatch.setattr(E, "fit", fake_fit)
+    grid = ["sweep", "--param", "lambda3", "--values", "0.01,0.5", "--param2", "eps", "--values2", "0.1,0.2",
+            "--candidate", "tau=0.15,lambda3=0.01", "--rerun-early", "40", "--model", "simgcl", "--tau", "0.2",
+            "--min-epochs", "3", "--dataset", "fx", "--data-dir", str(tmp_path), "--runs-dir", str(runs_dir),
+            "--results-dir", str(tmp_path / "res")]
+    assert E.main(grid) == 0 and trained == [40]  # only the early peak is rerun
+    md = (tmp_path / "res" / "fx" / "sweep-simgcl-lambda3-eps.md").read_text()
+    assert "| 0.5 | 0.2 (rerun with --min-epochs 40: the first run peaked at epoch 2) | 35 (46) | 0.1200 |" in md
+    assert "Validation chooses lambda3 = 0.01, eps = 0.2." in md and "Budget: 5 points, 6 runs" in md
+    chosen = json.loads((tmp_path / "res" / "fx" / "sweep-simgcl-lambda3-eps.json").read_text())["chosen"]
+    assert chosen == {"lambda3": 0.01, "eps": 0.2}
+    for bad, expect in ((["--param2", "lambda3"], "give a second setting"), (["--candidate", "out=3"], "not a numeric"),
+                        (["--rerun-early", "2"], "give more than --min-epochs")):
+        argv = list(grid)
+        argv[argv.index(bad[0]) + 1] = bad[1]
+        assert E.main(argv) == 2 and expect in capsys.readouterr().err
+
+
+def test_paired_difference_by_hand_and_table1_column(tmp_path):
+    """Table 1's paired column: baseline - CIKGRec over the seeds both rows have, mean ± the 95%
+    half-width by the t distribution (n - 1 = 2 degrees of freedom: t = 4.3027)."""
+    a, b = {2024: 0.18, 2025: 0.17, 2026: 0.19}, {2024: 0.17, 2025: 0.16, 2026: 0.17, 2027: 0.20}
+    mean, half, n = E.paired_difference(a, b)
+    assert n == 3 and mean == pytest.approx(0.04 / 3)
+    assert half == pytest.approx(4.302653 * statistics.stdev([0.01, 0.01, 0.02]) / 3 ** 0.5, rel=1e-5)
+    one = E.paired_difference({2024: 0.2}, {2024: 0.1})
+    assert one[0] == pytest.approx(0.1) and one[1:] == (None, 1)  # one seed: no interval
+    assert E.paired_difference({2024: 0.2}, {2025: 0.1}) is None
+    refit = {"refit": True}
+    files = {"cikgrec": [fake_results(tmp_path / f"c{s}.json", metrics(v, 0.2, 0.08, 0.1), {**refit, "seed": s})
+                         for s, v in b.items()],
+             "simgcl": [fake_results(tmp_path / f"s{s}.json", metrics(v, 0.2, 0.08, 0.1), {**refit, "seed": s})
+                        for s, v in a.items()]}
+    rows = E.aggregate_table("table1", "book-crossing", files)
+    simgcl = next(r for r in rows if r["config"] == "simgcl")
+    assert simgcl["recall@50_paired"][0] == pytest.approx(0.04 / 3) and simgcl["ndcg@50_paired"][0] == pytest.approx(0.0)
+    md = E.write_table(rows, "table1", "book-crossing", tmp_path / "res")[0].read_text()
+    assert "R@50 - CIKGRec (paired) | N@50 - CIKGRec (paired) |" in md
+    assert "| +0.0133 ± 0.0143 (3) | +0.0000 ± 0.0000 (3) |" in md
+    assert "the split is fixed (split seed 0), so the interval covers training randomness" in md
+
+
+def test_validation_chooses_the_variant_over_the_seeds_both_have(tmp_path):
+    def run(name, seed, valid_r50):
+        path = fake_results(tmp_path / f"{name}{seed}.json", metrics(0.3, 0.4, 0.1, 0.2), {"seed": seed})
+        saved = json.loads(path.read_text())
+        saved["valid"] = metrics(valid_r50, 0.3, 0.05, 0.06)
+        path.write_text(json.dumps(saved))
+        return path
+    rows = [{"config": "paper", "files": [run("p", 2024, 0.16), run("p", 2025, 0.16), run("p", 2026, 0.30)]},
+            {"config": "authors", "files": [run("a", 2024, 0.17), run("a", 2025, 0.17)]}]
+    chosen, why = E.variant_choice(rows)  # seed 2026 has no authors run: left out of both means
+    assert chosen == "authors" and "over seeds 2024, 2025: paper 0.2100, authors 0.2200" in why
+    rows[1]["files"] = [run("b", 2024, 0.16), run("b", 2025, 0.16)]
+    assert E.variant_choice(rows)[0] == "paper"  # a tie keeps paper
+    assert E.variant_choice([rows[0], {"config": "authors", "files": []}])[0] == "paper"
