@@ -19,11 +19,8 @@ numbers are the paper's. Copy this one file into a project and it trains (numpy 
                       with early stopping, that the refit runs through too
    10. main           `python cikgrec.py train ...`: select on validation, test once, print
 
-    python cikgrec.py train --dataset book-crossing --data-dir data --epochs 200
-
-Beside this file, cli.py (runs: resume, refit, results files, recommend, bench) and prepare.py
-(datasets in and out) are the tool around the method: with them present, `python cikgrec.py`
-reaches their full command line. experiments.py reproduces the paper's tables.
+Beside it, cli.py (runs: resume, refit, results files, recommend, bench) and prepare.py (datasets
+in and out) are the tool layer: with them, `python cikgrec.py` reaches their full command line.
 """
 from __future__ import annotations
 
@@ -366,8 +363,8 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
             if u >= n_users:
                 raise DataError(int_path, no, f"user id {u} out of range: train/test have {n_users} users")
             if j < n_entities:
-                raise DataError(int_path, no, f"interest id {j} collides with the entity ids 0..{n_entities - 1}"
-                                              " (interest ids are numbered after the largest entity id)")
+                raise DataError(int_path, no, f"interest id {j} collides with the entity ids 0..{n_entities - 1} (interest"
+                                              " ids come after the largest entity id: is kg_final.txt's largest right?)")
             rows.append((u, j))
         pairs = np.unique(np.array(rows, dtype=np.int64), axis=0)  # duplicate lines count once
         raw_ids, idx = np.unique(pairs[:, 1], return_inverse=True)
@@ -607,8 +604,7 @@ class CIKGRec(torch.nn.Module):
     def reconstruction_loss(self, rate: float) -> torch.Tensor:
         """Eqs. 5-7 at mask rate p^q (Eq. 3): mask interest nodes, encode with l-1 layers,
         project with chi, re-mask (GraphMAE), decode with 1 layer, and score the masked nodes."""
-        hp = self.hp
-        adj = self.graphs.recon.adjacency(hp.recon_edge_drop, self.sw.dropout_readds_loops)
+        hp, adj = self.hp, self.graphs.recon.adjacency(self.hp.recon_edge_drop, self.sw.dropout_readds_loops)
         x_masked, masked = mask_interests(self.emb, self.j0, self.n_interests, rate, hp.replace_rate,
                                           self.mask_token)  # Eq. 5: Z'
         h = self.chi(self.encode(adj, x_masked, hp.enc_layers))  # Eq. 6: chi(Z''), Z'' = f_G^{l-1}(Z', G)
@@ -1133,17 +1129,6 @@ def train_loop(trainer: Trainer, epochs: int, select: str | None = "valid", min_
     return p
 
 
-def epoch_line(r: dict, select: str | None, best: bool = False) -> str:
-    """One epoch r of train_loop's history as a progress line: the losses, the mask rate, the
-    metrics on `select` (marked * when best) and the seconds of training (+ evaluation)."""
-    text = f"epoch {r['epoch']:4d} | " + " ".join(f"{k} {v:.4f}" for k, v in r.items()
-                                                 if k in ("bpr", "cl", "rec", "transe") and v is not None)
-    text += f" | mask {r['mask_rate']:.3f}" if r.get("mask_rate") is not None else ""
-    if select:
-        text += f" | {select} R@50 {r[select]['recall@50']:.4f} N@50 {r[select]['ndcg@50']:.4f}{' *' if best else ''}"
-    return text + f" | {r['seconds']:.1f}s" + (f" + eval {r['eval_seconds']:.2f}s" if select else "")
-
-
 # ----------------------------------------------------------------------------------------------
 # 10. main: train, select on validation, test once
 # ----------------------------------------------------------------------------------------------
@@ -1161,17 +1146,31 @@ def add_settings_arguments(p: argparse.ArgumentParser, skip=(), notes: dict | No
                            help=(notes or {}).get(f.name) or default)
 
 
+def check(s: Settings) -> Settings:
+    """The plain main's checks: SettingsError naming the first setting that cannot work (every
+    number finite and >= 0, sizes > 0, dropouts < 1, rates <= 1; cli.check_settings has all)."""
+    sizes = ("dim", "layers", "batch_size", "eval_batch", "epochs", "patience", "mask_epochs", "dec_layers", "lr", "tau")
+    for f in (f for f in dataclasses.fields(s) if f.type in ("int", "float")):
+        if not (math.isfinite(v := getattr(s, f.name)) and (v > 0 if f.name in sizes else v >= 0)) or v >= 1 and f.name in (
+                "edge_drop", "node_drop", "recon_edge_drop", "replace_rate") or v > 1 and f.name in ("alpha", "omega"):
+            raise SettingsError(f"{option(f.name)} {v} cannot work (cli.py, beside this file, names each range)")
+    if s.device == "cuda" and not torch.cuda.is_available() or not parse_ks(s.ks) or min(parse_ks(s.ks)) < 1:
+        raise SettingsError(f"--device {s.device} --ks {s.ks}: no CUDA GPU, or cut-offs that are not positive integers")
+    return s
+
+
 def train(s: Settings) -> dict:
     """Train with settings s, select the epoch on validation (on test with select_on="test"),
     evaluate the selected model on test once. Returns {"best_epoch", "valid", "test"}."""
-    torch.set_num_threads(s.threads or torch.get_num_threads())
+    torch.set_num_threads(check(s).threads or torch.get_num_threads())
     device = torch.device("cuda" if s.device != "cpu" and torch.cuda.is_available() else "cpu")
     ds, train_part, valid = read_data(s)
     trainer, select = Trainer(s, ds, train_part, valid, device), s.select_on
     log(f"{s.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.n_entities} entities, {ds.n_interests} interest "
         f"nodes; model {s.model}, variant {s.variant}, selection on {select}, device {device}")
-    p = train_loop(trainer, s.epochs, select, s.min_epochs,
-                   after_epoch=lambda p, more: log(epoch_line(p.history[-1], select, p.best_epoch == p.epoch)))
+    say = lambda p, more: log(f"epoch {p.epoch:4d} | " + " ".join(f"{k} {v:.4f}" for k, v in p.history[-1].items() if k in (
+        "bpr", "cl", "rec", "transe") and v) + f" | {select} R@50 {p.history[-1][select]['recall@50']:.4f}")
+    p = train_loop(trainer, s.epochs, select, s.min_epochs, after_epoch=say)
     trainer.model.load_state_dict(p.best_state)
     best = next(h for h in p.history if h["epoch"] == p.best_epoch)
     return {"best_epoch": p.best_epoch, "valid": best.get("valid"), "test": trainer.evaluate("test")}
@@ -1185,13 +1184,14 @@ def main(argv=None) -> int:
         import cli  # the tool layer, imported only here: this file never needs it
         return cli.main(argv)
     p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
-    add_settings_arguments(p.add_subparsers(dest="command", required=True).add_parser("train", allow_abbrev=False))
+    add_settings_arguments(p.add_subparsers(dest="command", required=True).add_parser("train", allow_abbrev=False),
+                           ("out", "resume", "refit", "max_minutes"))  # a run's files: cli.py's
     args = p.parse_args(argv)
     try:
         r = train(make_settings(**{k: v for k, v in vars(args).items() if k != "command" and v is not None}))
-    except (DataError, SettingsError) as e:
+    except (DataError, SettingsError, TrainingError, ValueError) as e:  # ValueError: e.g. --ks 20,abc
         log(f"error: {e}")
-        return 2
+        return 1 if isinstance(e, TrainingError) else 2
     print(json.dumps(r, indent=2))
     return 0
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from cikgrec import (CHOICES, DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Settings, SettingsError,
-                     Trainer, TrainingError, add_settings_arguments, epoch_line, evaluate_ranking, id_pairs, log,
+                     Trainer, TrainingError, add_settings_arguments, evaluate_ranking, id_pairs, log,
                      make_settings, node_counts, open_text, option, parse_ks, train_loop)
 from cikgrec import read_data as read_method_data
 from prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, id_list_rows, item_title,
@@ -291,6 +291,17 @@ def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, devic
     if s.refit and not limit:
         return add_refit(s, results, out, device, deadline)
     return results
+
+
+def epoch_line(r: dict, select: str | None, best: bool = False) -> str:
+    """One epoch r of train_loop's history as a progress line: the losses, the mask rate, the
+    metrics on `select` (marked * when best) and the seconds of training (+ evaluation)."""
+    text = f"epoch {r['epoch']:4d} | " + " ".join(f"{k} {v:.4f}" for k, v in r.items()
+                                                 if k in ("bpr", "cl", "rec", "transe") and v is not None)
+    text += f" | mask {r['mask_rate']:.3f}" if r.get("mask_rate") is not None else ""
+    if select:
+        text += f" | {select} R@50 {r[select]['recall@50']:.4f} N@50 {r[select]['ndcg@50']:.4f}{' *' if best else ''}"
+    return text + f" | {r['seconds']:.1f}s" + (f" + eval {r['eval_seconds']:.2f}s" if select else "")
 
 
 def trainer_state(trainer: Trainer) -> dict:

@@ -607,3 +607,19 @@ def test_cikgrec_py_copied_alone_trains_and_prints_the_test_metrics(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir() if x.suffix == ".py") == ["cikgrec.py"]
     code = "import sys, cikgrec; print(sorted(m for m in ('cli', 'prepare', 'experiments', 'llm_interests') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("option, expect", [
+    (["--dim", "0"], "--dim 0 cannot work"), (["--epochs", "0"], "--epochs 0 cannot work"),
+    (["--lr", "nan"], "--lr nan cannot work"), (["--edge-drop", "1.5"], "--edge-drop 1.5 cannot work"),
+    (["--alpha", "2"], "--alpha 2.0 cannot work"), (["--ks", "0"], "cut-offs that are not positive integers"),
+    (["--out", "x.json"], "unrecognized arguments: --out"), (["--refit"], "unrecognized arguments: --refit")])
+def test_the_copy_alone_refuses_settings_that_cannot_work(tmp_path, option, expect):
+    """Found by a fresh user: copied alone, `train --dim 0` printed meaningless metrics, `--epochs 0`
+    and `--lr -1` ended in tracebacks, and `--out`/`--refit` were accepted and silently ignored."""
+    small_dataset(tmp_path)
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "cikgrec.py").write_text((ROOT / "cikgrec.py").read_text())
+    p = subprocess.run([sys.executable, "cikgrec.py", "train", "--dataset", "fx", "--data-dir", str(tmp_path),
+                        "--epochs", "1", *option], cwd=tmp_path / "alone", capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and expect in p.stderr and "Traceback" not in p.stderr, p.stderr
