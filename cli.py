@@ -176,6 +176,13 @@ def fit(s: Settings, force: bool = False) -> dict:
             if not force:
                 raise SettingsError(existing_results(out, s))
             log(f"note: --force: the results in {out} will be replaced")
+        if ckpt_path.is_file() and not s.resume and not force:  # e.g. after Ctrl-C: an hour may be in it
+            try:
+                after = f" (after epoch {torch.load(ckpt_path, map_location='cpu', weights_only=False)['epoch']})"
+            except Exception:  # unreadable: --force replaces it all the same
+                after = ""
+            raise SettingsError(f"{ckpt_path} holds the checkpoint of an unfinished run{after}: --resume continues it, "
+                                "--force starts afresh")
         return _train(s, ds, train_part, valid, device, out, best_path, ckpt_path, deadline)
 
 
@@ -915,6 +922,9 @@ class Run:
             items, scores = top_items(ue, ie, np.array(dense, dtype=np.int64),
                                       None if include_seen else [ds.train[u] for u in dense], k, chunk)
         rows = Recommendations(unknown=unknown)
+        if unknown:
+            shown = ", ".join(map(str, unknown[:20])) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+            log(f"note: {len(unknown)} of {len(users)} users are not in {ds.name} (user_list.txt), left out: {shown}")
         for row, u in enumerate(dense):
             for rank, (i, sc) in enumerate(zip(items[row].tolist(), scores[row].tolist()), 1):
                 if i < 0:
@@ -1196,10 +1206,6 @@ def recommend_command(args) -> int:
     if users and len(rows.unknown) == len(users):
         raise SettingsError(f"none of the {len(users)} users of {args.users} is in {run.trainer.s.dataset} "
                             f"(user_list.txt), e.g. {users[0]!r}; --users takes original user ids")
-    if rows.unknown:
-        shown = ", ".join(map(str, rows.unknown[:20])) + (f" and {len(rows.unknown) - 20} more" if len(rows.unknown) > 20 else "")
-        log(f"note: {len(rows.unknown)} of {len(users)} users are not in {run.trainer.s.dataset} "
-            f"(user_list.txt), left out: {shown}")
     write_recommendations(rows, args.out, args.format)
     n_users = len({r["user"] for r in rows})
     log(f"{n_users} users x top {args.k} from {run.model_file}: loaded in {t1 - t0:.1f}s, scored in {t2 - t1:.2f}s"

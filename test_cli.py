@@ -788,8 +788,11 @@ def test_two_trainings_on_one_out_at_once(tmp_path):
         first.kill()
         first.wait()
     assert lock.exists()  # killed: the lock file stays behind, and the kernel has dropped the lock
-    third = run_cli(*args, "--epochs", "1", cwd=tmp_path)
-    assert third.returncode == 0 and f"took over the lock {Path('runs/fx.json.lock')} of PID {first.pid}" in third.stderr
+    refused = run_cli(*args, "--epochs", "1", cwd=tmp_path)  # its checkpoint: --resume or --force (issue 19)
+    assert refused.returncode == 2 and "--resume continues it, --force starts afresh" in refused.stderr
+    assert f"took over the lock {Path('runs/fx.json.lock')} of PID {first.pid}" in refused.stderr
+    third = run_cli(*args, "--epochs", "1", "--force", cwd=tmp_path)
+    assert third.returncode == 0 and "starting afresh: the checkpoint" in third.stderr
     assert json.loads((tmp_path / "runs" / "fx.json").read_text())["epochs_run"] == 1 and not lock.exists()
     again = run_cli(*args, "--epochs", "1", cwd=tmp_path)
     assert again.returncode == 2 and "runs/fx.json holds the results of a finished run" in again.stderr
@@ -926,3 +929,29 @@ def test_recommend_excludes_training_items_orders_by_score_and_maps_ids(tmp_path
     assert [r["item"] for r in orig] == [str(100 + r["item"]) for r in run.recommend([5], k=2)]
     assert orig[0]["title"] == f"Item {int(orig[0]['item']) - 100}"
     assert run.recommend([99, -1], k=2).unknown == [99, -1]
+
+
+def test_a_checkpoint_left_by_ctrl_c_is_not_replaced_without_resume_or_force(tmp_path, capsys):
+    """Found in review (issue 19): after Ctrl-C, the same command without --resume replaced the
+    checkpoint behind a one-line note; with the up-arrow habit that loses an hour of book-crossing."""
+    small_dataset(tmp_path)
+    out = tmp_path / "r.json"
+    straight = T.fit(tiny_settings(tmp_path, epochs=3, out=str(tmp_path / "a.json")))
+    T.fit(tiny_settings(tmp_path, epochs=2, out=str(out)))
+    out.unlink()  # as after Ctrl-C in epoch 2: a checkpoint, no results yet
+    before = (tmp_path / "r.ckpt.pt").read_bytes()
+    with pytest.raises(C.SettingsError, match=r"r.ckpt.pt holds the checkpoint of an unfinished run .*after epoch 1.*"
+                                              r"--resume continues it, --force starts afresh"):
+        T.fit(tiny_settings(tmp_path, epochs=3, out=str(out)))
+    assert (tmp_path / "r.ckpt.pt").read_bytes() == before and not out.exists()
+    resumed = T.fit(tiny_settings(tmp_path, epochs=3, out=str(out), resume=True))
+    assert [h["bpr"] for h in resumed["history"]] == [h["bpr"] for h in straight["history"]]
+
+
+def test_run_recommend_names_unknown_users(tmp_path, capsys):
+    """Found in review (issue 19): run.recommend(["nobody"]) returned [] without a word."""
+    run, _ = trained_fixture(tmp_path)
+    capsys.readouterr()
+    rows = run.recommend(["nobody", "U1"], k=2, original=True)
+    assert rows.unknown == ["nobody"] and {r["user"] for r in rows} == {"U1"}
+    assert "note: 1 of 2 users are not in fx (user_list.txt), left out: nobody" in capsys.readouterr().err
