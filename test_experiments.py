@@ -76,8 +76,10 @@ def test_ablation_and_variant_tables_have_the_papers_values():
 # ---------------------------------------------------------------------------------------------
 # Sweep: settings per configuration, resume
 # ---------------------------------------------------------------------------------------------
-def test_run_settings_follow_the_command_line(tmp_path):
+def test_run_settings_follow_the_command_line(tmp_path, monkeypatch):
     base = {"dataset": "book-crossing", "data_dir": "d"}
+    assert E.plan_runs("table1", base, 1, tmp_path)[0].settings.variant == "authors"  # chosen on validation
+    monkeypatch.setattr(E, "TUNED", {"book-crossing": {"lightgcn": {"l2": 1e-5}}})  # the paper variant below
     runs = {(r.config, r.seed): r for r in E.plan_runs("table1", base, 2, tmp_path)}
     assert len(runs) == 6
     s = runs[("lightgcn", 2025)].settings

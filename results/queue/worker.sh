@@ -5,7 +5,7 @@
 # session continues from its checkpoint, and a finished one is skipped (--resume on a finished run
 # changes nothing; with --refit it adds only the refit). Run from the root of a separate clone of
 # main, whose parent holds shared/data:  nohup results/queue/worker.sh & nohup results/queue/worker.sh &
-# A worker claims a line with mkdir (.q/claims/<hash>), so two never train the same run; it logs to
+# A worker claims a line (its out and arguments) with mkdir (.q/claims/<hash>), so two never train the same run; it logs to
 # .q/events.log and stops when no line is left. After a session ended: rm -r .q/claims, start again.
 cd "$(dirname "$0")/../.." || exit 1
 mkdir -p .q/claims .q/done
@@ -14,7 +14,7 @@ while true; do
   picked=""
   while read -r out args; do
     [ -z "$out" ] && continue; case "$out" in \#*) continue;; esac
-    h=$(echo "$out" | md5sum | cut -c1-12)
+    h=$(echo "$out $args" | md5sum | cut -c1-12)
     [ -e ".q/done/$h" ] && continue
     if mkdir ".q/claims/$h" 2>/dev/null; then picked="$out"; pargs="$args"; break; fi
   done < results/queue/queue.txt
