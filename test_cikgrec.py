@@ -25,7 +25,7 @@ def need_data(name):
     if not (DATA / name / "train.txt").is_file():
         if os.environ.get("CI"):
             pytest.fail(f"dataset {name} missing under {DATA} (set CIKGREC_DATA)")
-        pytest.skip(f"dataset {name} missing under {DATA}")
+        pytest.skip(f"dataset {name} missing under {DATA}: set CIKGREC_DATA to the folder of the published datasets")
     return DATA
 
 
