@@ -19,7 +19,7 @@ numbers are the paper's. Copy this one file into a project and it trains (numpy 
                       with early stopping, that the refit runs through too
    10. main           `python cikgrec.py train ...`: select on validation, test once, print
 
-Beside it, cli.py (runs: resume, refit, results files, recommend, bench) and prepare.py (datasets
+Beside it, cikgrec_cli.py (runs: resume, refit, results files, recommend, bench) and cikgrec_prepare.py (datasets
 in and out) are the tool layer: with them, `python cikgrec.py` reaches their full command line.
 """
 from __future__ import annotations
@@ -41,9 +41,7 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
-# ----------------------------------------------------------------------------------------------
-# 1. Settings
-# ----------------------------------------------------------------------------------------------
+# ---- 1. Settings ---------------------------------------------------------------------------------
 @dataclass
 class Settings:
     """Every setting of a run. Each field is a command-line option (`--layers 3`)."""
@@ -199,9 +197,7 @@ def parse_ks(text: str) -> list[int]:
     return sorted({int(k) for k in text.split(",") if k.strip()})
 
 
-# ----------------------------------------------------------------------------------------------
-# 2. Loading the published format
-# ----------------------------------------------------------------------------------------------
+# ---- 2. Loading the published format -------------------------------------------------------------
 class DataError(Exception):
     """Bad input data: carries the file, the line number (0 = the whole file) and the problem."""
 
@@ -288,7 +284,7 @@ def read_item_names(path) -> list[str]:
 
     The name is everything after the second field (book-crossing titles contain spaces);
     'None' marks an item without a name and is returned as ''. A first line whose second field
-    is an id is a row (the file has no header). Blank lines are skipped. (prepare.check_dataset
+    is an id is a row (the file has no header). Blank lines are skipped. (cikgrec_prepare.check_dataset
     checks that the remap ids run 0, 1, 2, ...)
     """
     with open_text(Path(path)) as f:
@@ -338,7 +334,7 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
     entities by the largest id seen; the entities are the items plus the KG's. Interest ids must
     lie above every entity id; they are remapped to 0..J-1 in sorted order (with_interests=False:
     the file is not read). Raises DataError naming file, line and value on a malformed line (the
-    checks that need more than one line are the tool layer's, prepare.check_dataset)."""
+    checks that need more than one line are the tool layer's, cikgrec_prepare.check_dataset)."""
     folder, notes = Path(folder), []
     if not folder.is_dir():
         raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
@@ -378,9 +374,7 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
                    str(int_path) if len(raw_ids) else "", notes)
 
 
-# ----------------------------------------------------------------------------------------------
-# 3. Validation split
-# ----------------------------------------------------------------------------------------------
+# ---- 3. Validation split -------------------------------------------------------------------------
 def n_valid_items(n: int) -> int:
     """How many of a user's n training items go to validation: round-half-up(n/8), at most n-1.
 
@@ -409,9 +403,7 @@ def split_validation(train: list, seed: int = 0) -> tuple[list, list]:
         valid.append(np.sort(items[chosen]))
     return kept, valid
 
-# ----------------------------------------------------------------------------------------------
-# 4. The CIKG: node layout, edges, normalised adjacency
-# ----------------------------------------------------------------------------------------------
+# ---- 4. The CIKG: node layout, edges, normalised adjacency ---------------------------------------
 # Node layout: [users | entities (items first) | interests]. User u -> node u, entity e -> node
 # n_users + e, interest j -> node n_users + n_entities + j.
 def node_counts(ds: Dataset) -> tuple[int, int, int]:
@@ -528,9 +520,7 @@ def build_graphs(ds: Dataset, train: list, hp, device="cpu") -> Graphs:
         main if sw.recon_loops == "main" else build_graph(ds, train, parts, sw.recon_loops, device))
     return Graphs(main, views, recon)
 
-# ----------------------------------------------------------------------------------------------
-# 5. The model (Fig. 2, right half)
-# ----------------------------------------------------------------------------------------------
+# ---- 5. The model (Fig. 2, right half) -----------------------------------------------------------
 class CIKGRec(torch.nn.Module):
     """CIKGRec: LightGCN on the CIKG trained with BPR, interest reconstruction and cross-domain
     contrastive learning (Eq. 11), and optionally TransE (Eq. 12).
@@ -645,9 +635,7 @@ class CIKGRec(torch.nn.Module):
         z = self.encode(self.graphs.main.adjacency())
         return z[:self.e0], z[self.e0:self.e0 + self.n_items]
 
-# ----------------------------------------------------------------------------------------------
-# 6. What the model calls: two fast kernels, Eq. 3's mask rate, the losses' terms
-# ----------------------------------------------------------------------------------------------
+# ---- 6. What the model calls: two fast kernels, Eq. 3's mask rate, the losses' terms -------------
 # The kernels are the same mathematics as a plain expression, with fewer passes over memory. Why
 # they exist: a CIKGRec step is ~20 full-graph sparse products and two dense [N, B] InfoNCE
 # matrices. The tests hold each to its plain expression (values and gradcheck in float64).
@@ -775,9 +763,7 @@ def translation(h, r, t, t_neg, squared: bool = False) -> torch.Tensor:
         d_pos, d_neg = d_pos.pow(2), d_neg.pow(2)
     return F.softplus(d_pos - d_neg).mean()
 
-# ----------------------------------------------------------------------------------------------
-# 7. Sampling
-# ----------------------------------------------------------------------------------------------
+# ---- 7. Sampling ---------------------------------------------------------------------------------
 def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     """Sorted unique int64 keys user * n_items + item of the given (user, item) pairs."""
     return np.unique(users.astype(np.int64) * n_items + items)
@@ -854,9 +840,7 @@ def head_first(heads: np.ndarray, batch: int, rng: np.random.Generator) -> np.nd
     pick = rng.choice(len(distinct), size=batch, replace=batch > len(distinct))
     return starts[pick] + (rng.random(batch) * counts[pick]).astype(np.int64)
 
-# ----------------------------------------------------------------------------------------------
-# 8. Metrics: full ranking, Recall@K, NDCG@K, Precision@K, HitRatio@K
-# ----------------------------------------------------------------------------------------------
+# ---- 8. Metrics: full ranking, Recall@K, NDCG@K, Precision@K, HitRatio@K -------------------------
 def id_pairs(lists, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """List of item-id lists (one per row) -> the unique (row, item) pairs as two int64 arrays,
     sorted by row: `5 7 7 9` on row 0 -> (0, 7), (0, 9). Done once per evaluation set."""
@@ -943,9 +927,7 @@ def selection_score(metrics: dict) -> float:
     return metrics["recall@50"] + metrics["ndcg@50"]
 
 
-# ----------------------------------------------------------------------------------------------
-# 9. Training: the Trainer (batches, optimisers, evaluation sets) and the one loop
-# ----------------------------------------------------------------------------------------------
+# ---- 9. Training: the Trainer (batches, optimisers, evaluation sets) and the one loop ------------
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss): the last good checkpoint is kept."""
 
@@ -989,7 +971,7 @@ class Trainer:
             self.triples = kg_triples(ds, train_part, with_interactions=self.sw.transe_interactions)
             self.n_kg_triples = len(kg_triples(ds, train_part))  # the authors' count of batches
             self.opt_transe = torch.optim.Adam([self.model.emb, self.model.rel], lr=s.transe_lr)
-        self.progress = None  # progress(batches done, batches, seconds): called once, early in the next epoch
+        self.on_batch = None  # on_batch(batches done, batches, seconds) after each batch: the tool's progress
         self.rng = np.random.default_rng(s.seed)
         self.model.noise_rng = self.rng if device.type == "cpu" else None
         # BPR pairs; users with every item have no negative and are left out
@@ -1031,7 +1013,7 @@ class Trainer:
         negs = sample_negatives(users, self.pos_keys, self.ds.n_items, self.rng)
         rate = mask_rate(epoch, s.schedule, s.alpha, s.omega, s.mask_epochs)
         totals, n_batches = {}, math.ceil(len(users) / s.batch_size)
-        last_report = epoch_start = time.perf_counter()
+        epoch_start = time.perf_counter()
         self.model.train()
         for b in range(min(n_batches, max_batches or n_batches)):
             sl = slice(b * s.batch_size, (b + 1) * s.batch_size)
@@ -1046,12 +1028,8 @@ class Trainer:
             self.opt.step()
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v
-            if self.progress is not None and (b + 1 >= min(5, n_batches) or time.perf_counter() - epoch_start > 10):
-                self.progress(b + 1, n_batches, time.perf_counter() - epoch_start)
-                self.progress = None
-            if time.perf_counter() - last_report > 30:
-                log(f"  epoch {epoch}: batch {b + 1}/{n_batches}")
-                last_report = time.perf_counter()
+            if self.on_batch is not None:
+                self.on_batch(b + 1, n_batches, time.perf_counter() - epoch_start)
         out = {k: v / n_batches for k, v in totals.items()}
         out["mask_rate"] = rate if self.model.graphs.recon is not None else None
         if self.transe and max_batches is None:
@@ -1129,9 +1107,7 @@ def train_loop(trainer: Trainer, epochs: int, select: str | None = "valid", min_
     return p
 
 
-# ----------------------------------------------------------------------------------------------
-# 10. main: train, select on validation, test once
-# ----------------------------------------------------------------------------------------------
+# ---- 10. main: train, select on validation, test once --------------------------------------------
 def add_settings_arguments(p: argparse.ArgumentParser, skip=(), notes: dict | None = None) -> None:
     """One option per Settings field but those in `skip`, default None (the dataset's defaults
     then apply); notes: {field: help text} instead of the default's."""
@@ -1146,16 +1122,38 @@ def add_settings_arguments(p: argparse.ArgumentParser, skip=(), notes: dict | No
                            help=(notes or {}).get(f.name) or default)
 
 
+# What each number may be: (test, what the error says, the fields); check() reads it
+SETTING_RULES = (
+    (lambda v: v >= 1, "must be at least 1", ("dim", "layers", "dec_layers", "batch_size", "eval_batch",
+                                              "transe_batch", "mask_epochs", "epochs", "patience")),
+    (lambda v: v >= 0, "must be >= 0", ("enc_layers", "min_epochs", "max_minutes", "threads", "seed", "split_seed",
+                                        "l2", "transe_l2", "lambda1", "lambda2", "lambda3", "eps")),
+    (lambda v: v < 2**32, "must be < 2**32", ("seed", "split_seed")),  # numpy's and torch's generators
+    (lambda v: v > 0, "must be > 0", ("lr", "transe_lr", "tau")),
+    (lambda v: 0 <= v < 1, "must be in [0, 1)", ("edge_drop", "node_drop", "replace_rate", "recon_edge_drop")),
+    (lambda v: 0 <= v <= 1, "is a rate in [0, 1]", ("alpha", "omega")),
+    (lambda v: v >= 1, "must be >= 1 (Eq. 7)", ("eta",)))
+
+
 def check(s: Settings) -> Settings:
-    """The plain main's checks: SettingsError naming the first setting that cannot work (every
-    number finite and >= 0, sizes > 0, dropouts < 1, rates <= 1; cli.check_settings has all)."""
-    sizes = ("dim", "layers", "batch_size", "eval_batch", "epochs", "patience", "mask_epochs", "dec_layers", "lr", "tau")
-    for f in (f for f in dataclasses.fields(s) if f.type in ("int", "float")):
-        if not (math.isfinite(v := getattr(s, f.name)) and (v > 0 if f.name in sizes else v >= 0)) or v >= 1 and f.name in (
-                "edge_drop", "node_drop", "recon_edge_drop", "replace_rate") or v > 1 and f.name in ("alpha", "omega"):
-            raise SettingsError(f"{option(f.name)} {v} cannot work (cli.py, beside this file, names each range)")
-    if s.device == "cuda" and not torch.cuda.is_available() or not parse_ks(s.ks) or min(parse_ks(s.ks)) < 1:
-        raise SettingsError(f"--device {s.device} --ks {s.ks}: no CUDA GPU, or cut-offs that are not positive integers")
+    """Reject settings that cannot work, before anything is read: SettingsError naming the first
+    setting and its value (a choice outside CHOICES, a number that is not finite or breaks
+    SETTING_RULES, --schedule exp with alpha 0, --ks that are not positive integers, --device
+    cuda without a GPU). Returns s."""
+    for name, allowed in CHOICES.items():
+        if getattr(s, name) not in allowed:
+            raise SettingsError(f"{option(name)} must be one of {', '.join(allowed)}, got {getattr(s, name)!r}")
+    bad = [f.name for f in dataclasses.fields(s) if f.type in ("float", float) and not math.isfinite(getattr(s, f.name))]
+    bad = [(n, "must be a finite number") for n in bad] + [(n, m) for ok, m, ns in SETTING_RULES for n in ns
+                                                            if not ok(getattr(s, n))]
+    if bad:
+        raise SettingsError(f"{option(bad[0][0])} {bad[0][1]}, got {getattr(s, bad[0][0])}")
+    if s.schedule == "exp" and s.alpha <= 0.0:
+        raise SettingsError(f"--schedule exp needs --alpha > 0 (Eq. 3 divides by it), got {s.alpha}")
+    if not all(k.strip().isascii() and k.strip().isdigit() and int(k) > 0 for k in s.ks.split(",") if k.strip()) or not s.ks.strip(","):
+        raise SettingsError(f"--ks must be comma-separated positive integers, got {s.ks!r}")
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("--device cuda: no CUDA GPU is available")
     return s
 
 
@@ -1177,15 +1175,15 @@ def train(s: Settings) -> dict:
 
 
 def main(argv=None) -> int:
-    """The command line. With cli.py beside this file: its full command line (train with results
+    """The command line. With cikgrec_cli.py beside this file: its full command line (train with results
     files, resume, refit; recommend, prepare, stats, bench, download). Copied alone: `train`
     with every setting as an option, printing the test metrics of the selected epoch as JSON."""
-    if Path(__file__).with_name("cli.py").is_file():
-        import cli  # the tool layer, imported only here: this file never needs it
-        return cli.main(argv)
+    if Path(__file__).with_name("cikgrec_cli.py").is_file():
+        import cikgrec_cli  # the tool layer, imported only here: this file never needs it
+        return cikgrec_cli.main(argv)
     p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     add_settings_arguments(p.add_subparsers(dest="command", required=True).add_parser("train", allow_abbrev=False),
-                           ("out", "resume", "refit", "max_minutes"))  # a run's files: cli.py's
+                           ("out", "resume", "refit", "max_minutes"))  # a run's files: cikgrec_cli.py's
     args = p.parse_args(argv)
     try:
         r = train(make_settings(**{k: v for k, v in vars(args).items() if k != "command" and v is not None}))

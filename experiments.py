@@ -1,6 +1,6 @@
 """The paper-reproduction harness: Tables 1, 3 and 4 over seeds, the paper's numbers, the Fig. 3
 sparsity groups, the Fig. 4 case study (`explain`) and the figures (`plots`, optional matplotlib).
-It calls cli.fit and reads results files; the method and its training loop are in cikgrec.py.
+It calls cikgrec_cli.fit and reads results files; the method and its training loop are in cikgrec.py.
 
     python experiments.py tables --table table1 --dataset book-crossing --seeds 5
     python experiments.py explain --run runs/book-crossing-seed2024.json --user 2362
@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from cikgrec import (GRAPHS, DataError, Settings, SettingsError, Trainer, TrainingError,
                      add_settings_arguments, flatten, log, make_settings, mask_rate, open_text,
                      option)
-from cli import (HELP, HEADLINE_METRICS, RUN_FREE, check_settings, data_changed, definition_changes, duration, exit_code, finite,
+from cikgrec_cli import (HELP, HEADLINE_METRICS, RUN_FREE, check_settings, data_changed, definition_changes, duration, exit_code, finite,
                  fit, group_ndcg, keep_freed_memory, load_trained, output_paths, read_results, settings_differ,
                  write_json)
-from prepare import DATASETS, dataset_folder, item_title
+from cikgrec_prepare import DATASETS, dataset_folder, item_title
 
 # ----------------------------------------------------------------------------------------------
 # Tables: configurations, seeds, the paper's numbers, aggregation
@@ -182,13 +182,13 @@ def time_limited(results: dict) -> bool:
 
 def unrefit(results: dict, settings: Settings) -> bool:
     """True when the planned run asks for a refit (Table 1) and the results (read_results) have
-    none yet: the sweep then adds it (cli.fit with --refit on a finished run trains only it)."""
+    none yet: the sweep then adds it (cikgrec_cli.fit with --refit on a finished run trains only it)."""
     return settings.refit and not isinstance(results.get("refit"), dict)
 
 
 def done_results(run: PlannedRun, need_refit: bool = True) -> Path | None:
     """The results file of a planned run if it exists: its own, or that of the same run made
-    elsewhere when the settings agree (cli.settings_differ), so a CIKGRec run of hours is not
+    elsewhere when the settings agree (cikgrec_cli.settings_differ), so a CIKGRec run of hours is not
     trained twice: in another table or sweep under runs_dir/<dataset>/ (the ablation's "full" is
     Table 1's CIKGRec, a sweep's default value is that run too), or by `train` at its default
     --out (runs/<dataset>-seed<seed>.json, so `make train` counts as Table 1's CIKGRec row); a

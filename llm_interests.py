@@ -50,10 +50,10 @@ import requests
 import scipy.sparse as sp
 
 import cikgrec  # shared: DataError, the dataset readers (load_dataset, read_user_items, split_validation, ...)
-import prepare  # the tool layer: item titles, id lists, the dense-id check
+import cikgrec_prepare  # the tool layer: item titles, id lists, the dense-id check
 
 DataError = cikgrec.DataError
-item_title = prepare.item_title  # DBpedia URI -> readable title, shared with explain
+item_title = cikgrec_prepare.item_title  # DBpedia URI -> readable title, shared with explain
 
 # ----------------------------------------------------------------------------------------------
 # Settings of the method
@@ -117,15 +117,15 @@ def load_prompt_data(folder) -> PromptData:
     ids against user_list.txt). kg_final.txt, test.txt and user_interest_clustered.txt are not
     read, so a broken one does not stop `infer` or the batch commands (which regenerate the
     interest file). Raises DataError naming the file, also when item_list.txt is missing."""
-    folder = prepare.dataset_folder(folder)
+    folder = cikgrec_prepare.dataset_folder(folder)
     names_path = folder / "item_list.txt"
     if not names_path.exists():
         raise DataError(names_path, 0, "not found: the prompts name each user's items by the titles this file holds")
     names = cikgrec.read_item_names(names_path)
-    listed_users = prepare.list_size(folder / "user_list.txt")
+    listed_users = cikgrec_prepare.list_size(folder / "user_list.txt")
     train = cikgrec.read_user_items(folder / "train.txt", len(names), listed_users)
     if listed_users is None:  # a stray huge user id would make a huge list below
-        prepare.check_dense(folder / "train.txt", "user", set(train))
+        cikgrec_prepare.check_dense(folder / "train.txt", "user", set(train))
     return PromptData([np.array(train.get(u, []), dtype=np.int64) for u in range(1 + max(train))], names)
 
 
@@ -139,7 +139,7 @@ def make_jobs(dataset, field: str, split_seed: int = 0, n_last: int = N_LAST_ITE
     read). Returns (jobs, skipped): skipped lists the users with no named item.
     """
     train_part, _ = cikgrec.split_validation(dataset.train, split_seed)
-    titles = [prepare.item_title(n) for n in dataset.item_names]
+    titles = [cikgrec_prepare.item_title(n) for n in dataset.item_names]
     jobs, skipped = [], []
     for user, items in enumerate(train_part):
         named = [int(i) for i in items if i < len(titles) and titles[i]][-n_last:]
@@ -1431,7 +1431,7 @@ def batch_import(batch_output, jobs: list, answers_path, failures_path) -> dict:
     return counts
 
 # ----------------------------------------------------------------------------------------------
-# Coverage: how much of the dataset the interest file speaks for (read by `cikgrec.py train`, in cli.py)
+# Coverage: how much of the dataset the interest file speaks for (read by `cikgrec.py train`, in cikgrec_cli.py)
 # ----------------------------------------------------------------------------------------------
 COVERAGE_SUFFIX = ".coverage.json"  # user_interest_clustered.txt -> user_interest_clustered.coverage.json
 
@@ -1459,7 +1459,7 @@ def coverage_record(interest_bytes: bytes, interest_name: str, users_with_intere
 def read_coverage(interest_file) -> dict | None:
     """The coverage record of an interest file, or None when it has none (a published file) or
     it does not match (unreadable, or its SHA-256 differs from the file's: the interest file was
-    replaced after `cluster`). Needs only json, hashlib and pathlib, so cli.py can hold the
+    replaced after `cluster`). Needs only json, hashlib and pathlib, so cikgrec_cli.py can hold the
     same few lines without importing this module: for P = .../user_interest_clustered.txt the
     record is P.with_name(P.stem + COVERAGE_SUFFIX)."""
     path = Path(interest_file)

@@ -1,6 +1,6 @@
 """Make the demo dataset data/demo/: a synthetic book shop small enough to train on in a minute.
 
-    python make_demo.py            # writes data/demo/raw/*.csv, then data/demo/ (via prepare.prepare)
+    python make_demo.py            # writes data/demo/raw/*.csv, then data/demo/ (via cikgrec_prepare.prepare)
 
 300 readers, 240 books in 8 genres (30 each, by 24 authors), about 24 ratings per reader over a
 year. Each reader has one or two favourite genres and rates mostly books of those (popular ones
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-import prepare
+import cikgrec_prepare
 
 GENRES = ("mystery", "fantasy", "romance", "history", "science", "horror", "poetry", "travel")
 WORDS = {"mystery": ("Murder", "Secret", "Shadow", "Clue"), "fantasy": ("Dragon", "Crown", "Spell", "Realm"),
@@ -70,18 +70,18 @@ def make(root: Path = Path(__file__).resolve().parent / "data" / "demo", seed: i
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(rows)
-    st = prepare.prepare(raw / "ratings.csv", root.name, root.parent, items=raw / "books.csv", kg=raw / "kg.csv",
+    st = cikgrec_prepare.prepare(raw / "ratings.csv", root.name, root.parent, items=raw / "books.csv", kg=raw / "kg.csv",
                          min_rating=4, force=True)
     # interest nodes, numbered after the largest entity id (the format of llm_interests.py cluster)
-    users = {parts[0]: int(parts[1]) for parts in prepare.id_list_rows(root / "user_list.txt")}
-    first = prepare.list_size(root / "entity_list.txt")
+    users = {parts[0]: int(parts[1]) for parts in cikgrec_prepare.id_list_rows(root / "user_list.txt")}
+    first = cikgrec_prepare.list_size(root / "entity_list.txt")
     lines = [f"{users[u]} {first + g}" for u, gs in interests if u in users for g in gs]
     (root / "user_interest_clustered.txt").write_text("\n".join(lines) + "\n")
-    st = {**prepare.dataset_stats(root), "processing": st["processing"]}
-    (root / "stats.md").write_text(prepare.stats_markdown(root.name, st))
+    st = {**cikgrec_prepare.dataset_stats(root), "processing": st["processing"]}
+    (root / "stats.md").write_text(cikgrec_prepare.stats_markdown(root.name, st))
     return st
 
 
 if __name__ == "__main__":
     st = make()
-    print(prepare.stats_markdown("demo", st), end="")
+    print(cikgrec_prepare.stats_markdown("demo", st), end="")

@@ -568,8 +568,8 @@ def test_importing_cikgrec_or_cli_leaves_the_allocator_alone():
     code = ("import ctypes; calls = []; real = ctypes.CDLL\n"
             "class Libc:\n    def mallopt(self, *a): calls.append(a)\n"
             "ctypes.CDLL = lambda name, *a, **k: Libc() if name == 'libc.so.6' else real(name, *a, **k)\n"
-            "import cikgrec, cli\nassert calls == [], calls\n"
-            "cli.keep_freed_memory(); print(calls)")
+            "import cikgrec, cikgrec_cli\nassert calls == [], calls\n"
+            "cikgrec_cli.keep_freed_memory(); print(calls)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     import platform
     assert r.returncode == 0, r.stderr
@@ -592,7 +592,7 @@ def test_the_demo_dataset_is_what_make_demo_writes(tmp_path):
 
 def test_cikgrec_py_copied_alone_trains_and_prints_the_test_metrics(tmp_path):
     """The method file is the teaching text people copy: alone in an empty folder beside a
-    dataset folder (no cli.py, prepare.py), its `train` takes every setting, selects on
+    dataset folder (no cikgrec_cli.py, cikgrec_prepare.py), its `train` takes every setting, selects on
     validation and prints the test metrics; importing it imports no other file of ours."""
     data = need_data("book-crossing")
     (tmp_path / "cikgrec.py").write_text((ROOT / "cikgrec.py").read_text())
@@ -605,14 +605,14 @@ def test_cikgrec_py_copied_alone_trains_and_prints_the_test_metrics(tmp_path):
     assert all(0 < out["test"][m] < 1 for m in ("recall@50", "recall@100", "ndcg@50", "ndcg@100"))
     assert "epoch    0 | bpr" in p.stderr and "selection on valid" in p.stderr
     assert sorted(x.name for x in tmp_path.iterdir() if x.suffix == ".py") == ["cikgrec.py"]
-    code = "import sys, cikgrec; print(sorted(m for m in ('cli', 'prepare', 'experiments', 'llm_interests') if m in sys.modules))"
+    code = "import sys, cikgrec; print(sorted(m for m in ('cikgrec_cli', 'cikgrec_prepare', 'experiments', 'llm_interests') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("option, expect", [
-    (["--dim", "0"], "--dim 0 cannot work"), (["--epochs", "0"], "--epochs 0 cannot work"),
-    (["--lr", "nan"], "--lr nan cannot work"), (["--edge-drop", "1.5"], "--edge-drop 1.5 cannot work"),
-    (["--alpha", "2"], "--alpha 2.0 cannot work"), (["--ks", "0"], "cut-offs that are not positive integers"),
+    (["--dim", "0"], "--dim must be at least 1, got 0"), (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"), (["--edge-drop", "1.5"], "--edge-drop must be in [0, 1), got 1.5"),
+    (["--alpha", "2"], "--alpha is a rate in [0, 1], got 2.0"), (["--ks", "0"], "--ks must be comma-separated positive integers"),
     (["--out", "x.json"], "unrecognized arguments: --out"), (["--refit"], "unrecognized arguments: --refit")])
 def test_the_copy_alone_refuses_settings_that_cannot_work(tmp_path, option, expect):
     """Found by a fresh user: copied alone, `train --dim 0` printed meaningless metrics, `--epochs 0`

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cikgrec as C
-import cli as T
+import cikgrec_cli as T
 import experiments as E
 from test_cikgrec import small_dataset, tiny_settings
 

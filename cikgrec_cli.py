@@ -8,7 +8,7 @@ cikgrec.py is the method and a plain loop. This file holds what a practitioner n
     results         read_results (checked), settings_differ, definition_changes, output_paths
     a saved run     load_trained, load_run(...).recommend, write_recommendations, Fig. 3 groups
     bench           seconds per epoch and evaluation, peak memory, a breakdown by part
-    command line    train, recommend, prepare, stats, bench, download (prepare.py: datasets)
+    command line    train, recommend, prepare, stats, bench, download (cikgrec_prepare.py: datasets)
 
     python cikgrec.py train --dataset book-crossing --data-dir ../shared/data --refit
     python cikgrec.py recommend --run runs/book-crossing-seed2024.json --k 20 --out recs.tsv
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cikgrec import (CHOICES, DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Settings, SettingsError,
+from cikgrec import (DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Settings, SettingsError, check,
                      Trainer, TrainingError, add_settings_arguments, evaluate_ranking, id_pairs, log,
                      make_settings, node_counts, open_text, option, parse_ks, train_loop)
 from cikgrec import read_data as read_method_data
-from prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, id_list_rows, item_title,
+from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, id_list_rows, item_title,
                      load_checked, prepare, raw_rows, stats_markdown)
 
 # ----------------------------------------------------------------------------------------------
@@ -68,42 +68,13 @@ MAX_K = 100_000  # largest cut-off of --ks
 
 
 def check_settings(s: Settings) -> Settings:
-    """Reject settings that cannot work, before anything is read or written.
-
-    Raises SettingsError naming the setting and its value.
-    """
-    for name, allowed in CHOICES.items():
-        if getattr(s, name) not in allowed:
-            raise SettingsError(f"{option(name)} must be one of {', '.join(allowed)}, "
-                                f"got {getattr(s, name)!r}")
-    for f in dataclasses.fields(Settings):
-        if f.type in ("float", float) and not math.isfinite(getattr(s, f.name)):
-            raise SettingsError(f"{option(f.name)} must be a finite number, got {getattr(s, f.name)}")
-    rules = ((lambda v: v >= 1, "must be at least 1", ("dim", "layers", "dec_layers", "batch_size", "eval_batch",
-                                                        "transe_batch", "mask_epochs", "epochs", "patience")),
-             (lambda v: v >= 0, "must be >= 0", ("enc_layers", "min_epochs", "max_minutes", "threads", "seed",
-                                                 "split_seed", "l2", "transe_l2", "lambda1", "lambda2", "lambda3",
-                                                 "eps")),
-             (lambda v: v < 2**32, "must be < 2**32", ("seed", "split_seed")),  # numpy's and torch's generators
-             (lambda v: v > 0, "must be > 0", ("lr", "transe_lr", "tau")),
-             (lambda v: 0 <= v < 1, "must be in [0, 1)", ("edge_drop", "node_drop", "replace_rate", "recon_edge_drop")),
-             (lambda v: 0 <= v <= 1, "is a rate in [0, 1]", ("alpha", "omega")),
-             (lambda v: v >= 1, "must be >= 1 (Eq. 7)", ("eta",)),
-             (lambda v: v <= MAX_THREADS, f"must be at most {MAX_THREADS} (4 per CPU of this machine)", ("threads",)))
-    for ok, message, names in rules:
-        for name in names:
-            if not ok(getattr(s, name)):
-                raise SettingsError(f"{option(name)} {message}, got {getattr(s, name)}")
-    if s.schedule == "exp" and s.alpha <= 0.0:
-        raise SettingsError(f"--schedule exp needs --alpha > 0 (Eq. 3 divides by it), got {s.alpha}")
-    try:
-        ks = parse_ks(s.ks)
-    except ValueError:
-        ks = []
-    if not ks or min(ks) < 1:
-        raise SettingsError(f"--ks must be comma-separated positive integers, got {s.ks!r}")
-    if max(ks) > MAX_K:  # a cut-off is a length of a ranked list; the metrics hold K columns per user
-        raise SettingsError(f"--ks {max(ks)}: a cut-off must be at most {MAX_K:,}")
+    """cikgrec.check (each setting that cannot work, named with its value), and what only a run of
+    the tool layer meets: --threads at most MAX_THREADS, cut-offs at most MAX_K. Raises SettingsError."""
+    check(s)
+    if s.threads > MAX_THREADS:  # torch crashes on absurd thread counts
+        raise SettingsError(f"--threads must be at most {MAX_THREADS} (4 per CPU of this machine), got {s.threads}")
+    if max(parse_ks(s.ks)) > MAX_K:  # a cut-off is a length of a ranked list; the metrics hold K columns per user
+        raise SettingsError(f"--ks {max(parse_ks(s.ks))}: a cut-off must be at most {MAX_K:,}")
     return s
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +214,7 @@ def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, devic
     start, failure, limit = p.epoch + 1, None, None
     started = time.perf_counter()
     before = sum(h["seconds"] + h["eval_seconds"] for h in p.history)  # of the calls before a --resume
-    trainer.progress = lambda done, n, sec: log(epoch_estimate(s, done, n, sec, device))
+    trainer.on_batch = BatchProgress(s, device, start)
 
     def after_epoch(p: Progress, more: bool) -> bool:  # a checkpoint, a progress line, the deadline
         nonlocal limit
@@ -365,6 +336,23 @@ def duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds}s"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class BatchProgress:
+    """Trainer.on_batch of a run: the estimate line (epoch_estimate) once, after the first 5
+    batches or 10 seconds of the run's first epoch, then `epoch E: batch b/n` every 30 seconds."""
+
+    def __init__(self, s: Settings, device, first_epoch: int):
+        self.s, self.device, self.epoch, self.estimated, self.last = s, device, first_epoch, False, time.perf_counter()
+
+    def __call__(self, done: int, n_batches: int, seconds: float) -> None:
+        if not self.estimated and (done >= min(5, n_batches) or seconds > 10):
+            log(epoch_estimate(self.s, done, n_batches, seconds, self.device))
+            self.estimated = True
+        if time.perf_counter() - self.last > 30:
+            log(f"  epoch {self.epoch}: batch {done}/{n_batches}")
+            self.last = time.perf_counter()
+        self.epoch += done == n_batches  # the next call is in the next epoch
 
 
 def epoch_estimate(s: Settings, done: int, n_batches: int, seconds: float, device) -> str:
@@ -675,7 +663,7 @@ def _git_commit() -> str | None:
 
 
 def read_data(s: Settings) -> tuple[Dataset, list, list | None]:
-    """cikgrec.read_data with the strict loader (prepare.load_checked)."""
+    """cikgrec.read_data with the strict loader (cikgrec_prepare.load_checked)."""
     return read_method_data(s, load_checked)
 
 

@@ -1,5 +1,5 @@
-"""Tests of the tool layer: cli.py (fit with results files, locks, checkpoints and --resume, --refit,
---max-minutes; recommend and load_run; the command line) and prepare.py (raw files in, the strict
+"""Tests of the tool layer: cikgrec_cli.py (fit with results files, locks, checkpoints and --resume, --refit,
+--max-minutes; recommend and load_run; the command line) and cikgrec_prepare.py (raw files in, the strict
 dataset checks, stats, download). Run with `make test`. The method's own tests are in test_cikgrec.py.
 
 The published datasets are found through $CIKGREC_DATA (default ../shared/data relative to the
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import cikgrec as C
-import cli as T
-import prepare as P
+import cikgrec_cli as T
+import cikgrec_prepare as P
 from test_cikgrec import DATA, ROOT, dense, need_data, run_cli, small_dataset, tiny_settings, write_dataset
 
 
