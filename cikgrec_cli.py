@@ -192,7 +192,7 @@ def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, devic
         p.best_state = ck.get("best_model")
         if p.best_state is None:  # a checkpoint written before the best model was kept in it
             try:
-                p.best_state = torch.load(best_path, map_location=device, weights_only=True)
+                p.best_state = read_model(best_path, device)[1]
             except Exception as e:
                 raise SettingsError(f"--resume: {ckpt_path} was written by older code, which kept the best model "
                                     f"only in {best_path}, and that cannot be read ({type(e).__name__}); "
@@ -219,7 +219,7 @@ def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, devic
     def after_epoch(p: Progress, more: bool) -> bool:  # a checkpoint, a progress line, the deadline
         nonlocal limit
         if p.best_epoch == p.epoch:
-            _save(p.best_state, best_path)
+            save_model(p.best_state, s, best_path)
         _save({"trainer": trainer_state(trainer), "stopper": {"best": p.best, "best_epoch": p.best_epoch,
                                                               "bad": p.bad},
                "history": p.history, "epoch": p.epoch, "best_model": p.best_state, "data_sha256": data_sha256,
@@ -242,7 +242,7 @@ def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, devic
         failure = f"{e}; the checkpoint of epoch {p.epoch} is kept ({ckpt_path})"
     history, epoch = p.history, p.epoch
     trainer.model.load_state_dict(p.best_state)  # this run's own best, never a file another run wrote
-    _save(p.best_state, best_path)
+    save_model(p.best_state, s, best_path)
     t1 = time.perf_counter()
     test = trainer.evaluate("test")  # the one and only look at test (valid selection)
     eval_seconds = time.perf_counter() - t1
@@ -452,7 +452,7 @@ def add_refit(s: Settings, results: dict, out: Path, device, deadline: float | N
                               "command adds the refit")) from None
     if cut:
         return results
-    _save(trainer.model.state_dict(), model_path)
+    save_model(trainer.model.state_dict(), s, model_path)
     test = trainer.evaluate("test")  # the refit's one look at test
     results["refit"] = {"epochs": epochs, "test": test, "groups": group_ndcg(trainer),
                         "seconds": round(seconds, 1), "model": str(model_path),
@@ -505,6 +505,21 @@ def check_memory(s: Settings, ds: Dataset, device, free: int | None = None) -> N
     raise SettingsError(f"{option(name)} {getattr(s, name)}: this run needs about {gb(need)} of memory, but "
                         f"{device} has {gb(free)} free; lower {option(name)} (at {default(name)} it would need "
                         f"{gb(need - saved[name])})")
+
+
+# Settings saved with a model file, so that a results file edited by hand cannot change what it means
+MODEL_FREE = RUN_FREE + RESUME_FREE + ("refit",)
+
+
+def save_model(state: dict, s: Settings, path: Path) -> None:
+    """A model file: {"settings": s less MODEL_FREE, "model": the state_dict}."""
+    _save({"settings": {k: v for k, v in dataclasses.asdict(s).items() if k not in MODEL_FREE}, "model": state}, path)
+
+
+def read_model(path: Path, device) -> tuple[dict | None, dict]:
+    """(the settings saved with it, or None for a file written before they were, the state_dict)."""
+    obj = torch.load(path, map_location=device, weights_only=True)
+    return (obj["settings"], obj["model"]) if isinstance(obj, dict) and set(obj) == {"settings", "model"} else (None, obj)
 
 
 def _save(obj, path: Path) -> None:
@@ -811,6 +826,17 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
                                        + (", its refit <out>.refit.pt)" if use_refit else ")"))
     known = {f.name for f in dataclasses.fields(Settings)}
     s = Settings(**{k: v for k, v in results["settings"].items() if k in known})
+    try:
+        saved, state = read_model(model_path, "cpu")
+    except Exception as e:  # truncated or foreign
+        raise DataError(model_path, 0, f"cannot read the model ({str(e).strip()[:200] or type(e).__name__})") from None
+    edited = [k for k, v in (saved or {}).items() if k in known and getattr(s, k) != v]
+    if edited:  # e.g. --layers edited in the JSON: the numbers would be those of another model
+        raise DataError(results_path, 0, "its settings differ from those saved with its model " + ", ".join(
+            f"{option(k)} {getattr(s, k)} (the model's: {saved[k]})" for k in edited) + "; was the file edited?")
+    if saved is None and not model_sha256:
+        raise DataError(results_path, 0, "the model was saved without its settings, and the results file has no "
+                                         "model_sha256 (provenance): which settings trained it cannot be told. Train it again")
     s = dataclasses.replace(s, resume=False, device=device, **({"data_dir": data_dir} if data_dir else {}))
     if use_refit:
         s = dataclasses.replace(s, select_on="test")  # the refit's graph holds all of train.txt
@@ -828,7 +854,7 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
                                        "same --out?)")
     trainer = Trainer(s, ds, train_part, valid, pick_device(device))
     try:
-        trainer.model.load_state_dict(torch.load(model_path, map_location=trainer.device, weights_only=True))
+        trainer.model.load_state_dict({k: v.to(trainer.device) for k, v in state.items()})
     except Exception as e:  # truncated, foreign, or made for another graph (e.g. other interests)
         first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
         raise DataError(model_path, 0, f"cannot load the model for this data ({first})") from None

@@ -496,7 +496,7 @@ def test_refit_trains_best_epoch_plus_one_on_all_of_train(tmp_path):
     # the same as training e epochs on all of train.txt with no selection, from the same seed
     plain = T.fit(tiny_settings(tmp_path, select_on="test", epochs=e, patience=100, out=str(tmp_path / "p.json")))
     last = torch.load(tmp_path / "p.ckpt.pt", weights_only=False)["trainer"]["model"]
-    refit = torch.load(out.with_suffix(".refit.pt"), weights_only=True)
+    refit = T.read_model(out.with_suffix(".refit.pt"), "cpu")[1]
     assert all(torch.equal(last[k], refit[k]) for k in refit) and plain["epochs_run"] == e
     trainer, _ = T.load_trained(out)  # the refit model, on the graph of all of train.txt
     ds = C.load_dataset(tmp_path / "fx")
@@ -719,6 +719,34 @@ def test_recommend_command_tsv_jsonl_unknown_users_and_foreign_model(tmp_path):
     torch.save(T.load_run(tmp_path / "runs" / "fx.json").trainer.model.state_dict(), tmp_path / "runs" / "fx.pt")
     r = run_cli("recommend", "--run", "runs/fx.json", cwd=tmp_path)  # a re-saved file: not the run's (SHA-256)
     assert r.returncode == 2 and "fx.pt: not the model this run saved" in r.stderr
+
+
+def test_a_results_file_whose_settings_differ_from_its_models_is_refused(tmp_path):
+    """Found by a new user (issue 19): editing `layers`, `self_loops`, `layer0` or `graph` in a
+    results file silently changed the recommendations, and deleting "provenance" turned the
+    SHA-256 checks off. The settings saved with the model file now decide."""
+    _, results = trained_fixture(tmp_path)
+    path = tmp_path / "runs" / "fx.json"
+    assert T.read_model(tmp_path / "runs" / "fx.pt", "cpu")[0]["layers"] == results["settings"]["layers"]
+    for name, value in (("layers", results["settings"]["layers"] + 1), ("self_loops", not results["settings"]["self_loops"]),
+                        ("layer0", not results["settings"]["layer0"]), ("graph", "cg")):
+        edited = json.loads(json.dumps(results))
+        edited["settings"][name] = value
+        del edited["provenance"]
+        path.write_text(json.dumps(edited))
+        with pytest.raises(C.DataError, match=f"its settings differ from those saved with its model {C.option(name)} "
+                                              f"{value} \\(the model's: "):
+            T.load_run(path)
+    edited = json.loads(json.dumps(results))
+    edited["settings"]["threads"], edited["settings"]["eval_batch"] = 2, 3  # never change numbers
+    path.write_text(json.dumps(edited))
+    assert T.load_run(path).recommend([0], k=1)
+    # a model file written before the settings were saved with it, and no provenance: refused
+    torch.save(T.read_model(tmp_path / "runs" / "fx.pt", "cpu")[1], tmp_path / "runs" / "fx.pt")
+    del edited["provenance"]
+    path.write_text(json.dumps(edited))
+    with pytest.raises(C.DataError, match="saved without its settings, and the results file has no model_sha256"):
+        T.load_run(path)
 
 
 def test_recommend_uses_the_refit_model(tmp_path):
