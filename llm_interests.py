@@ -1201,6 +1201,24 @@ def estimate(jobs: list, max_tokens: int, price_in: float | None = None, price_o
     return out
 
 
+TYPICAL_COMPLETION_TOKENS = 150  # an answer of 10-20 short interest phrases, without reasoning
+
+
+def typical_estimate(est: dict, answered: dict, price_in: float | None = None, price_out: float | None = None) -> str:
+    """The likely cost beside estimate()'s upper bound: completions at the median completion
+    tokens of the answers so far (the server's usage), or TYPICAL_COMPLETION_TOKENS per user
+    when there are none (a reasoning model writes several times more)."""
+    used = sorted(r["usage"]["completion_tokens"] for r in answered.values()
+                  if isinstance(r.get("usage"), dict) and isinstance(r["usage"].get("completion_tokens"), int))
+    per_user = used[len(used) // 2] if used else TYPICAL_COMPLETION_TOKENS
+    where = (f"the median of the {len(used):,} answers so far" if used else
+             "a typical answer without reasoning; a reasoning model writes several times more")
+    text = f"typical: completions about {est['users'] * per_user:,} tokens ({per_user:,} per user, {where})"
+    if price_in is not None or price_out is not None:
+        text += f"; cost about ${est['prompt_tokens'] * (price_in or 0) / 1e6 + est['users'] * per_user * (price_out or 0) / 1e6:,.4f}"
+    return text
+
+
 def format_estimate(est: dict, max_tokens: int, batch: bool = False) -> str:
     """estimate()'s figures in a line; batch=True: for batch-export, whose answers cut at the limit
     cannot be asked again (batch-import drops the trailing fragment and marks them)."""
@@ -1654,7 +1672,12 @@ def cmd_infer(args, cfg: ClientConfig, jobs: list, answers: Path, failures: Path
         todo = unanswered(jobs, answers)
         est = estimate(todo, cfg.max_tokens, args.price_in, args.price_out)
         say(f"dry run ({cfg.model}, {len(jobs) - len(todo)} users already answered in {answers}): "
-            f"{format_estimate(est, cfg.max_tokens)}. Nothing was sent.")
+            f"{format_estimate(est, cfg.max_tokens)}.")
+        say(typical_estimate(est, read_answers(answers), args.price_in, args.price_out))
+        if todo:
+            say(f"the first prompt ({todo[0].user}'s):\n" + "\n".join(f"  [{m['role']}] {m['content']}"
+                                                                      for m in todo[0].messages))
+        say("Nothing was sent.")
         return 0
     say(f"infer: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
     c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)

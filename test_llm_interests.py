@@ -1423,13 +1423,20 @@ def test_dry_run_sends_nothing_and_prints_users_tokens_and_cost(tmp_path, capsys
     assert "completions at most 3,000 tokens (1,000 per user" in err
     # cost: 217 x 1000 / 1e6 = 0.217 in, 3000 x 2000 / 1e6 = 6 out
     assert "cost at most $6.2170 ($0.2170 in + $6.0000 out)" in err and "Nothing was sent." in err
+    # issue 19: beside the upper bound, a typical estimate and one sample prompt. No answers yet:
+    # 150 tokens per user, 3 x 150 = 450; cost 0.217 + 450 x 2000 / 1e6 = 1.117
+    assert "typical: completions about 450 tokens (150 per user, a typical answer without reasoning" in err
+    assert "cost about $1.1170" in err
+    assert "the first prompt (0's):\n  [system] " in err and "[user] The items this user liked: [Dune]" in err
     # after resume: only the users left are counted
     (tmp_path / "o" / "t").mkdir(parents=True)
-    (tmp_path / "o" / "t" / "llm_answers.jsonl").write_text('{"user": 2, "answer": "drama"}\n')
+    (tmp_path / "o" / "t" / "llm_answers.jsonl").write_text('{"user": 2, "answer": "drama", "usage": '
+                                                            '{"completion_tokens": 37}}\n')
     assert L.main(["infer", *common, "--base-url", "http://127.0.0.1:9/v1", "--dry-run", "--max-tokens", "10"]) == 0
     err = capsys.readouterr().err
     assert "1 users already answered" in err and "2 users to ask; prompts about 144 tokens" in err
     assert "completions at most 20 tokens" in err and "give --price-in and --price-out" in err
+    assert "typical: completions about 74 tokens (37 per user, the median of the 1 answers so far)" in err
 
 
 def test_a_real_run_reports_the_usage_the_server_returned(tmp_path, capsys):
