@@ -3,24 +3,19 @@
 The method and a plain training loop, in the order the data flows; equation, table and figure
 numbers are the paper's. Copy this one file into a project and it trains (numpy and torch only).
 
-    1. Settings       Settings, DATASET_DEFAULTS (the authors' configs), MODELS (the baselines),
-                      VARIANTS (every difference between the paper and the authors' code)
-    2. Loading        load_dataset: the published format, errors naming file, line and value
-    3. Split          split_validation: the validation carve-out from train.txt
-    4. The CIKG       cikg_edges, Graph (D^-1/2 (A+I) D^-1/2), build_graphs (CIKG, views, GMAE graph)
-    5. The model      class CIKGRec (Fig. 2): encode (f_G), bpr_loss (Eq. 10), contrastive_loss
-                      (Eqs. 8-9), simgcl_loss, reconstruction_loss (Eqs. 3-7), transe_loss (Eq. 12),
-                      loss (Eq. 11)
-    6. Its parts      two fast kernels (each equal to a plain expression), mask_rate (Eq. 3), the
-                      losses' terms: bpr, info_nce, sce, translation
-    7. Sampling       negatives (Eq. 10's i'), TransE triples and corrupted tails
-    8. Metrics        ranking_metrics, evaluate_ranking: full-ranking Recall@K, NDCG@K
-    9. Training       Trainer (batches, optimisers, evaluation sets) and train_loop: the one loop,
-                      with early stopping, that the refit runs through too
-   10. main           `python cikgrec.py train ...`: select on validation, test once, print
-
-Beside it, cikgrec_cli.py (runs: resume, refit, results files, recommend, bench) and cikgrec_prepare.py (datasets
-in and out) are the tool layer: with them, `python cikgrec.py` reaches their full command line.
+    1. Settings    Settings, DATASET_DEFAULTS (the authors' configs), MODELS (the baselines), VARIANTS
+    2. Loading     load_dataset: the published format, errors naming file, line and value
+    3. Split       split_validation: the validation carve-out from train.txt
+    4. The CIKG    cikg_edges, Graph (D^-1/2 (A+I) D^-1/2), build_graphs (CIKG, views, GMAE graph)
+    5. The model   class CIKGRec (Fig. 2): encode (f_G), bpr_loss (Eq. 10), contrastive_loss (Eqs. 8-9),
+                   simgcl_loss, reconstruction_loss (Eqs. 3-7), transe_loss (Eq. 12), loss (Eq. 11), fold_in
+    6. Its parts   two fast kernels, mask_rate (Eq. 3), the losses' terms: bpr, info_nce, sce, translation
+    7. Sampling    negatives (Eq. 10's i'), TransE triples and corrupted tails
+    8. Metrics     ranking_metrics, evaluate_ranking: full-ranking Recall@K, NDCG@K
+    9. Training    Trainer and train_loop: the one loop, with early stopping, that the refit runs through
+   10. main        `python cikgrec.py train ...`: select on validation, test once, print
+Beside it, cikgrec_cli.py and cikgrec_prepare.py are the tool layer (runs, recommend, datasets): with
+them, `python cikgrec.py` reaches their full command line.
 """
 from __future__ import annotations
 
@@ -104,17 +99,15 @@ class Settings:
 # The authors' per-dataset configurations (their public repository laowangzi/CIKGRec, commit 4cd310f,
 # the best config of each dataset); the rest are Settings defaults.
 DATASET_DEFAULTS = {
-    "ml1m": dict(layers=3, lr=5e-4, lambda1=1.8, l2=5e-5, edge_drop=0.1, node_drop=0.1, lambda3=0.03,
-                 tau=0.2, eps=0.1, lambda2=0.15, eta=3.0, alpha=0.10, omega=0.95, mask_epochs=80,
-                 enc_layers=2, replace_rate=0.0, recon_edge_drop=0.0, transe=False),
-    "dbbook2014": dict(layers=3, lr=8e-4, lambda1=1.5, l2=1e-5, edge_drop=0.0, node_drop=0.0,
-                       lambda3=0.01, tau=0.2, eps=0.1, lambda2=0.03, eta=2.0, alpha=0.05, omega=0.75,
-                       mask_epochs=150, enc_layers=2, replace_rate=0.15, recon_edge_drop=0.2,
-                       transe=True),
-    "book-crossing": dict(layers=4, lr=8e-4, lambda1=1.5, l2=5e-5, edge_drop=0.1, node_drop=0.0,
-                          lambda3=0.01, tau=0.15, eps=0.1, lambda2=0.03, eta=2.0, alpha=0.05,
-                          omega=0.65, mask_epochs=120, enc_layers=3, replace_rate=0.0,
-                          recon_edge_drop=0.0, transe=False),
+    "ml1m": dict(layers=3, lr=5e-4, lambda1=1.8, l2=5e-5, edge_drop=0.1, node_drop=0.1, lambda3=0.03, tau=0.2,
+                 eps=0.1, lambda2=0.15, eta=3.0, alpha=0.10, omega=0.95, mask_epochs=80, enc_layers=2,
+                 replace_rate=0.0, recon_edge_drop=0.0, transe=False),
+    "dbbook2014": dict(layers=3, lr=8e-4, lambda1=1.5, l2=1e-5, edge_drop=0.0, node_drop=0.0, lambda3=0.01, tau=0.2,
+                       eps=0.1, lambda2=0.03, eta=2.0, alpha=0.05, omega=0.75, mask_epochs=150, enc_layers=2,
+                       replace_rate=0.15, recon_edge_drop=0.2, transe=True),
+    "book-crossing": dict(layers=4, lr=8e-4, lambda1=1.5, l2=5e-5, edge_drop=0.1, node_drop=0.0, lambda3=0.01,
+                          tau=0.15, eps=0.1, lambda2=0.03, eta=2.0, alpha=0.05, omega=0.65, mask_epochs=120,
+                          enc_layers=3, replace_rate=0.0, recon_edge_drop=0.0, transe=False),
 }
 
 # The baselines of Table 1 are settings of the same model, each at its own paper's definition, on
@@ -216,10 +209,8 @@ def open_text(path: Path):
         raise DataError(path, 0, "is a folder, not a file")
     try:
         f = open(path, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise DataError(path, 0, "file not found") from None
     except OSError as e:
-        raise DataError(path, 0, f"cannot read it ({e.strerror})") from None
+        raise DataError(path, 0, "file not found" if isinstance(e, FileNotFoundError) else f"cannot read it ({e.strerror})") from None
     if f.read(1) == "\ufeff":
         f.close()
         raise DataError(path, 1, "the file starts with a byte-order mark (BOM, as some editors save UTF-8):"
@@ -483,7 +474,7 @@ class Graph:
         adj = torch.sparse_csr_tensor(crow, col.int(), w * dinv[row] * dinv[col], (self.n_nodes, self.n_nodes),
                                       check_invariants=False)
         if drop == 0.0:
-            self._full = adj
+            self._full, self.degree = adj, deg  # degree [n_nodes]: of the full graph (fold-in reads it)
         return adj
 
 
@@ -525,13 +516,12 @@ class CIKGRec(torch.nn.Module):
     """CIKGRec: LightGCN on the CIKG trained with BPR, interest reconstruction and cross-domain
     contrastive learning (Eq. 11), and optionally TransE (Eq. 12).
 
-    n_users, n_items, n_entities (items included), n_interests, n_relations: the node counts of
-    the layout [users | entities, items first | interests]. graphs: build_graphs(...). hp: the
-    settings it reads (a Settings, or any object with the same attributes): dim, layers, layer0,
-    lambda1-3, l2, edge_drop, node_drop, contrast, tau, eps, eta, enc_layers, dec_layers,
-    replace_rate, recon_edge_drop, transe_l2, variant. LightGCN is this model with lambda2 =
-    lambda3 = 0; SimGCL with lambda2 = 0 and contrast = "simgcl" (MODELS).
-    """
+    n_users, n_items, n_entities (items included), n_interests, n_relations: the node counts of the
+    layout [users | entities, items first | interests]. graphs: build_graphs(...). hp: the settings
+    it reads (a Settings, or any object with the same attributes): dim, layers, layer0, lambda1-3,
+    l2, edge_drop, node_drop, contrast, tau, eps, eta, enc_layers, dec_layers, replace_rate,
+    recon_edge_drop, self_loops, graph, transe_l2, variant. LightGCN is this model with lambda2 =
+    lambda3 = 0; SimGCL with lambda2 = 0 and contrast = "simgcl" (MODELS)."""
 
     def __init__(self, n_users: int, n_items: int, n_entities: int, n_interests: int, n_relations: int,
                  graphs: Graphs, hp):
@@ -634,6 +624,30 @@ class CIKGRec(torch.nn.Module):
         noise. Scores are their dot products."""
         z = self.encode(self.graphs.main.adjacency())
         return z[:self.e0], z[self.e0:self.e0 + self.n_items]
+
+    @torch.no_grad()
+    def fold_in(self, items: list, interests: list | None = None) -> torch.Tensor:
+        """Final embeddings [n_new, D] of users the model never saw ("fold-in"), from their item ids
+        (one list per new user) and, where G has Has-Interest edges, their interest indices. Z and G
+        stay frozen and each user is added alone, so no user depends on another: layer 0 is zero (a
+        new user has no row of Z), layer k+1 is the sum over the user's neighbours n of
+        z_n^k / sqrt(d d_n), plus z^k / d with self-loops, where d_n is n's degree in the trained G and
+        d the user's own (neighbours, +1 with a self-loop); the mean over layers is encode's. A user
+        with no neighbour in G gets zeros. Scores are dot products with user_item_embeddings' items."""
+        hp, g, h = self.hp, self.graphs.main, self.emb  # h: layer k of G
+        adj, with_uj = g.adjacency(), interests is not None and "uj" in GRAPHS[hp.graph]
+        nodes = [np.unique(np.concatenate([self.e0 + np.asarray(i, dtype=np.int64)] + (
+            [self.j0 + np.asarray(interests[b], dtype=np.int64)] if with_uj else []))) for b, i in enumerate(items)]
+        rows, cols = (torch.as_tensor(a, device=h.device) for a in flatten(nodes))
+        rows, cols = rows[g.degree[cols] > 0], cols[g.degree[cols] > 0]  # a node outside G passes nothing
+        d = torch.bincount(rows, minlength=len(items)).float() + float(hp.self_loops)
+        edges = torch.sparse_coo_tensor(torch.stack([rows, cols]), (d[rows] * g.degree[cols]).rsqrt(),
+                                        (len(items), g.n_nodes), check_invariants=True)
+        x = total = torch.zeros(len(items), hp.dim, device=h.device)  # layer k of the new users, their sum
+        for _ in range(hp.layers):
+            x = torch.sparse.mm(edges, h) + x * (float(hp.self_loops) / d.clamp(min=1))[:, None]
+            h, total = torch.sparse.mm(adj, h), total + x
+        return total / (hp.layers + 1 if hp.layer0 else hp.layers)
 
 # ---- 6. What the model calls: two fast kernels, Eq. 3's mask rate, the losses' terms -------------
 # The kernels are the same mathematics as a plain expression, with fewer passes over memory. Why
@@ -778,17 +792,26 @@ def sample_negatives(users: np.ndarray, positive_keys: np.ndarray, n_items: int,
     (item ids, not node ids). Users with every item have no negative: leave them out beforehand
     (RuntimeError after max_rounds otherwise, never an endless loop).
     """
-    neg = rng.integers(0, n_items, size=len(users))
-    todo = np.arange(len(users))
+    neg, todo = redraw_clashes(lambda n: rng.integers(0, n_items, size=n), lambda rows, v: users[rows] * n_items + v,
+                               positive_keys, len(users), max_rounds)
+    if len(todo):
+        raise RuntimeError(f"no negative item found for {len(todo)} draws (users with every item?)")
+    return neg
+
+
+def redraw_clashes(draw, key, taken: np.ndarray, n: int, max_rounds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised rejection sampling: values = draw(n); while key(rows, values[rows]) of some rows
+    lies in the sorted keys `taken`, draw those rows again (max_rounds times at most). Returns
+    (values, the rows still clashing after the last round)."""
+    values, todo = draw(n), np.arange(n)
     for _ in range(max_rounds):
-        keys = users[todo] * n_items + neg[todo]
-        pos = np.searchsorted(positive_keys, keys).clip(max=len(positive_keys) - 1)
-        clash = positive_keys[pos] == keys if len(positive_keys) else np.zeros(len(todo), bool)
+        k = key(todo, values[todo])
+        clash = taken[np.searchsorted(taken, k).clip(max=len(taken) - 1)] == k if len(taken) else np.zeros(len(k), bool)
         todo = todo[clash]
         if not len(todo):
-            return neg
-        neg[todo] = rng.integers(0, n_items, size=len(todo))
-    raise RuntimeError(f"no negative item found for {len(todo)} draws (users with every item?)")
+            break
+        values[todo] = draw(len(todo))
+    return values, todo
 
 
 def kg_triples(ds: Dataset, train: list, with_interactions: bool = False) -> np.ndarray:
@@ -820,15 +843,8 @@ def corrupt_tails(triples: np.ndarray, first: int, count: int, rng: np.random.Ge
     n_nodes = int(max(triples[:, [0, 2]].max(), first + count - 1)) + 1
     key = lambda h, r, t: (h * n_rel + r) * n_nodes + t
     true_keys = np.unique(key(triples[:, 0], triples[:, 1], triples[:, 2]))
-    neg = first + rng.integers(0, count, size=len(triples))
-    todo = np.arange(len(triples))
-    for _ in range(max_rounds):
-        k = key(triples[todo, 0], triples[todo, 1], neg[todo])
-        clash = true_keys[np.searchsorted(true_keys, k).clip(max=len(true_keys) - 1)] == k
-        todo = todo[clash]
-        if not len(todo):
-            break
-        neg[todo] = first + rng.integers(0, count, size=len(todo))
+    neg, todo = redraw_clashes(lambda n: first + rng.integers(0, count, size=n),
+                               lambda rows, t: key(triples[rows, 0], triples[rows, 1], t), true_keys, len(triples), max_rounds)
     keep = np.setdiff1d(np.arange(len(triples)), todo)
     return keep, neg[keep]
 
@@ -944,27 +960,20 @@ def read_data(s: Settings, load=None) -> tuple[Dataset, list, list | None]:
     ds = (load or load_dataset)(Path(s.data_dir) / s.dataset, s.interests or None, s.dataset, s.interest_nodes)
     for note in ds.warnings:
         log(f"warning: {note}")
-    if s.select_on == "test":
-        return ds, ds.train, None
-    train_part, valid = split_validation(ds.train, s.split_seed)
-    return ds, train_part, valid
+    return (ds, ds.train, None) if s.select_on == "test" else (ds, *split_validation(ds.train, s.split_seed))
 
 
 class Trainer:
-    """One run's training loop around a CIKGRec model: the training pairs, negative sampling and
-    batches, the optimisers, the random generators and the evaluation sets.
-
-    train_part: the training items per user (train.txt less validation); valid: the validation
-    items per user, or None when selecting on test (the authors' protocol).
-    """
+    """One run's training around a CIKGRec model: the training pairs, negative sampling and batches,
+    the optimisers, the random generators and the evaluation sets. train_part: the training items
+    per user (train.txt less validation); valid: the validation items per user, or None when
+    selecting on test (the authors' protocol)."""
 
     def __init__(self, s: Settings, ds: Dataset, train_part: list, valid: list | None, device):
         torch.manual_seed(s.seed)  # first: the model's initialisation draws from it
         self.s, self.ds, self.train, self.valid, self.device = s, ds, train_part, valid, device
-        self.sw = switches(s.variant)
-        graphs = build_graphs(ds, train_part, s, device)
-        self.model = CIKGRec(ds.n_users, ds.n_items, ds.n_entities, ds.n_interests, ds.n_relations,
-                             graphs, s).to(device)
+        self.sw, graphs = switches(s.variant), build_graphs(ds, train_part, s, device)
+        self.model = CIKGRec(ds.n_users, ds.n_items, ds.n_entities, ds.n_interests, ds.n_relations, graphs, s).to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=s.lr)
         self.transe = s.transe and len(ds.kg) > 0
         if self.transe:
@@ -977,12 +986,7 @@ class Trainer:
         # BPR pairs; users with every item have no negative and are left out
         users, items = flatten(train_part)
         full = np.array([len(x) >= ds.n_items for x in train_part])
-        self.notes = []
-        if s.lambda2 > 0 and graphs.recon is None:  # a weight that cannot act is said, not ignored silently
-            why = f"the {s.graph.upper()} graph holds no interest edges" if ds.n_interests else "no interest nodes"
-            self.notes.append(f"--lambda2 {s.lambda2:g} has no effect: {why}, so there is no reconstruction loss")
-        if full.any():
-            self.notes.append(f"{int(full.sum())} users have every item: left out of BPR (no negative)")
+        self.notes = [f"{int(full.sum())} users have every item: left out of BPR (no negative)"] if full.any() else []
         keep = ~full[users]
         self.pair_u, self.pair_i = users[keep], items[keep]
         if not len(self.pair_u):
@@ -995,14 +999,12 @@ class Trainer:
             self.notes.append(f"{int(no_train.sum())} users have no training items: left out of BPR and evaluation")
         self.eval_sets, self.eval_pairs = {}, {}
         for name, truth, exclude in (("valid", valid, train_part), ("test", ds.test, ds.train))[valid is None:]:
-            users = np.array([u for u in range(ds.n_users) if len(truth[u]) and not no_train[u]],
-                             dtype=np.int64)
+            users = np.array([u for u in range(ds.n_users) if len(truth[u]) and not no_train[u]], dtype=np.int64)
             self.eval_sets[name] = (users, [exclude[u] for u in users], [truth[u] for u in users])
             self.eval_pairs[name] = tuple(id_pairs(x, ds.n_items) for x in self.eval_sets[name][1:])
         if valid is not None and not len(self.eval_sets["valid"][0]):
-            raise DataError(Path(s.data_dir) / s.dataset / "train.txt", 0,
-                            "no user has enough training items for a validation split (4 or more);"
-                            " use --select-on test")
+            raise DataError(Path(s.data_dir) / s.dataset / "train.txt", 0, "no user has enough training items "
+                            "for a validation split (4 or more); use --select-on test")
 
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> dict:
         """One pass over the shuffled training pairs, one negative each (max_batches: stop
@@ -1136,10 +1138,9 @@ SETTING_RULES = (
 
 
 def check(s: Settings) -> Settings:
-    """Reject settings that cannot work, before anything is read: SettingsError naming the first
-    setting and its value (a choice outside CHOICES, a number that is not finite or breaks
-    SETTING_RULES, --schedule exp with alpha 0, --ks that are not positive integers, --device
-    cuda without a GPU). Returns s."""
+    """Reject settings that cannot work, before anything is read: SettingsError naming the first and
+    its value (a choice outside CHOICES, a number not finite or breaking SETTING_RULES, --schedule
+    exp with alpha 0, --ks not positive integers, --device cuda without a GPU). Returns s."""
     for name, allowed in CHOICES.items():
         if getattr(s, name) not in allowed:
             raise SettingsError(f"{option(name)} must be one of {', '.join(allowed)}, got {getattr(s, name)!r}")
@@ -1150,7 +1151,8 @@ def check(s: Settings) -> Settings:
         raise SettingsError(f"{option(bad[0][0])} {bad[0][1]}, got {getattr(s, bad[0][0])}")
     if s.schedule == "exp" and s.alpha <= 0.0:
         raise SettingsError(f"--schedule exp needs --alpha > 0 (Eq. 3 divides by it), got {s.alpha}")
-    if not all(k.strip().isascii() and k.strip().isdigit() and int(k) > 0 for k in s.ks.split(",") if k.strip()) or not s.ks.strip(","):
+    ks = [k.strip() for k in s.ks.split(",") if k.strip()]
+    if not ks or not all(k.isascii() and k.isdigit() and int(k) > 0 for k in ks):
         raise SettingsError(f"--ks must be comma-separated positive integers, got {s.ks!r}")
     if s.device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("--device cuda: no CUDA GPU is available")

@@ -163,6 +163,9 @@ def _train(s: Settings, ds: Dataset, train_part: list, valid: list | None, devic
     epoch, --resume, --max-minutes and Ctrl-C around it; then the test evaluation and the results
     file."""
     trainer = Trainer(s, ds, train_part, valid, device)
+    if s.lambda2 > 0 and trainer.model.graphs.recon is None:  # a weight that cannot act is said, not ignored silently
+        why = f"the {s.graph.upper()} graph holds no interest edges" if ds.n_interests else "no interest nodes"
+        trainer.notes.append(f"--lambda2 {s.lambda2:g} has no effect: {why}, so there is no reconstruction loss")
     for note in trainer.notes:
         log(f"note: {note}")
     sel = "valid" if s.select_on == "valid" else "test"

@@ -230,6 +230,76 @@ def test_t3_no_test_edge_in_graph(tmp_path):
     assert a[0, 1] == 1.0
 
 
+def fold_in_reference(model, items, interests=None):
+    """Fold-in as its docstring states it, with a dense matrix: the new user added to G alone, the
+    trained nodes' layers and degrees frozen."""
+    g, hp = model.graphs.main, model.hp
+    a, loop = dense(g.adjacency()).astype(np.float64), float(hp.self_loops)
+    deg = g.degree.numpy().astype(np.float64)
+    z = model.emb.detach().numpy().astype(np.float64)
+    layers_of_g = [z]
+    for _ in range(hp.layers):
+        layers_of_g.append(a @ layers_of_g[-1])
+    out = []
+    for b, its in enumerate(items):
+        nbrs = sorted({model.e0 + i for i in its} | ({model.j0 + j for j in interests[b]} if interests else set()))
+        nbrs = [n for n in nbrs if deg[n] > 0]
+        d = len(nbrs) + loop
+        x, total = np.zeros(z.shape[1]), np.zeros(z.shape[1])
+        for k in range(hp.layers):
+            x = sum((layers_of_g[k][n] / math.sqrt(d * deg[n]) for n in nbrs), np.zeros(z.shape[1])) + (
+                x * loop / d if d else 0)
+            total = total + x
+        out.append(total / (hp.layers + 1 if hp.layer0 else hp.layers))
+    return np.array(out)
+
+
+def test_fold_in_by_hand_one_layer():
+    """Users 0 and 1 liked items {0, 1} and {1}; no self-loops, 1 layer, layer 0 in the mean. A new
+    user with items 0 and 1 (d = 2; item degrees 1 and 2): layer 1 = z_i0 / sqrt(2 * 1) + z_i1 /
+    sqrt(2 * 2); final = (0 + layer 1) / 2."""
+    ds = C.Dataset("h", 2, 2, 2, 0, 0, [np.array([0, 1]), np.array([1])], [np.array([]), np.array([0])],
+                   np.zeros((0, 3), np.int64), np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    hp = C.make_settings(model="lightgcn", dim=2, layers=1)
+    model = C.CIKGRec(2, 2, 2, 0, 0, C.build_graphs(ds, ds.train, hp), hp)
+    with torch.no_grad():
+        model.emb.copy_(torch.tensor([[9.0, 9], [9, 9], [1, 2], [3, 4]]))  # users 0-1, items 0-1
+    expect = (np.array([1, 2]) / math.sqrt(2) + np.array([3, 4]) / 2) / 2
+    np.testing.assert_allclose(model.fold_in([[0, 1]])[0].numpy(), expect, rtol=1e-6)
+    assert torch.equal(model.fold_in([[]])[0], torch.zeros(2))  # no neighbour: zeros, not NaN
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(model="lightgcn"), dict(layer0=False, layers=3)])
+def test_fold_in_equals_its_plain_statement_and_each_user_stands_alone(tmp_path, kw):
+    small_dataset(tmp_path)
+    s = tiny_settings(tmp_path, **kw)
+    ds = C.load_dataset(tmp_path / "fx")
+    model = C.Trainer(s, ds, ds.train, None, torch.device("cpu")).model
+    items, interests = [[0, 3], [5], [1, 2, 4, 4]], [[0], [], [1, 2]]
+    got = model.fold_in(items, interests).numpy()
+    uj = "uj" in C.GRAPHS[s.graph]
+    np.testing.assert_allclose(got, fold_in_reference(model, items, interests if uj else None), rtol=1e-5, atol=1e-6)
+    alone = model.fold_in([items[2]], [interests[2]]).numpy()[0]  # one user's result never depends on the others
+    np.testing.assert_allclose(alone, got[2], rtol=1e-6, atol=1e-7)
+    if uj:  # interest edges change the embedding of a graph that has them
+        assert not np.allclose(model.fold_in([items[0]], [[0]]).numpy(), model.fold_in([items[0]]).numpy())
+
+
+def test_a_new_user_with_a_training_users_history_gets_nearly_their_recommendations(tmp_path):
+    small_dataset(tmp_path)
+    s = tiny_settings(tmp_path, epochs=20, dim=16)
+    ds = C.load_dataset(tmp_path / "fx")
+    trainer = C.Trainer(s, ds, ds.train, None, torch.device("cpu"))
+    C.train_loop(trainer, s.epochs, None)
+    users, item_emb = trainer.model.user_item_embeddings()
+    interests = [[int(j) for u, j in ds.interest_edges if u == v] for v in range(ds.n_users)]
+    new = trainer.model.fold_in([list(ds.train[u]) for u in range(ds.n_users)], interests)
+    cos = torch.nn.functional.cosine_similarity(new, users, dim=1)
+    assert cos.min() > 0.9, cos  # the same neighbours: only the own row of Z (layer 0) is missing
+    same_top = [(new[u] @ item_emb.T).argmax() == (users[u] @ item_emb.T).argmax() for u in range(ds.n_users)]
+    assert sum(same_top) >= 6, same_top
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling and losses
 # ---------------------------------------------------------------------------------------------

@@ -929,9 +929,8 @@ def test_fresh_user_review_of_the_redesign(tmp_path, capsys):
     for name, value in (("batch_size", 10**12), ("layers", 10**7)):
         with pytest.raises(C.SettingsError, match=f"--{name.replace('_', '-')} {value}: this run needs"):
             T.check_memory(C.Settings(**{name: value}), big, torch.device("cpu"), free=2**34)
-    s = tiny_settings(tmp_path, model="lightgcn", lambda2=0.5)
-    t = C.Trainer(s, *C.read_data(s), torch.device("cpu"))
-    assert any("--lambda2 0.5 has no effect: the CG graph holds no interest edges" in n for n in t.notes)
+    r = T.fit(tiny_settings(tmp_path, model="lightgcn", lambda2=0.5, epochs=1, out=str(tmp_path / "l.json")))
+    assert any("--lambda2 0.5 has no effect: the CG graph holds no interest edges" in n for n in r["notes"])
     with pytest.raises(C.DataError, match="is a folder: give the run's results JSON"):
         T.load_trained(tmp_path)
 
