@@ -1142,8 +1142,10 @@ def build_parser() -> argparse.ArgumentParser:
     for role, default, text in (("user", "user", ""), ("item", "item", ""),
                                 ("rating", "rating", "; --rating-col none ignores ratings, e.g. empty ones"),
                                 ("time", "timestamp", "; --time-col none: no timestamps, a random split"), ("name", "name", ""),
-                                ("head", "head", " (--kg)"), ("relation", "relation", " (--kg)"), ("tail", "tail", " (--kg)")):
-        pp.add_argument(f"--{role}-col", default=default, help=f"header name or 1-based position (default {default}{text})")
+                                ("head", "head", ""), ("relation", "relation", ""), ("tail", "tail", "")):
+        of = " in the --kg file" if role in ("head", "relation", "tail") else ""
+        pp.add_argument(f"--{role}-col", default=default,
+                        help=f"header name or 1-based position{of} (default {default}{text})")
     pp.add_argument("--header", choices=("auto", "yes", "no"), default="auto",
                     help="where line 1 of a file cannot be told from data (a line naming the columns is always a "
                          "header): auto guesses and says so in a note")

@@ -1,13 +1,15 @@
 """Datasets in and out, the tool layer around cikgrec.py (which it imports; never the reverse).
 
-    prepare       your own raw files (CSV, TSV, whitespace) -> a dataset folder in the published
-                  format: train.txt, test.txt, the id lists, kg_final.txt, stats.md
+    prepare       your own raw files (CSV, TSV, `::` as MovieLens', whitespace, RecBole's atomic
+                  files; any encoding) -> a dataset folder in the published format: train.txt,
+                  test.txt, the id lists, kg_final.txt, stats.md
     stats         the paper's Table 2 for a dataset folder
     check_dataset the checks of a dataset folder that need more than one line (ids against the id
                   lists, ids without large gaps) and its notes; load_checked = them + load_dataset
     download      the published datasets from the authors' repository, verified by git blob id
 
     python cikgrec.py prepare --interactions ratings.csv --items books.csv --kg kg.csv --name mine
+    python cikgrec.py prepare --recbole dataset/ml-100k --name ml100k
     python cikgrec.py stats --dataset mine
     python cikgrec.py download --dataset book-crossing --data-dir data
 """
