@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures as cf
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -41,6 +42,7 @@ import threading
 import time
 import unicodedata
 import urllib.parse
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -67,7 +69,7 @@ N_LAST_ITEMS = 30  # items per prompt: the user's last 30 named training items
 MAX_ANSWER_CHARS = 600  # an answer longer than this is not "at most five short interests"
 MIN_PHRASE_CHARS, MAX_PHRASE_CHARS = 2, 50  # cleaned phrases outside this range are dropped
 CLUSTER_FILES = ("user_interest_clustered.txt", "interest_clusters.tsv",  # what `cluster` writes
-                 "user_interest_clustered.coverage.json")
+                 "user_interest_clustered.coverage.json", "user_interest_clustered.model.npz")
 
 SYSTEM_PROMPT = (
     "You are shown the {field} that an anonymous user liked. Infer the user's interests from "
@@ -89,8 +91,9 @@ class InputError(Exception):
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Job:
-    """One user's request: the user id, the item ids in the prompt and the chat messages."""
-    user: int
+    """One user's request: the user id (a dataset user's int; a new user's str, infer-new), the
+    item ids in the prompt and the chat messages."""
+    user: int | str
     items: list
     messages: list
 
@@ -139,9 +142,17 @@ def make_jobs(dataset, field: str, split_seed: int = 0, n_last: int = N_LAST_ITE
     read). Returns (jobs, skipped): skipped lists the users with no named item.
     """
     train_part, _ = cikgrec.split_validation(dataset.train, split_seed)
-    titles = [cikgrec_prepare.item_title(n) for n in dataset.item_names]
+    return history_jobs(enumerate(train_part), [cikgrec_prepare.item_title(n) for n in dataset.item_names],
+                        field, n_last)
+
+
+def history_jobs(histories, titles: list, field: str, n_last: int = N_LAST_ITEMS):
+    """(user, item ids in order) pairs -> (jobs, skipped): one Job per user with a named item,
+    its prompt the titles of its last `n_last` named items (items without a title dropped
+    first); skipped lists the users without one. make_jobs' prompts, and infer-new's for new
+    users (user: any id)."""
     jobs, skipped = [], []
-    for user, items in enumerate(train_part):
+    for user, items in histories:
         named = [int(i) for i in items if i < len(titles) and titles[i]][-n_last:]
         if not named:
             skipped.append(user)
@@ -322,15 +333,23 @@ def ngrams(phrase: str) -> list:
 def tfidf(phrases: list, weights=None, max_df: float = 0.8):
     """TF-IDF vectors of phrases, by hand (what scikit-learn's TfidfVectorizer computes with
     ngram_range=(1, 2), max_df, smooth_idf=True, norm='l2', tokens = the words of the cleaned
-    phrase).
+    phrase): the vocabulary and idf of `tfidf_fit`, then the rows of `tfidf_rows` (the function
+    that also turns a new user's phrases into rows, so both are made alike).
+    Returns (X: scipy.sparse.csr_matrix [n, n_terms], terms: list).
+    """
+    terms, idf = tfidf_fit(phrases, weights, max_df)
+    return tfidf_rows(phrases, terms, idf), terms
+
+
+def tfidf_fit(phrases: list, weights=None, max_df: float = 0.8) -> tuple[list, np.ndarray]:
+    """The vocabulary and idf of tfidf.
 
     phrases: n strings; weights: n occurrence counts (default 1 each), so that a phrase said by
-    many users is one row but counts that many documents. Terms are sorted alphabetically.
-    tf = count of the term in the phrase; df = documents holding it; terms with df > max_df * N
-    are dropped (N = documents); idf = ln((1 + N) / (1 + df)) + 1; rows scaled to unit L2 norm.
+    many users is one row but counts that many documents. Terms (ngrams) are sorted
+    alphabetically. df = documents holding the term; terms with df > max_df * N are dropped
+    (N = documents); idf = ln((1 + N) / (1 + df)) + 1.
     Fallback (documented): when max_df would drop every term (a tiny or uniform corpus, e.g.
-    ["sci fi", "sci fi"]), all terms are kept, with a note. A phrase with no terms left is an
-    all-zero row (never NaN). Returns (X: scipy.sparse.csr_matrix [n, n_terms], terms: list).
+    ["sci fi", "sci fi"]), all terms are kept, with a note. Returns (terms, idf [n_terms]).
     """
     weights = np.ones(len(phrases)) if weights is None else np.asarray(weights, dtype=float)
     grams = [ngrams(p) for p in phrases]
@@ -347,13 +366,24 @@ def tfidf(phrases: list, weights=None, max_df: float = 0.8):
     if len(terms) and not keep.any():
         say(f"note: max_df {max_df} would drop all {len(terms)} terms of this small corpus: keeping them all")
         keep[:] = True
-    counts, df = counts[:, keep], df[keep]
     terms = [t for t, k in zip(terms, keep) if k]
-    idf = np.log((1 + n_docs) / (1 + df)) + 1
-    x = (counts @ sp.diags(idf)).tocsr()
+    return terms, np.log((1 + n_docs) / (1 + df[keep])) + 1
+
+
+def tfidf_rows(phrases: list, terms: list, idf) -> sp.csr_matrix:
+    """Phrases -> TF-IDF rows over a fixed vocabulary (terms, idf: tfidf_fit's): tf = count of
+    the term (ngrams) in the phrase, n-grams not in terms ignored; tf * idf; each row scaled to
+    unit L2 norm. A phrase with no known term is an all-zero row (never NaN). Returns
+    scipy.sparse.csr_matrix [n, len(terms)]."""
+    index = {t: c for c, t in enumerate(terms)}
+    cols_of = [[index[g] for g in ngrams(p) if g in index] for p in phrases]
+    rows = [r for r, cs in enumerate(cols_of) for _ in cs]
+    cols = [c for cs in cols_of for c in cs]
+    counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(phrases), len(terms)))
+    counts.sum_duplicates()
+    x = (counts @ sp.diags(np.asarray(idf, dtype=float))).tocsr()
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-    x = (sp.diags(1 / np.where(norms > 0, norms, 1.0)) @ x).tocsr()
-    return x, terms
+    return (sp.diags(1 / np.where(norms > 0, norms, 1.0)) @ x).tocsr()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,8 +523,9 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
     `filter_clusters` keeps the informative ones. Returns a dict with "edges" [(user, interest
     id)], "clusters" (one row per cluster for the TSV), "problems" (Counter of records without
     interests by kind: refused, filtered, empty, ...), "n_truncated" (usable answers whose
-    fragment was dropped), "n_dropped" (pieces that cleaning emptied) and counts. Raises
-    InputError when no answer gives a phrase or no cluster survives the filtering (an empty
+    fragment was dropped), "n_dropped" (pieces that cleaning emptied), counts, "cluster_of"
+    ({phrase: cluster}) and "state" (a ClusterState: what places a new user's phrase in these
+    clusters). Raises InputError when no answer gives a phrase or no cluster survives the filtering (an empty
     interest file helps nobody).
     """
     problems = collections.Counter()
@@ -515,7 +546,8 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
     phrases = sorted(said)
     weights = np.array([said[p] for p in phrases], dtype=float)
     t0 = time.time()
-    x, terms = tfidf(phrases, weights, max_df)
+    terms, idf = tfidf_fit(phrases, weights, max_df)
+    x = tfidf_rows(phrases, terms, idf)
     nonzero = np.flatnonzero(np.diff(x.indptr) > 0)  # phrases whose terms were all dropped
     say(f"cluster: {len(phrases)} distinct phrases ({int(weights.sum())} in all), {len(terms)} terms, "
         f"{len(phrases) - len(nonzero)} phrases without terms; TF-IDF {time.time() - t0:.2f} s")
@@ -532,6 +564,7 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
                          f"them): use more users, or another --k or --max-share")
     held = collections.Counter(c for cs in user_clusters.values() for c in cs)
     interest_id = {c: n_entities + r for r, c in enumerate(kept)}
+    state = ClusterState(terms, idf, centres, np.array([interest_id.get(c, -1) for c in range(len(centres))]))
     rows = []
     for c in range(len(centres)):
         top = [terms[t] for t in np.argsort(-centres[c])[:5] if centres[c][t] > 0]
@@ -542,18 +575,20 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
             "n_truncated": n_truncated, "n_dropped": n_dropped,
             "n_users_with_phrases": len(user_phrases), "n_phrases": int(weights.sum()),
             "n_distinct": len(phrases), "n_clusters": len(centres), "n_kept": len(kept),
-            "n_users_linked": len({u for u, _ in edges})}
+            "n_users_linked": len({u for u, _ in edges}), "cluster_of": cluster_of, "state": state}
 
 
 def write_outputs(result: dict, out_dir, coverage: dict | None = None) -> tuple[Path, Path, Path | None]:
     """Write user_interest_clustered.txt (`user_id interest_id` lines, the published format),
-    interest_clusters.tsv (what each cluster means) and, given `coverage` ({"users_with_prompt",
-    "users_answered", ...}), user_interest_clustered.coverage.json (see coverage_record) into
-    out_dir. Each file is written to a temporary name and renamed, so an interruption never
-    leaves half a file. Returns the three paths (the last None without coverage)."""
+    interest_clusters.tsv (what each cluster means), user_interest_clustered.model.npz (the
+    clustering state, save_state, tied to the interest file by its SHA-256) and, given `coverage`
+    ({"users_with_prompt", "users_answered", ...}), user_interest_clustered.coverage.json (see
+    coverage_record) into out_dir. Each file is written to a temporary name and renamed, so an
+    interruption never leaves half a file. Returns the paths of the first two and of the
+    coverage (None without coverage)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    edges_path, tsv_path, cov_path = (out_dir / name for name in CLUSTER_FILES)
+    edges_path, tsv_path, cov_path, state_path = (out_dir / name for name in CLUSTER_FILES)
     edges = "".join(f"{u} {j}\n" for u, j in result["edges"])
     tsv = ["cluster\tusers\tinterest_id\ttop_terms\texample_phrases\n"]
     tsv += [f"{c}\t{n}\t{status}\t{', '.join(top)}\t{' | '.join(ex)}\n" for c, n, status, top, ex in result["clusters"]]
@@ -565,7 +600,107 @@ def write_outputs(result: dict, out_dir, coverage: dict | None = None) -> tuple[
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(content, encoding="utf-8")
         os.replace(tmp, path)
+    if result.get("state") is not None:
+        state = dataclasses.replace(result["state"], interest_sha256=hashlib.sha256(edges.encode("utf-8")).hexdigest())
+        save_state(state_path, state)
     return edges_path, tsv_path, cov_path if coverage is not None else None
+
+
+# ----------------------------------------------------------------------------------------------
+# New users' interests, in the run's clusters (no refit: the interest ids stay the run's)
+# ----------------------------------------------------------------------------------------------
+STATE_FORMAT = "cikgrec-cluster-state-1"
+
+
+@dataclass
+class ClusterState:
+    """What places a new phrase in a run's clusters: the TF-IDF vocabulary (terms, in column
+    order) and idf of tfidf_fit, the k-means centres [k, n_terms], and each cluster's interest id
+    (-1: the cluster was dropped). interest_sha256: of the interest file written with it."""
+    terms: list
+    idf: np.ndarray
+    centres: np.ndarray
+    interest_id: np.ndarray
+    interest_sha256: str = ""
+
+
+def save_state(path, state: ClusterState) -> None:
+    """Write the state as a numpy .npz (no pickle: strings as a unicode array), to a temporary
+    name renamed into place."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, format=np.array(STATE_FORMAT), terms=np.array(state.terms, dtype=str),
+                 idf=np.asarray(state.idf, dtype=float), centres=np.asarray(state.centres, dtype=float),
+                 interest_id=np.asarray(state.interest_id, dtype=np.int64),
+                 interest_sha256=np.array(state.interest_sha256))
+    os.replace(tmp, path)
+
+
+def load_state(path) -> ClusterState:
+    """Read save_state's file (allow_pickle=False). Raises DataError naming the file when it is
+    not one, or its arrays do not fit together."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) != STATE_FORMAT:
+                raise DataError(path, 0, f"not a clustering state written by `llm_interests.py cluster` ({STATE_FORMAT})")
+            terms, idf, centres, ids = z["terms"], z["idf"], z["centres"], z["interest_id"]
+            sha = str(z["interest_sha256"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(path, 0, f"not a clustering state written by `llm_interests.py cluster` ({e})") from None
+    if not (terms.ndim == idf.ndim == ids.ndim == 1 and centres.ndim == 2 and len(terms) == len(idf)
+            and centres.shape == (len(ids), len(terms)) and len(ids) > 0 and terms.dtype.kind == "U"):
+        raise DataError(path, 0, f"the arrays do not fit together: terms {terms.shape}, idf {idf.shape}, "
+                                 f"centres {centres.shape}, interest_id {ids.shape}")
+    return ClusterState(terms.tolist(), idf.astype(float), centres.astype(float), ids.astype(np.int64), sha)
+
+
+def assign_phrases(phrases: list, state: ClusterState) -> list:
+    """Each cleaned phrase -> (cluster, interest id or None): its TF-IDF row over the run's
+    vocabulary (tfidf_rows: the same n-grams, idf and L2 norm as the fitted phrases; unknown
+    terms ignored) goes to the nearest of ALL the centres, by kmeans' squared distance (ties: the
+    lowest cluster), as k-means placed the fitted phrases. A dropped cluster gives (cluster,
+    None); a phrase with no known term (None, None)."""
+    x = tfidf_rows(phrases, state.terms, state.idf)
+    x2 = np.asarray(x.multiply(x).sum(axis=1)).ravel()
+    labels = _sq_distances(x, x2, state.centres).argmin(1)
+    known = np.diff(x.indptr) > 0
+    out = []
+    for i in range(len(phrases)):
+        c = int(labels[i]) if known[i] else None
+        j = int(state.interest_id[c]) if c is not None else -1
+        out.append((c, j if j >= 0 else None))
+    return out
+
+
+def new_user_edges(answers: dict, state: ClusterState) -> tuple[list, dict]:
+    """New users' answers {new id: answers-file record} -> ((new id, interest id) pairs, counts).
+
+    Each record gives its phrases as for `cluster` (record_phrases); each phrase is placed by
+    assign_phrases; a user linked twice to an interest gets one edge. Pairs in the answers'
+    order, interest ids sorted per user. counts: "assigned" (phrases in a kept cluster),
+    "dropped" (in a dropped cluster), "unknown" (no known term), "problems" (Counter of records
+    without phrases, by kind), "users" (users with an edge)."""
+    counts = {"assigned": 0, "dropped": 0, "unknown": 0, "problems": collections.Counter(), "users": 0}
+    user_phrases = {}
+    for user, rec in answers.items():
+        parsed = record_phrases(rec)
+        if parsed.problem:
+            counts["problems"][parsed.problem] += 1
+        user_phrases[user] = parsed.phrases
+    placed = iter(assign_phrases([p for ps in user_phrases.values() for p in ps], state))
+    edges = []
+    for user, ps in user_phrases.items():
+        ids = set()
+        for c, j in (next(placed) for _ in ps):
+            kind = "unknown" if c is None else "dropped" if j is None else "assigned"
+            counts[kind] += 1
+            if j is not None:
+                ids.add(j)
+        edges += [(user, j) for j in sorted(ids)]
+        counts["users"] += bool(ids)
+    return edges, counts
 
 
 # ----------------------------------------------------------------------------------------------
