@@ -17,6 +17,8 @@ benchmark and the command line.
     python llm_interests.py batch-export --dataset ml1m      (OpenAI Batch API / vllm run-batch input)
     python llm_interests.py batch-import FILE --dataset ml1m (their output -> answers file)
     python llm_interests.py bench                            (TF-IDF and k-means timing)
+    python llm_interests.py infer-new --history FILE --dataset ml1m --clusters interests/ml1m --out new.txt
+                                       (new users' interests, placed in a run's clusters: its interest ids)
 
 Everything is written under interests/<dataset>/ (--out-dir), never into the dataset folder.
 The LLM is any OpenAI-compatible chat-completions server: $OPENAI_BASE_URL (default
@@ -1207,13 +1209,13 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
 EARLY_STOP_USERS = 8  # infer stops when its first min(8, to ask) finished users all failed
 
 
-def read_answers(path, n_users: int | None = None) -> dict:
+def read_answers(path, n_users: int | None = None, new_users: bool = False) -> dict:
     """Read an answers file (JSON lines, one object per user): returns {user id: record}.
 
     A torn last line (the process was killed while writing it) is ignored with a note; any other
-    unreadable line, a record without an integer "user", or a user id >= n_users raises DataError
-    naming the file and line, and so does a folder in its place. A user found twice keeps its
-    first record. A missing file is {}.
+    unreadable line, a record without an integer "user" (new_users, infer-new's file: a string),
+    or a user id >= n_users raises DataError naming the file and line, and so does a folder in
+    its place. A user found twice keeps its first record. A missing file is {}.
     """
     path = Path(path)
     if path.is_dir():
@@ -1230,7 +1232,10 @@ def read_answers(path, n_users: int | None = None) -> dict:
         try:
             rec = json.loads(line)
             user = rec["user"]
-            if not isinstance(user, int) or isinstance(user, bool) or user < 0:
+            if new_users and not (isinstance(user, str) and user):
+                raise DataError(path, no, f"\"user\" must be a new user's id (a string), got {user!r}: "
+                                          "is this a dataset's answers file?")
+            if not new_users and (not isinstance(user, int) or isinstance(user, bool) or user < 0):
                 raise DataError(path, no, f"\"user\" must be a non-negative integer, got {user!r}")
         except (ValueError, KeyError, TypeError) as e:
             if no == len(lines) and torn_tail:
@@ -1244,8 +1249,9 @@ def read_answers(path, n_users: int | None = None) -> dict:
 
 
 def unanswered(jobs: list, answers_path) -> list:
-    """The jobs whose user has no final outcome in the answers file (what a rerun asks)."""
-    done = set(read_answers(answers_path))
+    """The jobs whose user has no final outcome in the answers file (what a rerun asks). New
+    users' jobs (string ids, infer-new) read their own kind of answers file."""
+    done = set(read_answers(answers_path, new_users=any(isinstance(j.user, str) for j in jobs)))
     return [j for j in jobs if j.user not in done]
 
 
@@ -1429,7 +1435,7 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
         if stop.is_set():  # another worker hit a setup error, or the early stop: send nothing more
             return job, {"error": "stopped", "reason": "stopped", "status": None, "attempts": 0}
         try:
-            res = ask_llm(cfg, job.messages, stop, random.Random(job.user * 7919 + time.time_ns()))
+            res = ask_llm(cfg, job.messages, stop, random.Random(f"{job.user} {time.time_ns()}"))
         except SetupError:
             stop.set()  # at once, from the worker, not when the main thread gets to its result
             raise
@@ -1693,19 +1699,37 @@ def parse_args(argv=None):
         sp_.add_argument("--price-in", type=float, default=None, help="USD per million prompt tokens (for the cost)")
         sp_.add_argument("--price-out", type=float, default=None, help="USD per million completion tokens")
 
+    def client(q):
+        q.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
+                       help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or the OpenAI API)")
+        q.add_argument("--workers", type=int, default=8, help="concurrent requests")
+        q.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+        q.add_argument("--max-attempts", type=int, default=6, help="attempts per user")
+        q.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
+        q.add_argument("--max-wait", type=float, default=60.0,
+                       help="longest wait a server may ask for (Retry-After) in seconds; longer stops the run")
+        q.add_argument("--dry-run", action="store_true", help="send nothing: print the users, tokens and cost")
+        q.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+
     q = sub.add_parser("infer", allow_abbrev=False, help="ask the LLM for every user (resumes an interrupted run)")
     common(q)
     llm(q)
-    q.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
-                   help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or the OpenAI API)")
-    q.add_argument("--workers", type=int, default=8, help="concurrent requests")
-    q.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    q.add_argument("--max-attempts", type=int, default=6, help="attempts per user")
-    q.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
-    q.add_argument("--max-wait", type=float, default=60.0,
-                   help="longest wait a server may ask for (Retry-After) in seconds; longer stops the run")
-    q.add_argument("--dry-run", action="store_true", help="send nothing: print the users, tokens and cost")
-    q.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+    client(q)
+
+    q = sub.add_parser("infer-new", allow_abbrev=False,
+                       help="new users' interests from their histories, in the clusters of a run's `cluster`")
+    q.add_argument("--history", required=True, help="one line per new user: a new id, then the items liked, in "
+                                                    "order, as item_list.txt's org_id column names them")
+    q.add_argument("--dataset", required=True, help="dataset folder name under --data-dir (item_list.txt is read)")
+    q.add_argument("--data-dir", default="data", help="folder holding one folder per dataset")
+    q.add_argument("--field", default="", help="item word in the prompt (default: movies/books)")
+    q.add_argument("--clusters", required=True, help="the folder `cluster` wrote (interests/<dataset>) or its "
+                                                     + CLUSTER_FILES[3])
+    q.add_argument("--out", required=True, help="written: `new_id interest_id` lines")
+    q.add_argument("--answers", default="", help="the new users' answers (resume); default OUT's name with "
+                                                 ".answers.jsonl; failures go beside it (.failures.jsonl)")
+    llm(q)
+    client(q)
 
     q = sub.add_parser("batch-export", allow_abbrev=False, help="write an OpenAI Batch API input file")
     common(q)
@@ -1801,35 +1825,151 @@ def counted(c: dict, names=("refused", "filtered")) -> str:
     return "".join(f", {c[n]} {n}" for n in names if c.get(n))
 
 
+def dry_run(args, cfg: ClientConfig, jobs: list, answers: Path) -> int:
+    """infer / infer-new --dry-run: say what asking the users without a final outcome costs, and
+    show one prompt; send and write nothing."""
+    todo = unanswered(jobs, answers)
+    est = estimate(todo, cfg.max_tokens, args.price_in, args.price_out)
+    say(f"dry run ({cfg.model}, {len(jobs) - len(todo)} users already answered in {answers}): "
+        f"{format_estimate(est, cfg.max_tokens)}.")
+    new_users = any(isinstance(j.user, str) for j in jobs)
+    say(typical_estimate(est, read_answers(answers, new_users=new_users), args.price_in, args.price_out))
+    if todo:
+        say(f"the first prompt ({todo[0].user}'s):\n" + "\n".join(f"  [{m['role']}] {m['content']}"
+                                                                  for m in todo[0].messages))
+    say("Nothing was sent.")
+    return 0
+
+
+def run_notes(c: dict, args, failures: Path, name: str = "infer") -> int:
+    """After run_inference: the usage, reasoning and failure lines of a summary. Returns the
+    exit code: 1 when users failed (a rerun asks them again), else 0."""
+    if c["total"]:
+        say(f"{name} usage: {format_usage(c['usage'], args.price_in, args.price_out)}" if sum(c["usage"].values())
+            else f"{name} usage: the server reported none")
+    if c["thinking"]:
+        say(f"{name}: {c['thinking']} answers came with reasoning (a thinking model): their reasoning is not used; "
+            f"if answers are cut or fail at the token limit, {THINKING_HINT}")
+    if c["failed"]:
+        say(f"{name}: {c['failed']} users failed: {format_reasons(c['reasons'])} (details in {failures})")
+        say(f"{name}: rerun the same command to ask the failed users again (answered users are kept)")
+        return 1
+    return 0
+
+
 def cmd_infer(args, cfg: ClientConfig, jobs: list, answers: Path, failures: Path) -> int:
     """infer: ask every user without a final outcome; with --dry-run only say what that costs."""
     if args.dry_run:
-        todo = unanswered(jobs, answers)
-        est = estimate(todo, cfg.max_tokens, args.price_in, args.price_out)
-        say(f"dry run ({cfg.model}, {len(jobs) - len(todo)} users already answered in {answers}): "
-            f"{format_estimate(est, cfg.max_tokens)}.")
-        say(typical_estimate(est, read_answers(answers), args.price_in, args.price_out))
-        if todo:
-            say(f"the first prompt ({todo[0].user}'s):\n" + "\n".join(f"  [{m['role']}] {m['content']}"
-                                                                      for m in todo[0].messages))
-        say("Nothing was sent.")
-        return 0
+        return dry_run(args, cfg, jobs, answers)
     say(f"infer: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
     c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
     truncated = f" ({c['truncated']} cut at the token limit, fragment dropped)" if c["truncated"] else ""
     say(f"infer summary: {c['answered']} answered now{truncated}{counted(c)}, {c['failed']} failed, "
         f"{c['skipped']} already answered, {len(read_answers(answers))} users in {answers}")
-    if c["total"]:
-        say(f"infer usage: {format_usage(c['usage'], args.price_in, args.price_out)}" if sum(c["usage"].values())
-            else "infer usage: the server reported none")
-    if c["thinking"]:
-        say(f"infer: {c['thinking']} answers came with reasoning (a thinking model): their reasoning is not used; "
-            f"if answers are cut or fail at the token limit, {THINKING_HINT}")
-    if c["failed"]:
-        say(f"infer: {c['failed']} users failed: {format_reasons(c['reasons'])} (details in {failures})")
-        say("infer: rerun the same command to ask the failed users again (answered users are kept)")
-        return 1
-    return 0
+    return run_notes(c, args, failures)
+
+
+# ----------------------------------------------------------------------------------------------
+# infer-new: new users' interests, placed in a run's clusters (its interest ids)
+# ----------------------------------------------------------------------------------------------
+def run_state(clusters) -> ClusterState:
+    """--clusters (the folder `cluster` wrote, its .model.npz, or the interest file beside it) ->
+    the run's ClusterState. Raises InputError (one line) when there is none: the published
+    interest files carry no clustering state; DataError when the file is not a state, or the
+    interest file beside it is not the one written with it (a later `cluster` was cut short)."""
+    path = Path(clusters)
+    if path.is_file() and path.suffix != ".npz":
+        path = path.parent
+    if path.is_dir():
+        path = path / CLUSTER_FILES[3]
+        if not path.is_file():
+            raise InputError(f"{clusters} holds no clustering state ({CLUSTER_FILES[3]}; published interest files "
+                             f"carry none): run `llm_interests.py cluster` to make one, train on its "
+                             f"{CLUSTER_FILES[0]}, and give its folder as --clusters")
+    elif not path.exists():
+        raise DataError(path, 0, "not found (--clusters: the folder `llm_interests.py cluster` wrote, or its "
+                                 f"{CLUSTER_FILES[3]})")
+    state = load_state(path)
+    interests = path.parent / CLUSTER_FILES[0]
+    if state.interest_sha256 and interests.is_file() and \
+            hashlib.sha256(interests.read_bytes()).hexdigest() != state.interest_sha256:
+        raise DataError(interests, 0, f"is not the interest file written with {path.name} (changed since, or a "
+                                      "later `cluster` was cut short): rerun `llm_interests.py cluster`")
+    return state
+
+
+def read_history(path, item_of: dict) -> tuple[list, list]:
+    """infer-new's history file -> ([(new id, [item ids])], [unknown org ids, one per use]).
+
+    One line per new user: a new id (any token; never matched against user_list.txt), then the
+    items liked in order, as their original ids (item_list.txt's org_id column, item_of maps them
+    to item ids), separated by tabs or spaces; no header; blank lines skipped. An unknown item is
+    left out and listed. Raises DataError naming the line of a new id given twice."""
+    path = Path(path)
+    histories, unknown, line_of = [], [], {}
+    with cikgrec.open_text(path) as f:
+        for no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            user, items = parts[0], parts[1:]
+            if user in line_of:
+                raise DataError(path, no, f"new user {user!r} is already on line {line_of[user]}")
+            line_of[user] = no
+            unknown += [i for i in items if i not in item_of]
+            histories.append((user, [item_of[i] for i in items if i in item_of]))
+    return histories, unknown
+
+
+def new_user_jobs(args, folder: Path) -> list:
+    """infer-new's jobs: one per new user of --history with a named known item, with the prompt
+    of `infer` (history_jobs: the titles of the last N_LAST_ITEMS named items, the same field
+    word); --limit applied. Notes name the unknown items and the users left without a prompt."""
+    items_path = cikgrec_prepare.dataset_folder(folder) / "item_list.txt"
+    if not items_path.exists():
+        raise DataError(items_path, 0, "not found: the prompts name the items by the titles this file holds")
+    titles = [item_title(n) for n in cikgrec_prepare.read_item_names(items_path)]
+    item_of = {}
+    for parts in cikgrec_prepare.id_list_rows(items_path, "org_id remap_id name"):
+        item_of.setdefault(parts[0], int(parts[1]))
+    histories, unknown = read_history(args.history, item_of)
+    if unknown:
+        first = ", ".join(list(dict.fromkeys(unknown))[:5])
+        say(f"note: {len(unknown)} items of {args.history} are not in the org_id column of {items_path}, "
+            f"left out: {first}{', ...' if len(set(unknown)) > 5 else ''}")
+    jobs, skipped = history_jobs(histories, titles, args.field or ITEM_WORD.get(args.dataset, "items"))
+    if skipped:
+        say(f"note: {len(skipped)} new users have no known item with a name, not asked: "
+            f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}")
+    if args.limit:
+        jobs = jobs[:args.limit]
+    say(f"infer-new: {len(histories)} new users in {args.history}, {len(jobs)} to place")
+    return jobs
+
+
+def cmd_infer_new(args, cfg: ClientConfig, jobs: list, state: ClusterState, out: Path, answers: Path,
+                  failures: Path) -> int:
+    """infer-new: ask the new users without a final outcome (run_inference: resume, failure
+    records), place their phrases in the run's clusters (new_user_edges) and write `new_id
+    interest_id` lines for every new user with an answer; --dry-run only says what asking costs."""
+    if args.dry_run:
+        return dry_run(args, cfg, jobs, answers)
+    say(f"infer-new: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
+    c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
+    recs = read_answers(answers, new_users=True)
+    answered = {j.user: recs[j.user] for j in jobs if j.user in recs}
+    edges, n = new_user_edges(answered, state)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(f"{u} {j}\n" for u, j in edges), encoding="utf-8")
+    os.replace(tmp, out)
+    bad = ", ".join(f"{k} {kind}" for kind, k in sorted(n["problems"].items()))
+    say(f"infer-new summary: {c['total']} users asked now ({c['answered']} answered{counted(c)}, {c['failed']} "
+        f"failed), {c['skipped']} answered before; {len(answered)} of {len(jobs)} users have an answer"
+        f"{f' ({bad} without interests)' if bad else ''}; phrases: {n['assigned']} assigned, {n['dropped']} "
+        f"in a dropped cluster, {n['unknown']} with no known term; {len(edges)} edges for {n['users']} users "
+        f"-> {out}")
+    return run_notes(c, args, failures, "infer-new")
 
 
 def cmd_batch_export(args, jobs: list, answers: Path, batch_input: Path) -> int:
@@ -1882,7 +2022,7 @@ def main(argv=None) -> int:
     jobs, answers = [], None
     try:
         check_args(args)
-        if args.command == "infer":
+        if args.command in ("infer", "infer-new"):
             cfg = ClientConfig(args.base_url, os.environ.get("OPENAI_API_KEY", "").strip(), args.model,
                                args.max_tokens, args.timeout, args.max_attempts, args.backoff,
                                max_wait=args.max_wait, token_field=args.token_field)
@@ -1890,7 +2030,18 @@ def main(argv=None) -> int:
         if args.command == "bench":
             bench(args.phrases, args.users, args.k, args.seed)
             return 0
-        folder, out = Path(args.data_dir) / args.dataset, Path(args.out_dir) / args.dataset
+        folder = Path(args.data_dir) / args.dataset
+        if args.command == "infer-new":
+            out = Path(args.out)
+            answers = Path(args.answers) if args.answers else out.with_name(out.stem + ".answers.jsonl")
+            failures = answers.with_name(answers.stem + ".failures.jsonl")
+            if len({out.resolve(), answers.resolve(), failures.resolve()}) < 3:
+                raise InputError(f"--out and --answers must be different files (both {out})")
+            check_outputs([out, out.with_name(out.name + ".tmp"), answers, failures], folder)
+            state = run_state(args.clusters)
+            jobs = new_user_jobs(args, folder)
+            return cmd_infer_new(args, cfg, jobs, state, out, answers, failures)
+        out = Path(args.out_dir) / args.dataset
         answers, failures = out / "llm_answers.jsonl", out / "llm_failures.jsonl"
         batch_input = Path(args.out) if getattr(args, "out", "") else out / "batch_input.jsonl"
         check_outputs({"infer": [answers, failures], "batch-import": [answers, failures],
@@ -1920,7 +2071,7 @@ def main(argv=None) -> int:
         if jobs and answers is not None:
             try:
                 left = len(unanswered(jobs, answers))
-                say(f"infer: {len(jobs) - left} of {len(jobs)} users have an answer in {answers}, {left} left: "
+                say(f"{args.command}: {len(jobs) - left} of {len(jobs)} users have an answer in {answers}, {left} left: "
                     f"rerun the same command to continue (answered users are not asked again)")
             except DataError:
                 pass
