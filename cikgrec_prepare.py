@@ -594,13 +594,14 @@ def recbole_config(name: str, data_path, has_kg: bool) -> str:
     """The RecBole config (YAML) of an export: the benchmark files, the field names, and our
     dataset's embedding size, learning rate and batch size (cikgrec.make_settings), full-sort
     evaluation by Recall/NDCG@20/50/100, early stopping on NDCG@50 with our patience."""
+    import json
     from cikgrec import make_settings
     s = make_settings(dataset=name)
     kg = ("  kg: [head_id, relation_id, tail_id]\n  link: [item_id, entity_id]\n" if has_kg else "")
     return (f"# RecBole 1.2.1 config of `python cikgrec.py export --format recbole --dataset {name}`.\n"
             "# Run a baseline with it as docs/reproducing.md shows; data_path is where the export was written.\n"
-            f"data_path: {Path(data_path).resolve()}\n"
-            f"dataset: {name}\n"
+            f"data_path: {json.dumps(str(Path(data_path).resolve()))}\n"  # a JSON string is a YAML string
+            f"dataset: {json.dumps(name)}\n"
             "benchmark_filename: [train, valid, test]\n"
             "field_separator: \"\\t\"\n"
             "USER_ID_FIELD: user_id\nITEM_ID_FIELD: item_id\nRATING_FIELD: ~\nTIME_FIELD: ~\n"

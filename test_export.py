@@ -1,5 +1,6 @@
 """Tests of `python cikgrec.py export --format recbole` (cikgrec_prepare.export_recbole): a small
 dataset made here is exported and read back. Fast, no network, no RecBole needed."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,14 @@ def read_atomic(path: Path) -> tuple[list, list]:
 
 def parse_config(text: str) -> dict:
     """The keys of the exported YAML this test needs: `key: value` lines at the top level, and the
-    indented `sub: value` lines below a `key:` with no value as a dict. Values stay text."""
+    indented `sub: value` lines below a `key:` with no value as a dict. Values stay text, but a
+    double-quoted one is read as the JSON string it is."""
     config, parent = {}, None
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, _, value = line.strip().partition(": ") if ": " in line else (line.strip().rstrip(":"), "", "")
+        value = json.loads(value) if value.startswith('"') else value
         if line.startswith(" ") and parent is not None:
             config[parent][key] = value
         elif value:
@@ -85,7 +88,7 @@ def test_export_config(tmp_path):
     config = parse_config((tmp_path / "rb" / "book-crossing" / "book-crossing.yaml").read_text())
     s = C.make_settings(dataset="book-crossing")
     assert config["benchmark_filename"] == "[train, valid, test]"
-    assert config["dataset"] == "book-crossing"
+    assert config["dataset"] == "book-crossing" and config["field_separator"] == "\t"
     assert Path(config["data_path"]) == (tmp_path / "rb").resolve()
     assert config["load_col"] == {"inter": "[user_id, item_id]", "kg": "[head_id, relation_id, tail_id]",
                                   "link": "[item_id, entity_id]"}
