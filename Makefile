@@ -68,4 +68,4 @@ plots:  ## optional (needs matplotlib): Fig. 3 bars from results/<dataset>/group
 	$(PYTHON) experiments.py plots --results-dir results
 
 test:  ## the test suite (reads the datasets from $$CIKGREC_DATA, default ../shared/data)
-	$(PYTHON) -m pytest -q -rs test_cikgrec.py test_cikgrec_cli.py test_cikgrec_prepare.py test_llm_interests.py test_new_interests.py test_experiments.py test_demo.py
+	$(PYTHON) -m pytest -q -rs test_cikgrec.py test_cikgrec_cli.py test_cikgrec_prepare.py test_export.py test_llm_interests.py test_new_interests.py test_experiments.py test_demo.py

@@ -39,7 +39,7 @@ from cikgrec import (DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Set
                      make_settings, node_counts, open_text, option, parse_ks, train_loop)
 from cikgrec import read_data as read_method_data
 from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, id_list_rows, item_title,
-                     load_checked, prepare, raw_rows, recbole_files, stats_markdown)
+                     export_recbole, load_checked, prepare, raw_rows, recbole_files, stats_markdown)
 
 # ----------------------------------------------------------------------------------------------
 # Settings: their checks, and the versions of the computation results files record
@@ -1135,7 +1135,7 @@ MOVED = {"tables": "python experiments.py tables", "explain": "python experiment
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: train, bench, recommend, prepare, stats, download."""
+    """The command line: train, bench, recommend, prepare, stats, download, export."""
     p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train, select on validation, evaluate on test"),
@@ -1190,6 +1190,13 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("download", allow_abbrev=False, help="fetch datasets from the authors' repository (verified)")
     dp.add_argument("--dataset", nargs="+", default=list(DATASETS), choices=DATASETS)
     dp.add_argument("--data-dir", default="data")
+    ep = sub.add_parser("export", allow_abbrev=False, help="our split as RecBole benchmark files (docs/reproducing.md)")
+    ep.add_argument("--format", choices=("recbole",), required=True)
+    ep.add_argument("--dataset", required=True)
+    ep.add_argument("--data-dir", default="data")
+    ep.add_argument("--out", required=True, help="writes <out>/<dataset>/<dataset>.{train,valid,test}.inter, ...")
+    ep.add_argument("--split-seed", type=int, default=0, help="the validation split's seed (default 0, as train)")
+    ep.add_argument("--force", action="store_true", help="replace the files of a non-empty <out>/<dataset>/")
     return p
 
 
@@ -1265,6 +1272,15 @@ def command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "recommend":
         return recommend_command(args)
+    if args.command == "export":
+        r = export_recbole(args.dataset, args.data_dir, args.out, args.split_seed, args.force)
+        for note in r["warnings"]:
+            log(f"note: {note}")
+        log(f"wrote {r['folder']}/: " + ", ".join(f"{k} {v:,}" for k, v in r["counts"].items())
+            + (f"; {r['items_in_kg']:,} of {r['n_items']:,} items are in the KG (.link)" if "link" in r["counts"] else
+               "; no kg_final.txt: no .kg/.link, so only RecBole's general models run")
+            + f"; config {r['folder']}/{args.dataset}.yaml")
+        return 0
     s = resolve_settings(args)
     if args.command == "bench":
         bench(s, args.bench_epochs)

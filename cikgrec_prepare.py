@@ -761,3 +761,118 @@ def download(datasets, data_dir, blobs_file=Path(__file__).parent / "data" / "GI
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# export: our split as RecBole benchmark files
+# ----------------------------------------------------------------------------------------------
+# RecBole 1.2.1 reads a dataset as atomic files under <data_path>/<name>/: with benchmark_filename
+# [train, valid, test] it takes the three .inter files as the split (no split of its own), so a
+# RecBole baseline trains, selects and tests on exactly the users and items ours do. Its
+# knowledge-based models add .kg (triples) and .link (item -> entity). With benchmark files RecBole
+# filters nothing (no k-core, no dropping of unlinked items). docs/reproducing.md has the
+# environment and one command per baseline.
+
+
+def _org_ids(path, n: int) -> list:
+    """The original ids of an id list (user_list.txt, item_list.txt) by remap id, or the dense
+    ids as text where the file is missing, shorter than n or repeats an id."""
+    if Path(path).exists():
+        ids = [parts[0] for parts in id_list_rows(path)]
+        if len(ids) >= n and len(set(ids[:n])) == n:
+            return ids[:n]
+        log(f"note: {path}: {'repeated ids' if len(ids) >= n else f'{len(ids)} rows for {n} ids'}; "
+            "the export uses the dense ids")
+    return [str(i) for i in range(n)]
+
+
+def _atomic(path: Path, header: list, rows) -> int:
+    """Write one RecBole atomic file: a typed, tab-separated header line, then the rows. Returns the
+    number of rows."""
+    lines = ["\t".join(header)] + ["\t".join(map(str, r)) for r in rows]
+    _write_lines(path, lines)
+    return len(lines) - 1
+
+
+def _pairs(lists, users: list, items: list):
+    for u, its in enumerate(lists):
+        for i in its:
+            yield users[u], items[int(i)]
+
+
+def recbole_config(name: str, data_path, has_kg: bool) -> str:
+    """The RecBole config (YAML) of an export: the benchmark files, the field names, and our
+    dataset's embedding size, learning rate and batch size (cikgrec.make_settings), full-sort
+    evaluation by Recall/NDCG@20/50/100, early stopping on NDCG@50 with our patience."""
+    import json
+    from cikgrec import make_settings
+    s = make_settings(dataset=name)
+    kg = ("  kg: [head_id, relation_id, tail_id]\n  link: [item_id, entity_id]\n" if has_kg else "")
+    return (f"# RecBole 1.2.1 config of `python cikgrec.py export --format recbole --dataset {name}`.\n"
+            "# Run a baseline with it as docs/reproducing.md shows; data_path is where the export was written.\n"
+            f"data_path: {json.dumps(str(Path(data_path).resolve()))}\n"  # a JSON string is a YAML string
+            f"dataset: {json.dumps(name)}\n"
+            "benchmark_filename: [train, valid, test]\n"
+            "field_separator: \"\\t\"\n"
+            "USER_ID_FIELD: user_id\nITEM_ID_FIELD: item_id\nRATING_FIELD: ~\nTIME_FIELD: ~\n"
+            "HEAD_ENTITY_ID_FIELD: head_id\nTAIL_ENTITY_ID_FIELD: tail_id\n"
+            "RELATION_ID_FIELD: relation_id\nENTITY_ID_FIELD: entity_id\n"
+            "load_col:\n  inter: [user_id, item_id]\n" + kg +
+            f"embedding_size: {s.dim}\n"
+            f"learning_rate: {s.lr:g}\n"
+            f"train_batch_size: {s.batch_size}\n"
+            f"stopping_step: {s.patience}\n"
+            f"seed: {s.seed}\n"
+            "eval_args: {split: {RS: [0.8, 0.1, 0.1]}, group_by: user, order: RO, mode: full}\n"
+            "metrics: [Recall, NDCG]\n"
+            "topk: [20, 50, 100]\n"
+            "valid_metric: NDCG@50\n"
+            "show_progress: False\n")
+
+
+def export_recbole(name: str, data_dir="data", out="recbole", split_seed: int = 0, force: bool = False) -> dict:
+    """Write dataset `name` of data_dir as RecBole benchmark files under out/<name>/:
+    <name>.train.inter and <name>.valid.inter (our validation carve-out,
+    cikgrec.split_validation(train, split_seed)), <name>.test.inter (test.txt), <name>.item (titles),
+    <name>.kg and <name>.link where the dataset has a KG (.link lists only the items whose entity is
+    in a triple: RecBole fails on a linked entity that no triple holds), <name>.yaml (the config).
+    Users and items keep their original ids (user_list.txt, item_list.txt) where those exist;
+    entities and relations keep the dense ids of kg_final.txt. Interest edges are not exported.
+    Refuses a non-empty out/<name>/ unless force, and the dataset's own folder always.
+    Returns the folder, the rows written by file, the items in the KG and the dataset's notes.
+    Raises DataError, SettingsError."""
+    from cikgrec import split_validation
+    if split_seed < 0:
+        raise SettingsError(f"--split-seed must be >= 0, got {split_seed}")
+    folder = dataset_folder(Path(data_dir) / name)
+    target = Path(out) / name
+    if target.exists() and not target.is_dir():
+        raise SettingsError(f"--out {out}: {target} is a file, not a folder")
+    if target.resolve() == folder.resolve():
+        raise SettingsError(f"--out {out}: {target} is the dataset's own folder; export to another folder")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise SettingsError(f"{target} exists and is not empty: --force replaces its files")
+    ds = load_checked(folder, with_interests=False)
+    users = _org_ids(folder / "user_list.txt", ds.n_users)
+    items = _org_ids(folder / "item_list.txt", ds.n_items)
+    train, valid = split_validation(ds.train, split_seed)
+    target.mkdir(parents=True, exist_ok=True)
+    inter = ["user_id:token", "item_id:token"]
+    counts = {f"{part}.inter": _atomic(target / f"{name}.{part}.inter", inter, _pairs(lists, users, items))
+              for part, lists in (("train", train), ("valid", valid), ("test", ds.test))}
+    titles = [item_title(t).replace("\t", " ") for t in ds.item_names] or [""] * ds.n_items
+    counts["item"] = _atomic(target / f"{name}.item", ["item_id:token", "item_title:token_seq"],
+                             zip(items, titles))
+    has_kg = len(ds.kg) > 0
+    in_kg = np.zeros(0, dtype=np.int64)
+    for stale in (".kg", ".link"):
+        (target / f"{name}{stale}").unlink(missing_ok=True)
+    if has_kg:
+        counts["kg"] = _atomic(target / f"{name}.kg", ["head_id:token", "relation_id:token", "tail_id:token"],
+                               ds.kg.tolist())
+        in_kg = np.intersect1d(np.unique(ds.kg[:, [0, 2]]), np.arange(ds.n_items))
+        counts["link"] = _atomic(target / f"{name}.link", ["item_id:token", "entity_id:token"],
+                                 ((items[i], i) for i in in_kg.tolist()))
+    (target / f"{name}.yaml").write_text(recbole_config(name, out, has_kg))
+    return {"folder": str(target), "counts": counts, "items_in_kg": len(in_kg), "n_items": ds.n_items,
+            "warnings": ds.warnings}
