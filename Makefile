@@ -11,8 +11,8 @@ INTERESTS = interests/$(DATASET)/user_interest_clustered.txt
 .PHONY: data demo demo-data train bench interests bench-interests test table1 ablation lightgcn-variants plots \
         prepare stats recommend gpu-window
 
-demo:  ## the first run: about a minute on the shipped demo dataset, written to runs/demo/first-run.json
-	$(PYTHON) cikgrec.py train --dataset demo --data-dir data --epochs 100 --out runs/demo/first-run.json $(ARGS)
+demo:  ## the first run (about a minute): CIKGRec, LightGCN and popularity on data/demo/, table in runs/demo/compare.md
+	$(PYTHON) demo.py $(ARGS)
 
 demo-data:  ## rebuild data/demo/ (synthetic, seeded: the same files every time)
 	$(PYTHON) make_demo.py
@@ -68,4 +68,4 @@ plots:  ## optional (needs matplotlib): Fig. 3 bars from results/<dataset>/group
 	$(PYTHON) experiments.py plots --results-dir results
 
 test:  ## the test suite (reads the datasets from $$CIKGREC_DATA, default ../shared/data)
-	$(PYTHON) -m pytest -q -rs test_cikgrec.py test_cikgrec_cli.py test_llm_interests.py test_experiments.py
+	$(PYTHON) -m pytest -q -rs test_cikgrec.py test_cikgrec_cli.py test_cikgrec_prepare.py test_export.py test_llm_interests.py test_new_interests.py test_experiments.py test_demo.py

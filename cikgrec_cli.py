@@ -39,7 +39,7 @@ from cikgrec import (DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Set
                      make_settings, node_counts, open_text, option, parse_ks, train_loop)
 from cikgrec import read_data as read_method_data
 from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, id_list_rows, item_title,
-                     load_checked, prepare, raw_rows, stats_markdown)
+                     export_recbole, load_checked, prepare, raw_rows, recbole_files, stats_markdown)
 
 # ----------------------------------------------------------------------------------------------
 # Settings: their checks, and the versions of the computation results files record
@@ -1138,7 +1138,7 @@ MOVED = {"tables": "python experiments.py tables", "explain": "python experiment
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: train, bench, recommend, prepare, stats, download."""
+    """The command line: train, bench, recommend, prepare, stats, download, export."""
     p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train, select on validation, evaluate on test"),
@@ -1159,17 +1159,29 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data-dir", help="the data folder, where it moved since the run")
     rp.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     pp = sub.add_parser("prepare", allow_abbrev=False, help="your own data: raw files -> a dataset folder")
-    pp.add_argument("--interactions", required=True, help="CSV/TSV: user, item[, rating[, timestamp]]")
+    pp.add_argument("--interactions", help="CSV/TSV/'::' file: user, item[, rating[, timestamp]] (or --recbole)")
+    pp.add_argument("--recbole", metavar="DIR/NAME", help="RecBole atomic files: NAME.inter and, where they exist, "
+                                                          "NAME.item, NAME.kg, NAME.link (typed headers, tabs)")
     pp.add_argument("--name", required=True, help="the dataset's name: it goes to <data-dir>/<name>/")
     pp.add_argument("--data-dir", default="data")
-    pp.add_argument("--items", help="optional CSV/TSV: item, name")
+    pp.add_argument("--items", help="optional CSV/TSV: item, name (a column named title or name)")
     pp.add_argument("--kg", help="optional CSV/TSV of triples: head, relation, tail")
-    for role, default in (("user", "user"), ("item", "item"), ("rating", "rating"), ("time", "timestamp"),
-                          ("name", "name")):
-        pp.add_argument(f"--{role}-col", default=default, help=f"header name or 1-based position (default {default})")
+    pp.add_argument("--link", help="optional CSV/TSV: item, entity; KG heads and tails that are linked entities are "
+                                   "those items, any other value an entity")
+    for role, default, text in (("user", "user", ""), ("item", "item", ""),
+                                ("rating", "rating", "; --rating-col none ignores ratings, e.g. empty ones"),
+                                ("time", "timestamp", "; --time-col none: no timestamps, a random split"), ("name", "name", ""),
+                                ("head", "head", ""), ("relation", "relation", ""), ("tail", "tail", "")):
+        of = " in the --kg file" if role in ("head", "relation", "tail") else ""
+        pp.add_argument(f"--{role}-col", default=default,
+                        help=f"header name or 1-based position{of} (default {default}{text})")
     pp.add_argument("--header", choices=("auto", "yes", "no"), default="auto",
-                    help="auto: line 1 is a header when it names the user or item column")
-    pp.add_argument("--sep", choices=("auto", *SEPARATORS), default="auto")
+                    help="where line 1 of a file cannot be told from data (a line naming the columns is always a "
+                         "header): auto guesses and says so in a note")
+    pp.add_argument("--sep", default="auto", help=f"auto, {', '.join(SEPARATORS)}, or a literal such as '::' or '|' "
+                                                  "(ids with spaces need a separator other than space)")
+    pp.add_argument("--encoding", default="utf-8", help="the files' encoding (default utf-8; e.g. latin-1 for "
+                                                        "MovieLens' movies.dat)")
     pp.add_argument("--min-rating", type=float, help="keep only pairs rated at least this (positive feedback)")
     pp.add_argument("--min-user-interactions", type=int, default=5, help="drop users with fewer (paper: 10 for "
                                                                           "MovieLens, 5 otherwise; default 5)")
@@ -1181,6 +1193,13 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("download", allow_abbrev=False, help="fetch datasets from the authors' repository (verified)")
     dp.add_argument("--dataset", nargs="+", default=list(DATASETS), choices=DATASETS)
     dp.add_argument("--data-dir", default="data")
+    ep = sub.add_parser("export", allow_abbrev=False, help="our split as RecBole benchmark files (docs/reproducing.md)")
+    ep.add_argument("--format", choices=("recbole",), required=True)
+    ep.add_argument("--dataset", required=True)
+    ep.add_argument("--data-dir", default="data")
+    ep.add_argument("--out", required=True, help="writes <out>/<dataset>/<dataset>.{train,valid,test}.inter, ...")
+    ep.add_argument("--split-seed", type=int, default=0, help="the validation split's seed (default 0, as train)")
+    ep.add_argument("--force", action="store_true", help="replace the files of a non-empty <out>/<dataset>/")
     return p
 
 
@@ -1247,15 +1266,7 @@ def command(args: argparse.Namespace) -> int:
         download(args.dataset, args.data_dir)
         return 0
     if args.command == "prepare":
-        st = prepare(args.interactions, args.name, args.data_dir, args.items, args.kg, args.user_col,
-                     args.item_col, args.rating_col, args.time_col, args.name_col, args.header, args.sep,
-                     args.min_rating, args.min_user_interactions, args.split_seed, args.force)
-        for note in st["warnings"]:
-            log(f"note: {note}")
-        print(stats_markdown(args.name, st), end="")
-        log(f"wrote {Path(args.data_dir) / args.name}/ (train.txt, test.txt, the id lists, "
-            f"{'kg_final.txt, ' if args.kg else ''}stats.md)")
-        return 0
+        return prepare_command(args)
     if args.command == "stats":
         st = dataset_stats(dataset_folder(Path(args.data_dir) / args.dataset))
         for note in st["warnings"]:
@@ -1264,6 +1275,15 @@ def command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "recommend":
         return recommend_command(args)
+    if args.command == "export":
+        r = export_recbole(args.dataset, args.data_dir, args.out, args.split_seed, args.force)
+        for note in r["warnings"]:
+            log(f"note: {note}")
+        log(f"wrote {r['folder']}/: " + ", ".join(f"{k} {v:,}" for k, v in r["counts"].items())
+            + (f"; {r['items_in_kg']:,} of {r['n_items']:,} items are in the KG (.link)" if "link" in r["counts"] else
+               "; no kg_final.txt: no .kg/.link, so only RecBole's general models run")
+            + f"; config {r['folder']}/{args.dataset}.yaml")
+        return 0
     s = resolve_settings(args)
     if args.command == "bench":
         bench(s, args.bench_epochs)
@@ -1271,6 +1291,29 @@ def command(args: argparse.Namespace) -> int:
     r = fit(s, force=args.force)
     print(json.dumps({"dataset": r["dataset"], "selected_on": r["selected_on"],
                       "best_epoch": r["best_epoch"], "test": r["test"]}, indent=2))
+    return 0
+
+
+def prepare_command(args) -> int:
+    """prepare: the files (--interactions etc., or --recbole's), the dataset folder, its Table 2."""
+    files = {"interactions": args.interactions, "items": args.items, "kg": args.kg, "link": args.link}
+    if args.recbole:
+        given = [f"--{k}" for k, v in files.items() if v]
+        if given:
+            raise SettingsError(f"--recbole finds its files itself: give it or {', '.join(given)}, not both")
+        files = recbole_files(args.recbole)
+    elif not args.interactions:
+        raise SettingsError("prepare needs --interactions FILE (or --recbole DIR/NAME)")
+    st = prepare(files["interactions"], args.name, args.data_dir, files["items"], files["kg"], args.user_col,
+                 args.item_col, args.rating_col, args.time_col, args.name_col, args.header, args.sep,
+                 args.min_rating, args.min_user_interactions, args.split_seed, args.force, link=files["link"],
+                 encoding=args.encoding, head_col=args.head_col, relation_col=args.relation_col,
+                 tail_col=args.tail_col, recbole=bool(args.recbole))
+    for note in st["warnings"]:
+        log(f"note: {note}")
+    print(stats_markdown(args.name, st), end="")
+    log(f"wrote {Path(args.data_dir) / args.name}/ (train.txt, test.txt, the id lists, "
+        f"{'kg_final.txt, ' if files['kg'] else ''}stats.md)")
     return 0
 
 

@@ -1,19 +1,24 @@
 """Datasets in and out, the tool layer around cikgrec.py (which it imports; never the reverse).
 
-    prepare       your own raw files (CSV, TSV, whitespace) -> a dataset folder in the published
-                  format: train.txt, test.txt, the id lists, kg_final.txt, stats.md
+    prepare       your own raw files (CSV, TSV, `::` as MovieLens', whitespace, RecBole's atomic
+                  files; any encoding) -> a dataset folder in the published format: train.txt,
+                  test.txt, the id lists, kg_final.txt, stats.md
     stats         the paper's Table 2 for a dataset folder
     check_dataset the checks of a dataset folder that need more than one line (ids against the id
                   lists, ids without large gaps) and its notes; load_checked = them + load_dataset
     download      the published datasets from the authors' repository, verified by git blob id
 
     python cikgrec.py prepare --interactions ratings.csv --items books.csv --kg kg.csv --name mine
+    python cikgrec.py prepare --recbole dataset/ml-100k --name ml100k
     python cikgrec.py stats --dataset mine
     python cikgrec.py download --dataset book-crossing --data-dir data
 """
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
+import itertools
 import math
 import os
 import urllib.parse
@@ -168,101 +173,251 @@ def load_checked(folder, interests_file=None, name: str = "", with_interests: bo
 PREPARED_FILES = ("train.txt", "test.txt", "item_list.txt", "user_list.txt", "kg_final.txt", "entity_list.txt",
                   "relation_list.txt", "stats.md")
 SEPARATORS = {"tab": "\t", "comma": ",", "semicolon": ";", "space": None}
+RECBOLE_TYPES = ("token", "float", "token_seq", "float_seq")  # a RecBole header field is `name:type`
+RECBOLE_FILES = {"interactions": ".inter", "items": ".item", "kg": ".kg", "link": ".link"}
+# The header names a column is known by without a --*-col option: lower case, without `_`, `-`,
+# `.`, spaces and a RecBole `:type` (userId, user_id:token, User-ID -> userid).
+COLUMN_NAMES = {"user": ("user", "userid", "uid"),
+                "item": ("item", "itemid", "iid", "movieid", "bookid", "isbn", "productid", "asin"),
+                "rating": ("rating", "score", "stars"), "timestamp": ("timestamp", "time", "ts"),
+                "name": ("name", "title", "itemname", "itemtitle"), "head": ("head", "headid"),
+                "relation": ("relation", "relationid"), "tail": ("tail", "tailid"), "entity": ("entity", "entityid")}
+OPTIONS = {"user": "--user-col", "item": "--item-col", "rating": "--rating-col", "timestamp": "--time-col",
+           "name": "--name-col", "head": "--head-col", "relation": "--relation-col", "tail": "--tail-col"}
 
 
-def raw_rows(path, sep: str = "auto", rest_after: int = 0):
-    """Yield (line number, fields) of a raw CSV, TSV or whitespace-separated file (blank lines
-    skipped, fields stripped, a UTF-8 byte-order mark accepted, undecodable bytes replaced).
+def _delimiter(sep: str, first: str):
+    """The field separator: None for runs of whitespace, else the literal string. sep: "auto" (tab
+    if line 1 has one, else `::`, comma, semicolon, whitespace), a key of SEPARATORS, `\\t`, or
+    any literal (`::`, `|`)."""
+    if sep == "auto":
+        return next((d for d in ("\t", "::", ",", ";") if d in first), None)
+    return SEPARATORS[sep] if sep in SEPARATORS else {"\\t": "\t"}.get(sep, sep)
 
-    sep: "auto" (tab if the first line has one, else comma, else semicolon, else whitespace) or a
-    key of SEPARATORS. CSV quoting is honoured. rest_after (whitespace files): split at most that
-    many times, so the last field keeps its spaces (an item's name). Raises DataError on a missing
-    or unreadable file and on one with no data line."""
+
+def check_format(sep: str, encoding: str, header: str) -> None:
+    """SettingsError for a --sep that cannot separate fields, an unknown --encoding or --header."""
+    if sep != "auto" and sep not in SEPARATORS and (not sep or any(c in sep for c in "\r\n\"") or sep.isalnum()):
+        raise SettingsError(f"--sep must be auto, {', '.join(SEPARATORS)} or a literal separator such as '::' "
+                            f"or '|', got {sep!r}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise SettingsError(f"--encoding {encoding}: not an encoding Python knows (e.g. utf-8, latin-1, cp1252)") from None
+    if header not in ("auto", "yes", "no"):
+        raise SettingsError(f"--header must be auto, yes or no, got {header!r}")
+
+
+def raw_rows(path, sep: str = "auto", rest_after: int = 0, encoding: str = "utf-8", quoted: bool = True):
+    """Yield (line number, fields) of a raw CSV, TSV, `::`-separated or whitespace-separated file
+    (blank lines skipped, fields stripped, a byte-order mark accepted).
+
+    sep: see _delimiter. A one-character separator honours CSV quoting unless quoted is False
+    (RecBole's files); a longer one splits plainly. rest_after (whitespace files): split at most
+    that many times, so the last field keeps its spaces (an item's name). encoding: the files'
+    text encoding; a byte it cannot decode is a DataError naming the line and the byte (never a
+    replacement character). Raises DataError on a missing or unreadable file and on one with no
+    data line."""
     path = Path(path)
     if path.is_dir():
         raise DataError(path, 0, "is a folder, not a file")
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     try:
-        f = open(path, encoding="utf-8-sig", errors="replace", newline="")
+        f = open(path, encoding=codec, errors="strict", newline="")
     except FileNotFoundError:
         raise DataError(path, 0, "file not found") from None
     except OSError as e:
         raise DataError(path, 0, f"cannot read it ({e.strerror})") from None
-    import csv
-    with f:
-        first = next((line for line in f if line.strip()), "")
-        f.seek(0)
-        if first and first[0] == "\ufeff":
-            first = first[1:]
-        delimiter = (SEPARATORS[sep] if sep != "auto" else
-                     next((d for d in ("\t", ",", ";") if d in first), None))
-        seen = False
-        if delimiter is None:
-            for no, line in enumerate(f, 1):
-                fields = line.lstrip("\ufeff").split(None, rest_after) if rest_after else line.split()
-                if fields:
-                    seen = True
-                    yield no, [x.strip() for x in fields]
-        else:
-            reader = csv.reader(f, delimiter=delimiter)
-            for fields in reader:
+    seen = False
+    try:
+        with f:
+            first = next((line for line in f if line.strip()), "")
+            f.seek(0)
+            delimiter = _delimiter(sep, first.lstrip("\ufeff"))
+            if delimiter is None or len(delimiter) > 1 or not quoted:
+                numbered = ((no, line.rstrip("\r\n")) for no, line in enumerate(f, 1))
+                rows = ((no, line.split(None, rest_after) if rest_after else line.split()) if delimiter is None
+                        else (no, line.split(delimiter)) for no, line in numbered)
+            else:
+                reader = csv.reader(f, delimiter=delimiter)
+                rows = ((reader.line_num, fields) for fields in reader)
+            for no, fields in rows:
                 fields = [x.strip() for x in fields]
+                if fields and not seen:
+                    fields[0] = fields[0].lstrip("\ufeff").strip()
                 if any(fields):
                     seen = True
-                    yield reader.line_num, fields
+                    yield no, fields
+    except UnicodeDecodeError:
+        raise _undecodable(path, encoding, codec) from None
     if not seen:
         raise DataError(path, 0, "the file is empty")
 
 
-def _columns(path, first: list, spec: dict, required: tuple, header: str = "auto") -> tuple[dict, bool]:
-    """Where each column of a raw file is: ({role: 0-based index or None}, whether line 1 is a
-    header). spec: {role: a header name, or a 1-based position as digits}; roles not in
-    `required` may be absent (index None). header "auto": line 1 is a header when it names a
-    required column. Without a header, columns given by name fall back to the order of `spec`
-    where that name is the role's own (user, item, rating, timestamp: positions 1, 2, 3, 4).
-    Raises DataError naming the file and the missing column."""
-    lowered = [x.lower() for x in first]
-    names = {role: str(v).lower() for role, v in spec.items() if not str(v).isdigit()}
-    has_header = (header == "yes" or header == "auto" and any(names.get(r) in lowered for r in required))
+def _undecodable(path: Path, encoding: str, codec: str) -> DataError:
+    """The DataError for a file that `codec` cannot decode: the first line and bytes it fails at."""
+    decoder, no, bad = codecs.getincrementaldecoder(codec)(), 0, b""
+    with open(path, "rb") as f:
+        try:
+            for no, raw in enumerate(f, 1):
+                decoder.decode(raw)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            bad = e.object[e.start:e.end]
+    shown = " ".join(f"0x{b:02x}" for b in bad[:4]) or "a byte"
+    return DataError(path, no, f"byte {shown} is not {encoding} text: give the file's encoding, e.g. "
+                               "--encoding latin-1 (or cp1252)")
+
+
+def _typed(text: str) -> bool:
+    """Whether a header field is a RecBole typed name (`item_id:token`, `rating:float`)."""
+    name, _, kind = text.rpartition(":")
+    return bool(name) and kind in RECBOLE_TYPES
+
+
+def _bare(text: str) -> str:
+    """A header field as COLUMN_NAMES knows it: without a RecBole `:type`, lower case, without `_-. `."""
+    name = text.rpartition(":")[0] if _typed(text) else text
+    return "".join(c for c in name.lower() if c not in "_-. ")
+
+
+def _names(text: str, role: str, given: str, loose: bool = False) -> bool:
+    """Whether header field `text` names the `role` column given as `given` (a --*-col value). A
+    name of its own matches itself (case and a RecBole `:type` aside); the role's own name matches
+    COLUMN_NAMES, and with loose a name column is any whose name says title or name."""
+    if given.lower() != role:
+        return text.lower() == given.lower() or _typed(text) and text.rpartition(":")[0].lower() == given.lower()
+    bare = _bare(text)
+    if loose:
+        return role == "name" and ("title" in bare or "name" in bare) or role == "rating" and bare.endswith("rating")
+    return bare in COLUMN_NAMES.get(role, (role,))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _is_header(path, first: list, below: list, spec: dict, header: str, notes: list) -> bool:
+    """Whether line 1 (`first`) of a raw file is a header. It is when a field names one of the
+    columns in `spec` or is a RecBole typed name (`item_id:token`), whatever --header says; else
+    header "yes"/"no" decides, and "auto" guesses from the lines `below`: a header holds no
+    number, and holds names where the lines below hold numbers. A guess is told in `notes`."""
+    shown = "(" + ", ".join(repr(x[:30]) for x in first[:4]) + (", ..." if len(first) > 4 else "") + ")"
+    if any(_typed(x) for x in first) or any(
+            _names(x, role, str(v)) for role, v in spec.items() if not str(v).isdigit() for x in first):
+        if header == "no":
+            notes.append(f"{path}: line 1 {shown} names the columns: read as a header although --header no")
+        return True
+    if header != "auto":
+        return header == "yes"
+    if any(_is_number(x) for x in first):
+        return False
+    if below and any(all(n < len(f) and _is_number(f[n]) for f in below) for n in range(len(first))):
+        notes.append(f"{path}: line 1 {shown} read as a header: the lines below hold numbers where it holds "
+                     "names (--header no if it is data)")
+        return True
+    notes.append(f"{path}: line 1 {shown} read as data: it names no column and looks like the lines below "
+                 "(--header yes if it is a header)")
+    return False
+
+
+def _columns(path, first: list, spec: dict, required: tuple, has_header: bool) -> dict:
+    """Where each column of a raw file is: {role: 0-based index or None}. spec: {role: a header
+    name, a 1-based position as digits, or "none" (not read; roles not in `required` only)};
+    roles not in `required` may be absent (index None). A header is read by name (_names); without
+    one, or with a header that names no column, roles given by their own name take the order of
+    `spec` (user, item, rating, timestamp: positions 1, 2, 3, 4). Raises DataError naming the file
+    and the missing column, and the option that names it."""
+    def how(role):
+        return (f"name the {role} column with {OPTIONS[role]} NAME or a position" if role in OPTIONS else
+                f"its columns are {', '.join(spec)} (a header naming them, or that order without one)")
+    named = has_header and any(_names(x, role, str(v)) for role, v in spec.items() if not str(v).isdigit()
+                               for x in first)
     where = {}
     for pos, (role, v) in enumerate(spec.items()):
         v = str(v)
-        if v.isdigit():
+        hits = [n for n, x in enumerate(first) if _names(x, role, v)] or [
+            n for n, x in enumerate(first) if _names(x, role, v, loose=True)]
+        if v.lower() == "none" and role not in required:
+            where[role] = None
+        elif v.isdigit():
             if int(v) < 1:
                 raise DataError(path, 0, f"column positions count from 1, got {role} column {v}")
             where[role] = int(v) - 1
-        elif has_header and v.lower() in lowered:
-            where[role] = lowered.index(v.lower())
-        elif has_header:
-            if role in required:
+        elif has_header and hits:
+            where[role] = hits[0]
+        elif has_header and (named or v.lower() != role):
+            if role in required or v.lower() != role:
                 raise DataError(path, 1, f"no column {v!r} in the header (columns: {', '.join(first)[:200]}); "
-                                         f"name the {role} column with --{role}-col NAME or a position")
+                                         + how(role))
             where[role] = None
-        elif v.lower() == role:  # the default name, no header: the column order
+        elif v.lower() == role:  # the role's own name, no header naming columns: the order of spec
             where[role] = pos if role in required or pos < len(first) else None
         else:
             raise DataError(path, 1, f"the {role} column is named {v!r}, but the first line is not a header "
                                      f"naming it ({', '.join(first)[:120]!r}); give its position instead")
-    return where, has_header
+    return where
+
+
+def _table(path, spec: dict, required: tuple, fmt: dict, notes: list, rest_after: int = 0):
+    """Open a raw file: ({role: column index or None} as _columns, its data rows (line number,
+    fields) without the header). fmt: header, sep, encoding, quoted (raw_rows)."""
+    path = Path(path)
+    rows = raw_rows(path, fmt["sep"], rest_after, fmt["encoding"], fmt.get("quoted", True))
+    head = list(itertools.islice(rows, 21))  # line 1 and up to 20 lines below it, to tell a header
+    first = head[0][1]
+    has_header = _is_header(path, first, [f for _, f in head[1:]], spec, fmt["header"], notes)
+    where = _columns(path, first, spec, required, has_header)
+    return where, itertools.chain(head[1:] if has_header else head, rows)
+
+
+def _values(path, no: int, fields: list, where: dict) -> dict:
+    """{role: field} of a data row; DataError when the row is too short for its columns."""
+    width = 1 + max(v for v in where.values() if v is not None)
+    if len(fields) < width:
+        roles = ", ".join(r for r, v in where.items() if v is not None)
+        raise DataError(path, no, f"expected at least {width} fields ({roles}), got {len(fields)}: "
+                                  f"{','.join(fields)[:80]!r}")
+    return {role: None if v is None else fields[v] for role, v in where.items()}
 
 
 def _number(path, no: int, what: str, text: str) -> float:
-    """A rating or timestamp as a finite float; DataError naming file, line and value otherwise."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
+    """A rating or timestamp as a finite float; DataError naming file, line and value otherwise
+    (an empty one names the option that leaves the column out)."""
+    if not text:
+        raise DataError(path, no, f"empty {what} ({OPTIONS[what]} none ignores the {what}s)")
+    v = float(text) if _is_number(text) else math.nan
     if not math.isfinite(v):
-        raise DataError(path, no, f"{what} must be a number, got {text[:40]!r}")
+        raise DataError(path, no, f"the {what} must be a number, got {text[:40]!r}")
     return v
 
 
-def _plain_id(path, no: int, what: str, text: str) -> str:
-    """An original id as the id lists keep it: not empty, no whitespace inside."""
+def _id(path, no: int, what: str, text: str) -> str:
+    """An original id: not empty (whitespace inside is kept; the id lists write it as `_`)."""
     if not text:
         raise DataError(path, no, f"empty {what} id")
-    if any(c.isspace() for c in text):
-        raise DataError(path, no, f"{what} id {text[:40]!r} holds whitespace, which the id lists cannot keep")
     return text
+
+
+def _listed(ids: list, what: str, path, notes: list) -> list:
+    """The ids as the id lists write them: each run of whitespace as `_`, with a note. Raises
+    DataError when two ids would be written alike."""
+    written, seen, spaced = [], {}, []
+    for x in ids:
+        w = "_".join(x.split())
+        if seen.setdefault(w, x) != x:
+            raise DataError(path, 0, f"{what} ids {seen[w]!r} and {x!r} would both be {w!r} in {what}_list.txt "
+                                     "(whitespace is written as '_'): rename one")
+        if w != x:
+            spaced.append(x)
+        written.append(w)
+    if spaced:
+        notes.append(f"{len(spaced)} {what} id{' holds' if len(spaced) == 1 else 's hold'} whitespace, written "
+                     f"with '_' in {what}_list.txt (e.g. {spaced[0]!r} -> {'_'.join(spaced[0].split())!r})")
+    return written
 
 
 def n_test_items(n: int) -> int:
@@ -271,58 +426,91 @@ def n_test_items(n: int) -> int:
     return max(0, min(int(math.floor(n / 5 + 0.5)), n - 1))
 
 
+def recbole_files(base) -> dict:
+    """RecBole's atomic files of one dataset: {"interactions": NAME.inter, "items": NAME.item,
+    "kg": NAME.kg, "link": NAME.link} (None where absent; only .inter is required). base: DIR/NAME,
+    DIR/NAME.inter, or the folder DIR/NAME holding NAME.inter (RecBole's own layout). Raises
+    DataError when NAME.inter is not there."""
+    base = Path(base)
+    if base.is_dir() and not base.with_suffix(".inter").is_file():
+        base = base / base.name
+    elif base.suffix in RECBOLE_FILES.values():
+        base = base.with_suffix("")
+    files = {k: base.with_name(base.name + ext) for k, ext in RECBOLE_FILES.items()}
+    if not files["interactions"].is_file():
+        raise DataError(files["interactions"], 0, "file not found (--recbole DIR/NAME reads NAME.inter and, where "
+                                                  "they exist, NAME.item, NAME.kg and NAME.link beside it)")
+    return {k: p if k == "interactions" or p.is_file() else None for k, p in files.items()}
+
+
+def _check_target(folder: Path) -> None:
+    """The dataset folder can be made and written (checked before anything is read, and nothing
+    made): SettingsError naming it otherwise."""
+    for parent in reversed((folder, *folder.parents)):
+        if parent.exists() and not parent.is_dir():
+            raise SettingsError(f"--data-dir: cannot write {folder}: {parent} is a file, not a folder")
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise SettingsError(f"--data-dir: cannot write {folder}: {nearest} is not writable (permission denied)")
+
+
 def prepare(interactions, name: str, data_dir="data", items=None, kg=None, user_col="user", item_col="item",
             rating_col="rating", time_col="timestamp", name_col="name", header: str = "auto", sep: str = "auto",
             min_rating: float | None = None, min_user_interactions: int = 5, split_seed: int = 0,
-            force: bool = False) -> dict:
+            force: bool = False, link=None, encoding: str = "utf-8", head_col="head", relation_col="relation",
+            tail_col="tail", recbole: bool = False) -> dict:
     """Raw files -> a dataset folder `data_dir/name/` in the published format, the paper's way.
 
-    interactions: CSV/TSV/whitespace file with columns user, item and optionally rating and
-    timestamp (by header name, or by position: *_col "3" is the third column). items: optional
-    file (item, name). kg: optional triples file (head, relation, tail); a head or tail equal to
-    an item's original id is that item, any other value an entity (numbered after the items).
+    interactions: CSV/TSV/`::`/whitespace file with columns user, item and optionally rating and
+    timestamp (by header name, or by position: *_col "3" is the third column; rating_col and
+    time_col "none" leave the column out). items: optional file (item, name). kg: optional
+    triples file (head, relation, tail; head_col etc. as above). link: optional file (item,
+    entity): a KG head or tail that is a linked entity is that item, any other value an entity.
+    Without a link, a head or tail equal to an item's original id is that item, any other value an
+    entity (entities are numbered after the items). recbole: the files are RecBole atomic files
+    (tab-separated, no CSV quoting; recbole_files finds them). Every file: a first line that names
+    the columns (or holds RecBole typed names) is a header; header "yes"/"no" decides where that
+    cannot be told, "auto" guesses with a note (_is_header). sep: "auto", a key of SEPARATORS or
+    any literal ("::"); encoding: the files' text encoding (undecodable bytes are an error).
     Processing: duplicate (user, item) pairs merged (highest rating, earliest time); with
     min_rating, only pairs rated >= min_rating kept; users with fewer than min_user_interactions
     pairs dropped; each user's pairs split 8:2 (n_test_items), the latest to test where
     timestamps exist, else at random (split_seed). Items are written in time order where
     timestamps exist (else file order); users and items are numbered in order of first
-    appearance. Writes train.txt, test.txt, item_list.txt, user_list.txt, entity_list.txt,
-    relation_list.txt, kg_final.txt (with a KG) and stats.md. Returns the stats (dataset_stats)
-    plus "processing" (what each rule removed). Raises DataError (file, line, value) on bad input,
-    an empty result or a KG that touches no item, and SettingsError for an existing folder
-    without force; nothing is written then.
+    appearance; an id with whitespace is written with `_` (_listed). Writes train.txt, test.txt,
+    item_list.txt, user_list.txt, entity_list.txt, relation_list.txt, kg_final.txt (with a KG)
+    and stats.md. Returns the stats (dataset_stats, with prepare's notes first in "warnings") plus
+    "processing" (what each rule removed). Raises DataError (file, line, value) on bad input, an
+    empty result or a KG that touches no item, and SettingsError for an existing folder without
+    force or one that cannot be written; nothing is written then.
     """
     if min_user_interactions < 1:
         raise SettingsError(f"--min-user-interactions must be at least 1, got {min_user_interactions}")
-    if sep not in ("auto", *SEPARATORS):
-        raise SettingsError(f"--sep must be one of auto, {', '.join(SEPARATORS)}, got {sep!r}")
-    if header not in ("auto", "yes", "no"):
-        raise SettingsError(f"--header must be auto, yes or no, got {header!r}")
+    check_format(sep, encoding, header)
     if not name or any(c in name for c in "/\\") or name in (".", ".."):
         raise SettingsError(f"--name must be a folder name, got {name!r}")
+    if min_rating is not None and str(rating_col).lower() == "none":
+        raise SettingsError("--min-rating needs ratings: not with --rating-col none")
     folder = Path(data_dir) / name
     present = [f for f in PREPARED_FILES + ("user_interest_clustered.txt",) if (folder / f).exists()]
     if present and not force:
         raise SettingsError(f"{folder} already holds a dataset ({', '.join(present[:3])}): give --force to replace "
                             "it, or another --name")
+    _check_target(folder)
+    fmt, notes = {"header": header, "sep": sep, "encoding": encoding, "quoted": not recbole}, []
     path = Path(interactions)
-    rows = raw_rows(path, sep)
-    no, first = next(rows)
     spec = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
-    where, has_header = _columns(path, first, spec, ("user", "item"), header)
+    where, rows = _table(path, spec, ("user", "item"), fmt, notes)
     if min_rating is not None and where["rating"] is None:
         raise DataError(path, 0, f"--min-rating {min_rating:g} needs a rating column, and there is none "
-                                 f"(columns: {', '.join(first)[:120]})")
-    width = 1 + max(v for v in where.values() if v is not None)
+                                 "(--rating-col names it)")
     pairs: dict[tuple, list] = {}  # (user, item) -> [rating, time, first order]
     lines = 0
-    for no, fields in (rows if has_header else _chain_first(no, first, rows)):
-        if len(fields) < width:
-            raise DataError(path, no, f"expected at least {width} fields, got {len(fields)}: {','.join(fields)[:80]!r}")
-        u = _plain_id(path, no, "user", fields[where["user"]])
-        i = _plain_id(path, no, "item", fields[where["item"]])
-        r = _number(path, no, "the rating", fields[where["rating"]]) if where["rating"] is not None else None
-        t = _number(path, no, "the timestamp", fields[where["timestamp"]]) if where["timestamp"] is not None else None
+    for no, fields in rows:
+        v = _values(path, no, fields, where)
+        u, i = _id(path, no, "user", v["user"]), _id(path, no, "item", v["item"])
+        r = _number(path, no, "rating", v["rating"]) if v["rating"] is not None else None
+        t = _number(path, no, "timestamp", v["timestamp"]) if v["timestamp"] is not None else None
         lines += 1
         known = pairs.get((u, i))
         if known is None:
@@ -370,93 +558,115 @@ def prepare(interactions, name: str, data_dir="data", items=None, kg=None, user_
             first_seen[i] = order
     item_ids = sorted(first_seen, key=first_seen.get)
     item_index = {i: n_ for n_, i in enumerate(item_ids)}
-    names = _read_item_names_raw(items, item_col, name_col, header, sep) if items else {}
-    kg_rows, entity_ids, relation_ids, kg_info = (_read_kg_raw(kg, item_index, all_items | set(names), header, sep)
-                                                  if kg else ([], [], [], {}))
+    names = _read_item_names_raw(items, item_col, name_col, fmt, notes) if items else {}
+    linked = _read_link_raw(link, fmt, notes) if link else None
+    kg_spec = {"head": head_col, "relation": relation_col, "tail": tail_col}
+    kg_rows, entity_ids, relation_ids, kg_info = (_read_kg_raw(kg, item_index, all_items | set(names), fmt, notes,
+                                                               kg_spec, linked) if kg else ([], [], [], {}))
     processing.update(kg_info)
+    users_written = _listed(user_ids, "user", path, notes)
+    items_written = _listed(item_ids, "item", path, notes)
 
     # everything is read and checked: write
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("user_interest_clustered.txt", "kg_final.txt"):  # with --force: the old data's
-        if (folder / stale).exists():
-            (folder / stale).unlink()
     clean = lambda text: " ".join(text.split()) or "None"
-    _write_lines(folder / "train.txt", [" ".join(map(str, [n_] + [item_index[i] for i in v])) for n_, v in enumerate(train)])
-    _write_lines(folder / "test.txt", [" ".join(map(str, [n_] + [item_index[i] for i in v])) for n_, v in enumerate(test)])
-    _write_lines(folder / "user_list.txt", ["org_id remap_id"] + [f"{u} {n_}" for n_, u in enumerate(user_ids)])
-    _write_lines(folder / "item_list.txt", ["org_id remap_id item_name"]
-                 + [f"{i} {n_} {clean(names.get(i, ''))}" for n_, i in enumerate(item_ids)])
-    _write_lines(folder / "entity_list.txt", ["org_id remap_id entity_name"]
-                 + [f"{i} {n_} {clean(names.get(i, ''))}" for n_, i in enumerate(item_ids)]
-                 + [f"{'_'.join(e.split())} {len(item_ids) + n_} {clean(e)}" for n_, e in enumerate(entity_ids)])
-    _write_lines(folder / "relation_list.txt", ["org_id remap_id"]
-                 + [f"{'_'.join(r.split())} {n_}" for n_, r in enumerate(relation_ids)])
-    if kg_rows:
-        _write_lines(folder / "kg_final.txt", [f"{h} {r} {t}" for h, r, t in kg_rows])
-    st = dataset_stats(folder)
-    st["processing"] = processing
-    (folder / "stats.md").write_text(stats_markdown(name, st))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in ("user_interest_clustered.txt", "kg_final.txt"):  # with --force: the old data's
+            if (folder / stale).exists():
+                (folder / stale).unlink()
+        _write_lines(folder / "train.txt", [" ".join(map(str, [n_] + [item_index[i] for i in v]))
+                                            for n_, v in enumerate(train)])
+        _write_lines(folder / "test.txt", [" ".join(map(str, [n_] + [item_index[i] for i in v]))
+                                           for n_, v in enumerate(test)])
+        _write_lines(folder / "user_list.txt", ["org_id remap_id"] + [f"{u} {n_}" for n_, u in enumerate(users_written)])
+        item_rows = [f"{w} {n_} {clean(names.get(i, ''))}" for n_, (i, w) in enumerate(zip(item_ids, items_written))]
+        _write_lines(folder / "item_list.txt", ["org_id remap_id item_name"] + item_rows)
+        _write_lines(folder / "entity_list.txt", ["org_id remap_id entity_name"] + item_rows
+                     + [f"{'_'.join(e.split())} {len(item_ids) + n_} {clean(e)}" for n_, e in enumerate(entity_ids)])
+        _write_lines(folder / "relation_list.txt", ["org_id remap_id"]
+                     + [f"{'_'.join(r.split())} {n_}" for n_, r in enumerate(relation_ids)])
+        if kg_rows:
+            _write_lines(folder / "kg_final.txt", [f"{h} {r} {t}" for h, r, t in kg_rows])
+        st = dataset_stats(folder)
+        st["processing"] = processing
+        st["warnings"][:0] = notes
+        (folder / "stats.md").write_text(stats_markdown(name, st), encoding="utf-8")
+    except OSError as e:
+        raise SettingsError(f"--data-dir: cannot write {folder} ({e.strerror or e})") from None
     return st
-
-
-def _chain_first(no, first, rows):
-    yield no, first
-    yield from rows
 
 
 def _write_lines(path: Path, lines: list) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _read_item_names_raw(path, item_col, name_col, header, sep) -> dict:
-    """{original item id: name} from a raw items file (item, name)."""
+def _read_item_names_raw(path, item_col, name_col, fmt: dict, notes: list) -> dict:
+    """{original item id: name} from a raw items file (item, name; further columns ignored)."""
     path = Path(path)
-    rows = raw_rows(path, sep, rest_after=1)
-    no, first = next(rows)
     spec = {"item": item_col if not str(item_col).isdigit() else "item", "name": name_col}
-    where, has_header = _columns(path, first, spec, ("item", "name"), header)
+    where, rows = _table(path, spec, ("item", "name"), fmt, notes, rest_after=1)
     names = {}
-    for no, fields in (rows if has_header else _chain_first(no, first, rows)):
-        if len(fields) <= max(where.values()):
-            raise DataError(path, no, f"expected at least {max(where.values()) + 1} fields (item, name), "
-                                      f"got {len(fields)}: {','.join(fields)[:80]!r}")
-        names.setdefault(_plain_id(path, no, "item", fields[where["item"]]), fields[where["name"]])
+    for no, fields in rows:
+        v = _values(path, no, fields, where)
+        names.setdefault(_id(path, no, "item", v["item"]), v["name"])
     return names
 
 
-def _read_kg_raw(path, item_index: dict, item_like: set, header, sep) -> tuple:
-    """(triples as dense (head, relation, tail), entity original ids, relation names, counts) from
-    a raw KG file. A head or tail in item_index is that item; one that is an item id dropped by
-    the filtering (in item_like) drops its triple; any other value is an entity."""
+def _read_link_raw(path, fmt: dict, notes: list) -> dict:
+    """{entity: [its items' original ids]} from a link file (item, entity; RecBole's .link)."""
     path = Path(path)
-    rows = raw_rows(path, sep)
-    no, first = next(rows)
-    where, has_header = _columns(path, first, {"head": "head", "relation": "relation", "tail": "tail"},
-                                 ("head", "relation", "tail"), header)
-    entities, relations, triples, dropped, example, read = {}, {}, set(), 0, None, 0
-    node = lambda x: item_index[x] if x in item_index else len(item_index) + entities.setdefault(x, len(entities))
-    touching = 0
-    for no, fields in (rows if has_header else _chain_first(no, first, rows)):
-        if len(fields) < 3:
-            raise DataError(path, no, f"expected 3 fields (head, relation, tail), got {len(fields)}: "
-                                      f"{','.join(fields)[:80]!r}")
-        h, r, t = (fields[where[k]] for k in ("head", "relation", "tail"))
+    where, rows = _table(path, {"item": "item", "entity": "entity"}, ("item", "entity"), fmt, notes)
+    linked = {}
+    for no, fields in rows:
+        v = _values(path, no, fields, where)
+        items = linked.setdefault(_id(path, no, "entity", v["entity"]), [])
+        if v["item"] not in items:
+            items.append(_id(path, no, "item", v["item"]))
+    return linked
+
+
+def _read_kg_raw(path, item_index: dict, item_like: set, fmt: dict, notes: list, spec: dict, linked=None) -> tuple:
+    """(triples as dense (head, relation, tail), entity original ids, relation names, counts) from
+    a raw KG file. Without `linked`, a head or tail in item_index is that item, one that is an item
+    id dropped by the filtering (in item_like) drops its triple, and any other value is an entity.
+    With `linked` ({entity: items}, _read_link_raw), a linked entity is its items (its triple is
+    dropped when none of them is kept) and any other value is an entity."""
+    path = Path(path)
+    where, rows = _table(path, spec, ("head", "relation", "tail"), fmt, notes)
+
+    def items_of(x):  # the dense items x stands for; [] for an entity; None for items filtered out
+        if linked is not None:
+            if x not in linked:
+                return []
+            return [item_index[i] for i in linked[x] if i in item_index] or None
+        if x in item_index:
+            return [item_index[x]]
+        return None if x in item_like else []
+    entities, relations, triples, dropped, example, read, touching = {}, {}, set(), 0, None, 0, 0
+    entity = lambda x: len(item_index) + entities.setdefault(x, len(entities))
+    for no, fields in rows:
+        v = _values(path, no, fields, where)
         read += 1
-        for what, x in (("head", h), ("relation", r), ("tail", t)):
-            if not x:
+        for what in ("head", "relation", "tail"):
+            if not v[what]:
                 raise DataError(path, no, f"empty {what}")
-        if (h in item_like and h not in item_index) or (t in item_like and t not in item_index):
+        h, r, t = v["head"], v["relation"], v["tail"]
+        heads, tails = items_of(h), items_of(t)
+        if heads is None or tails is None:
             dropped += 1
             continue
         example = example or (no, h, t)
-        touching += h in item_index or t in item_index
-        triples.add((node(h), relations.setdefault(r, len(relations)), node(t)))
+        touching += bool(heads or tails)
+        rel = relations.setdefault(r, len(relations))
+        triples.update((a, rel, b) for a in heads or [entity(h)] for b in tails or [entity(t)])
     if not touching:
         where_ = f" (e.g. line {example[0]}: head {example[1][:40]!r}, tail {example[2][:40]!r})" if example else ""
         raise DataError(path, 0, f"no head or tail is one of the items' ids{where_}: the KG would connect to nothing "
-                                 "(heads and tails that are items must be written as the interactions file's item ids)")
+                        + ("(the link file maps entities to items: heads and tails must be its entities)" if linked
+                           is not None else "(heads and tails that are items must be written as the interactions "
+                           "file's item ids, or give a --link file)"))
     info = {"kg_lines": read, "kg_triples": len(triples), "kg_triples_of_removed_items": dropped}
     return sorted(triples), list(entities), list(relations), info
 
@@ -551,3 +761,118 @@ def download(datasets, data_dir, blobs_file=Path(__file__).parent / "data" / "GI
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# export: our split as RecBole benchmark files
+# ----------------------------------------------------------------------------------------------
+# RecBole 1.2.1 reads a dataset as atomic files under <data_path>/<name>/: with benchmark_filename
+# [train, valid, test] it takes the three .inter files as the split (no split of its own), so a
+# RecBole baseline trains, selects and tests on exactly the users and items ours do. Its
+# knowledge-based models add .kg (triples) and .link (item -> entity). With benchmark files RecBole
+# filters nothing (no k-core, no dropping of unlinked items). docs/reproducing.md has the
+# environment and one command per baseline.
+
+
+def _org_ids(path, n: int) -> list:
+    """The original ids of an id list (user_list.txt, item_list.txt) by remap id, or the dense
+    ids as text where the file is missing, shorter than n or repeats an id."""
+    if Path(path).exists():
+        ids = [parts[0] for parts in id_list_rows(path)]
+        if len(ids) >= n and len(set(ids[:n])) == n:
+            return ids[:n]
+        log(f"note: {path}: {'repeated ids' if len(ids) >= n else f'{len(ids)} rows for {n} ids'}; "
+            "the export uses the dense ids")
+    return [str(i) for i in range(n)]
+
+
+def _atomic(path: Path, header: list, rows) -> int:
+    """Write one RecBole atomic file: a typed, tab-separated header line, then the rows. Returns the
+    number of rows."""
+    lines = ["\t".join(header)] + ["\t".join(map(str, r)) for r in rows]
+    _write_lines(path, lines)
+    return len(lines) - 1
+
+
+def _pairs(lists, users: list, items: list):
+    for u, its in enumerate(lists):
+        for i in its:
+            yield users[u], items[int(i)]
+
+
+def recbole_config(name: str, data_path, has_kg: bool) -> str:
+    """The RecBole config (YAML) of an export: the benchmark files, the field names, and our
+    dataset's embedding size, learning rate and batch size (cikgrec.make_settings), full-sort
+    evaluation by Recall/NDCG@20/50/100, early stopping on NDCG@50 with our patience."""
+    import json
+    from cikgrec import make_settings
+    s = make_settings(dataset=name)
+    kg = ("  kg: [head_id, relation_id, tail_id]\n  link: [item_id, entity_id]\n" if has_kg else "")
+    return (f"# RecBole 1.2.1 config of `python cikgrec.py export --format recbole --dataset {name}`.\n"
+            "# Run a baseline with it as docs/reproducing.md shows; data_path is where the export was written.\n"
+            f"data_path: {json.dumps(str(Path(data_path).resolve()))}\n"  # a JSON string is a YAML string
+            f"dataset: {json.dumps(name)}\n"
+            "benchmark_filename: [train, valid, test]\n"
+            "field_separator: \"\\t\"\n"
+            "USER_ID_FIELD: user_id\nITEM_ID_FIELD: item_id\nRATING_FIELD: ~\nTIME_FIELD: ~\n"
+            "HEAD_ENTITY_ID_FIELD: head_id\nTAIL_ENTITY_ID_FIELD: tail_id\n"
+            "RELATION_ID_FIELD: relation_id\nENTITY_ID_FIELD: entity_id\n"
+            "load_col:\n  inter: [user_id, item_id]\n" + kg +
+            f"embedding_size: {s.dim}\n"
+            f"learning_rate: {s.lr:g}\n"
+            f"train_batch_size: {s.batch_size}\n"
+            f"stopping_step: {s.patience}\n"
+            f"seed: {s.seed}\n"
+            "eval_args: {split: {RS: [0.8, 0.1, 0.1]}, group_by: user, order: RO, mode: full}\n"
+            "metrics: [Recall, NDCG]\n"
+            "topk: [20, 50, 100]\n"
+            "valid_metric: NDCG@50\n"
+            "show_progress: False\n")
+
+
+def export_recbole(name: str, data_dir="data", out="recbole", split_seed: int = 0, force: bool = False) -> dict:
+    """Write dataset `name` of data_dir as RecBole benchmark files under out/<name>/:
+    <name>.train.inter and <name>.valid.inter (our validation carve-out,
+    cikgrec.split_validation(train, split_seed)), <name>.test.inter (test.txt), <name>.item (titles),
+    <name>.kg and <name>.link where the dataset has a KG (.link lists only the items whose entity is
+    in a triple: RecBole fails on a linked entity that no triple holds), <name>.yaml (the config).
+    Users and items keep their original ids (user_list.txt, item_list.txt) where those exist;
+    entities and relations keep the dense ids of kg_final.txt. Interest edges are not exported.
+    Refuses a non-empty out/<name>/ unless force, and the dataset's own folder always.
+    Returns the folder, the rows written by file, the items in the KG and the dataset's notes.
+    Raises DataError, SettingsError."""
+    from cikgrec import split_validation
+    if split_seed < 0:
+        raise SettingsError(f"--split-seed must be >= 0, got {split_seed}")
+    folder = dataset_folder(Path(data_dir) / name)
+    target = Path(out) / name
+    if target.exists() and not target.is_dir():
+        raise SettingsError(f"--out {out}: {target} is a file, not a folder")
+    if target.resolve() == folder.resolve():
+        raise SettingsError(f"--out {out}: {target} is the dataset's own folder; export to another folder")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise SettingsError(f"{target} exists and is not empty: --force replaces its files")
+    ds = load_checked(folder, with_interests=False)
+    users = _org_ids(folder / "user_list.txt", ds.n_users)
+    items = _org_ids(folder / "item_list.txt", ds.n_items)
+    train, valid = split_validation(ds.train, split_seed)
+    target.mkdir(parents=True, exist_ok=True)
+    inter = ["user_id:token", "item_id:token"]
+    counts = {f"{part}.inter": _atomic(target / f"{name}.{part}.inter", inter, _pairs(lists, users, items))
+              for part, lists in (("train", train), ("valid", valid), ("test", ds.test))}
+    titles = [item_title(t).replace("\t", " ") for t in ds.item_names] or [""] * ds.n_items
+    counts["item"] = _atomic(target / f"{name}.item", ["item_id:token", "item_title:token_seq"],
+                             zip(items, titles))
+    has_kg = len(ds.kg) > 0
+    in_kg = np.zeros(0, dtype=np.int64)
+    for stale in (".kg", ".link"):
+        (target / f"{name}{stale}").unlink(missing_ok=True)
+    if has_kg:
+        counts["kg"] = _atomic(target / f"{name}.kg", ["head_id:token", "relation_id:token", "tail_id:token"],
+                               ds.kg.tolist())
+        in_kg = np.intersect1d(np.unique(ds.kg[:, [0, 2]]), np.arange(ds.n_items))
+        counts["link"] = _atomic(target / f"{name}.link", ["item_id:token", "entity_id:token"],
+                                 ((items[i], i) for i in in_kg.tolist()))
+    (target / f"{name}.yaml").write_text(recbole_config(name, out, has_kg))
+    return {"folder": str(target), "counts": counts, "items_in_kg": len(in_kg), "n_items": ds.n_items,
+            "warnings": ds.warnings}

@@ -17,6 +17,8 @@ benchmark and the command line.
     python llm_interests.py batch-export --dataset ml1m      (OpenAI Batch API / vllm run-batch input)
     python llm_interests.py batch-import FILE --dataset ml1m (their output -> answers file)
     python llm_interests.py bench                            (TF-IDF and k-means timing)
+    python llm_interests.py infer-new --history FILE --dataset ml1m --clusters interests/ml1m --out new.txt
+                                       (new users' interests, placed in a run's clusters: its interest ids)
 
 Everything is written under interests/<dataset>/ (--out-dir), never into the dataset folder.
 The LLM is any OpenAI-compatible chat-completions server: $OPENAI_BASE_URL (default
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures as cf
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -41,6 +44,7 @@ import threading
 import time
 import unicodedata
 import urllib.parse
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -67,7 +71,7 @@ N_LAST_ITEMS = 30  # items per prompt: the user's last 30 named training items
 MAX_ANSWER_CHARS = 600  # an answer longer than this is not "at most five short interests"
 MIN_PHRASE_CHARS, MAX_PHRASE_CHARS = 2, 50  # cleaned phrases outside this range are dropped
 CLUSTER_FILES = ("user_interest_clustered.txt", "interest_clusters.tsv",  # what `cluster` writes
-                 "user_interest_clustered.coverage.json")
+                 "user_interest_clustered.coverage.json", "user_interest_clustered.model.npz")
 
 SYSTEM_PROMPT = (
     "You are shown the {field} that an anonymous user liked. Infer the user's interests from "
@@ -89,8 +93,9 @@ class InputError(Exception):
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Job:
-    """One user's request: the user id, the item ids in the prompt and the chat messages."""
-    user: int
+    """One user's request: the user id (a dataset user's int; a new user's str, infer-new), the
+    item ids in the prompt and the chat messages."""
+    user: int | str
     items: list
     messages: list
 
@@ -139,9 +144,17 @@ def make_jobs(dataset, field: str, split_seed: int = 0, n_last: int = N_LAST_ITE
     read). Returns (jobs, skipped): skipped lists the users with no named item.
     """
     train_part, _ = cikgrec.split_validation(dataset.train, split_seed)
-    titles = [cikgrec_prepare.item_title(n) for n in dataset.item_names]
+    return history_jobs(enumerate(train_part), [cikgrec_prepare.item_title(n) for n in dataset.item_names],
+                        field, n_last)
+
+
+def history_jobs(histories, titles: list, field: str, n_last: int = N_LAST_ITEMS):
+    """(user, item ids in order) pairs -> (jobs, skipped): one Job per user with a named item,
+    its prompt the titles of its last `n_last` named items (items without a title dropped
+    first); skipped lists the users without one. make_jobs' prompts, and infer-new's for new
+    users (user: any id)."""
     jobs, skipped = [], []
-    for user, items in enumerate(train_part):
+    for user, items in histories:
         named = [int(i) for i in items if i < len(titles) and titles[i]][-n_last:]
         if not named:
             skipped.append(user)
@@ -322,15 +335,23 @@ def ngrams(phrase: str) -> list:
 def tfidf(phrases: list, weights=None, max_df: float = 0.8):
     """TF-IDF vectors of phrases, by hand (what scikit-learn's TfidfVectorizer computes with
     ngram_range=(1, 2), max_df, smooth_idf=True, norm='l2', tokens = the words of the cleaned
-    phrase).
+    phrase): the vocabulary and idf of `tfidf_fit`, then the rows of `tfidf_rows` (the function
+    that also turns a new user's phrases into rows, so both are made alike).
+    Returns (X: scipy.sparse.csr_matrix [n, n_terms], terms: list).
+    """
+    terms, idf = tfidf_fit(phrases, weights, max_df)
+    return tfidf_rows(phrases, terms, idf), terms
+
+
+def tfidf_fit(phrases: list, weights=None, max_df: float = 0.8) -> tuple[list, np.ndarray]:
+    """The vocabulary and idf of tfidf.
 
     phrases: n strings; weights: n occurrence counts (default 1 each), so that a phrase said by
-    many users is one row but counts that many documents. Terms are sorted alphabetically.
-    tf = count of the term in the phrase; df = documents holding it; terms with df > max_df * N
-    are dropped (N = documents); idf = ln((1 + N) / (1 + df)) + 1; rows scaled to unit L2 norm.
+    many users is one row but counts that many documents. Terms (ngrams) are sorted
+    alphabetically. df = documents holding the term; terms with df > max_df * N are dropped
+    (N = documents); idf = ln((1 + N) / (1 + df)) + 1.
     Fallback (documented): when max_df would drop every term (a tiny or uniform corpus, e.g.
-    ["sci fi", "sci fi"]), all terms are kept, with a note. A phrase with no terms left is an
-    all-zero row (never NaN). Returns (X: scipy.sparse.csr_matrix [n, n_terms], terms: list).
+    ["sci fi", "sci fi"]), all terms are kept, with a note. Returns (terms, idf [n_terms]).
     """
     weights = np.ones(len(phrases)) if weights is None else np.asarray(weights, dtype=float)
     grams = [ngrams(p) for p in phrases]
@@ -347,13 +368,24 @@ def tfidf(phrases: list, weights=None, max_df: float = 0.8):
     if len(terms) and not keep.any():
         say(f"note: max_df {max_df} would drop all {len(terms)} terms of this small corpus: keeping them all")
         keep[:] = True
-    counts, df = counts[:, keep], df[keep]
     terms = [t for t, k in zip(terms, keep) if k]
-    idf = np.log((1 + n_docs) / (1 + df)) + 1
-    x = (counts @ sp.diags(idf)).tocsr()
+    return terms, np.log((1 + n_docs) / (1 + df[keep])) + 1
+
+
+def tfidf_rows(phrases: list, terms: list, idf) -> sp.csr_matrix:
+    """Phrases -> TF-IDF rows over a fixed vocabulary (terms, idf: tfidf_fit's): tf = count of
+    the term (ngrams) in the phrase, n-grams not in terms ignored; tf * idf; each row scaled to
+    unit L2 norm. A phrase with no known term is an all-zero row (never NaN). Returns
+    scipy.sparse.csr_matrix [n, len(terms)]."""
+    index = {t: c for c, t in enumerate(terms)}
+    cols_of = [[index[g] for g in ngrams(p) if g in index] for p in phrases]
+    rows = [r for r, cs in enumerate(cols_of) for _ in cs]
+    cols = [c for cs in cols_of for c in cs]
+    counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(phrases), len(terms)))
+    counts.sum_duplicates()
+    x = (counts @ sp.diags(np.asarray(idf, dtype=float))).tocsr()
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-    x = (sp.diags(1 / np.where(norms > 0, norms, 1.0)) @ x).tocsr()
-    return x, terms
+    return (sp.diags(1 / np.where(norms > 0, norms, 1.0)) @ x).tocsr()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,8 +525,9 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
     `filter_clusters` keeps the informative ones. Returns a dict with "edges" [(user, interest
     id)], "clusters" (one row per cluster for the TSV), "problems" (Counter of records without
     interests by kind: refused, filtered, empty, ...), "n_truncated" (usable answers whose
-    fragment was dropped), "n_dropped" (pieces that cleaning emptied) and counts. Raises
-    InputError when no answer gives a phrase or no cluster survives the filtering (an empty
+    fragment was dropped), "n_dropped" (pieces that cleaning emptied), counts, "cluster_of"
+    ({phrase: cluster}) and "state" (a ClusterState: what places a new user's phrase in these
+    clusters). Raises InputError when no answer gives a phrase or no cluster survives the filtering (an empty
     interest file helps nobody).
     """
     problems = collections.Counter()
@@ -515,7 +548,8 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
     phrases = sorted(said)
     weights = np.array([said[p] for p in phrases], dtype=float)
     t0 = time.time()
-    x, terms = tfidf(phrases, weights, max_df)
+    terms, idf = tfidf_fit(phrases, weights, max_df)
+    x = tfidf_rows(phrases, terms, idf)
     nonzero = np.flatnonzero(np.diff(x.indptr) > 0)  # phrases whose terms were all dropped
     say(f"cluster: {len(phrases)} distinct phrases ({int(weights.sum())} in all), {len(terms)} terms, "
         f"{len(phrases) - len(nonzero)} phrases without terms; TF-IDF {time.time() - t0:.2f} s")
@@ -532,6 +566,7 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
                          f"them): use more users, or another --k or --max-share")
     held = collections.Counter(c for cs in user_clusters.values() for c in cs)
     interest_id = {c: n_entities + r for r, c in enumerate(kept)}
+    state = ClusterState(terms, idf, centres, np.array([interest_id.get(c, -1) for c in range(len(centres))]))
     rows = []
     for c in range(len(centres)):
         top = [terms[t] for t in np.argsort(-centres[c])[:5] if centres[c][t] > 0]
@@ -542,18 +577,20 @@ def cluster_answers(answers: dict, n_entities: int, k: int, max_df: float = 0.8,
             "n_truncated": n_truncated, "n_dropped": n_dropped,
             "n_users_with_phrases": len(user_phrases), "n_phrases": int(weights.sum()),
             "n_distinct": len(phrases), "n_clusters": len(centres), "n_kept": len(kept),
-            "n_users_linked": len({u for u, _ in edges})}
+            "n_users_linked": len({u for u, _ in edges}), "cluster_of": cluster_of, "state": state}
 
 
 def write_outputs(result: dict, out_dir, coverage: dict | None = None) -> tuple[Path, Path, Path | None]:
     """Write user_interest_clustered.txt (`user_id interest_id` lines, the published format),
-    interest_clusters.tsv (what each cluster means) and, given `coverage` ({"users_with_prompt",
-    "users_answered", ...}), user_interest_clustered.coverage.json (see coverage_record) into
-    out_dir. Each file is written to a temporary name and renamed, so an interruption never
-    leaves half a file. Returns the three paths (the last None without coverage)."""
+    interest_clusters.tsv (what each cluster means), user_interest_clustered.model.npz (the
+    clustering state, save_state, tied to the interest file by its SHA-256) and, given `coverage`
+    ({"users_with_prompt", "users_answered", ...}), user_interest_clustered.coverage.json (see
+    coverage_record) into out_dir. Each file is written to a temporary name and renamed, so an
+    interruption never leaves half a file. Returns the paths of the first two and of the
+    coverage (None without coverage)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    edges_path, tsv_path, cov_path = (out_dir / name for name in CLUSTER_FILES)
+    edges_path, tsv_path, cov_path, state_path = (out_dir / name for name in CLUSTER_FILES)
     edges = "".join(f"{u} {j}\n" for u, j in result["edges"])
     tsv = ["cluster\tusers\tinterest_id\ttop_terms\texample_phrases\n"]
     tsv += [f"{c}\t{n}\t{status}\t{', '.join(top)}\t{' | '.join(ex)}\n" for c, n, status, top, ex in result["clusters"]]
@@ -565,7 +602,107 @@ def write_outputs(result: dict, out_dir, coverage: dict | None = None) -> tuple[
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(content, encoding="utf-8")
         os.replace(tmp, path)
+    if result.get("state") is not None:
+        state = dataclasses.replace(result["state"], interest_sha256=hashlib.sha256(edges.encode("utf-8")).hexdigest())
+        save_state(state_path, state)
     return edges_path, tsv_path, cov_path if coverage is not None else None
+
+
+# ----------------------------------------------------------------------------------------------
+# New users' interests, in the run's clusters (no refit: the interest ids stay the run's)
+# ----------------------------------------------------------------------------------------------
+STATE_FORMAT = "cikgrec-cluster-state-1"
+
+
+@dataclass
+class ClusterState:
+    """What places a new phrase in a run's clusters: the TF-IDF vocabulary (terms, in column
+    order) and idf of tfidf_fit, the k-means centres [k, n_terms], and each cluster's interest id
+    (-1: the cluster was dropped). interest_sha256: of the interest file written with it."""
+    terms: list
+    idf: np.ndarray
+    centres: np.ndarray
+    interest_id: np.ndarray
+    interest_sha256: str = ""
+
+
+def save_state(path, state: ClusterState) -> None:
+    """Write the state as a numpy .npz (no pickle: strings as a unicode array), to a temporary
+    name renamed into place."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, format=np.array(STATE_FORMAT), terms=np.array(state.terms, dtype=str),
+                 idf=np.asarray(state.idf, dtype=float), centres=np.asarray(state.centres, dtype=float),
+                 interest_id=np.asarray(state.interest_id, dtype=np.int64),
+                 interest_sha256=np.array(state.interest_sha256))
+    os.replace(tmp, path)
+
+
+def load_state(path) -> ClusterState:
+    """Read save_state's file (allow_pickle=False). Raises DataError naming the file when it is
+    not one, or its arrays do not fit together."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) != STATE_FORMAT:
+                raise DataError(path, 0, f"not a clustering state written by `llm_interests.py cluster` ({STATE_FORMAT})")
+            terms, idf, centres, ids = z["terms"], z["idf"], z["centres"], z["interest_id"]
+            sha = str(z["interest_sha256"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(path, 0, f"not a clustering state written by `llm_interests.py cluster` ({e})") from None
+    if not (terms.ndim == idf.ndim == ids.ndim == 1 and centres.ndim == 2 and len(terms) == len(idf)
+            and centres.shape == (len(ids), len(terms)) and len(ids) > 0 and terms.dtype.kind == "U"):
+        raise DataError(path, 0, f"the arrays do not fit together: terms {terms.shape}, idf {idf.shape}, "
+                                 f"centres {centres.shape}, interest_id {ids.shape}")
+    return ClusterState(terms.tolist(), idf.astype(float), centres.astype(float), ids.astype(np.int64), sha)
+
+
+def assign_phrases(phrases: list, state: ClusterState) -> list:
+    """Each cleaned phrase -> (cluster, interest id or None): its TF-IDF row over the run's
+    vocabulary (tfidf_rows: the same n-grams, idf and L2 norm as the fitted phrases; unknown
+    terms ignored) goes to the nearest of ALL the centres, by kmeans' squared distance (ties: the
+    lowest cluster), as k-means placed the fitted phrases. A dropped cluster gives (cluster,
+    None); a phrase with no known term (None, None)."""
+    x = tfidf_rows(phrases, state.terms, state.idf)
+    x2 = np.asarray(x.multiply(x).sum(axis=1)).ravel()
+    labels = _sq_distances(x, x2, state.centres).argmin(1)
+    known = np.diff(x.indptr) > 0
+    out = []
+    for i in range(len(phrases)):
+        c = int(labels[i]) if known[i] else None
+        j = int(state.interest_id[c]) if c is not None else -1
+        out.append((c, j if j >= 0 else None))
+    return out
+
+
+def new_user_edges(answers: dict, state: ClusterState) -> tuple[list, dict]:
+    """New users' answers {new id: answers-file record} -> ((new id, interest id) pairs, counts).
+
+    Each record gives its phrases as for `cluster` (record_phrases); each phrase is placed by
+    assign_phrases; a user linked twice to an interest gets one edge. Pairs in the answers'
+    order, interest ids sorted per user. counts: "assigned" (phrases in a kept cluster),
+    "dropped" (in a dropped cluster), "unknown" (no known term), "problems" (Counter of records
+    without phrases, by kind), "users" (users with an edge)."""
+    counts = {"assigned": 0, "dropped": 0, "unknown": 0, "problems": collections.Counter(), "users": 0}
+    user_phrases = {}
+    for user, rec in answers.items():
+        parsed = record_phrases(rec)
+        if parsed.problem:
+            counts["problems"][parsed.problem] += 1
+        user_phrases[user] = parsed.phrases
+    placed = iter(assign_phrases([p for ps in user_phrases.values() for p in ps], state))
+    edges = []
+    for user, ps in user_phrases.items():
+        ids = set()
+        for c, j in (next(placed) for _ in ps):
+            kind = "unknown" if c is None else "dropped" if j is None else "assigned"
+            counts[kind] += 1
+            if j is not None:
+                ids.add(j)
+        edges += [(user, j) for j in sorted(ids)]
+        counts["users"] += bool(ids)
+    return edges, counts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1072,13 +1209,13 @@ def ask_llm(cfg: ClientConfig, messages: list, stop: threading.Event | None = No
 EARLY_STOP_USERS = 8  # infer stops when its first min(8, to ask) finished users all failed
 
 
-def read_answers(path, n_users: int | None = None) -> dict:
+def read_answers(path, n_users: int | None = None, new_users: bool = False) -> dict:
     """Read an answers file (JSON lines, one object per user): returns {user id: record}.
 
     A torn last line (the process was killed while writing it) is ignored with a note; any other
-    unreadable line, a record without an integer "user", or a user id >= n_users raises DataError
-    naming the file and line, and so does a folder in its place. A user found twice keeps its
-    first record. A missing file is {}.
+    unreadable line, a record without an integer "user" (new_users, infer-new's file: a string),
+    or a user id >= n_users raises DataError naming the file and line, and so does a folder in
+    its place. A user found twice keeps its first record. A missing file is {}.
     """
     path = Path(path)
     if path.is_dir():
@@ -1095,7 +1232,10 @@ def read_answers(path, n_users: int | None = None) -> dict:
         try:
             rec = json.loads(line)
             user = rec["user"]
-            if not isinstance(user, int) or isinstance(user, bool) or user < 0:
+            if new_users and not (isinstance(user, str) and user):
+                raise DataError(path, no, f"\"user\" must be a new user's id (a string), got {user!r}: "
+                                          "is this a dataset's answers file?")
+            if not new_users and (not isinstance(user, int) or isinstance(user, bool) or user < 0):
                 raise DataError(path, no, f"\"user\" must be a non-negative integer, got {user!r}")
         except (ValueError, KeyError, TypeError) as e:
             if no == len(lines) and torn_tail:
@@ -1109,8 +1249,9 @@ def read_answers(path, n_users: int | None = None) -> dict:
 
 
 def unanswered(jobs: list, answers_path) -> list:
-    """The jobs whose user has no final outcome in the answers file (what a rerun asks)."""
-    done = set(read_answers(answers_path))
+    """The jobs whose user has no final outcome in the answers file (what a rerun asks). New
+    users' jobs (string ids, infer-new) read their own kind of answers file."""
+    done = set(read_answers(answers_path, new_users=any(isinstance(j.user, str) for j in jobs)))
     return [j for j in jobs if j.user not in done]
 
 
@@ -1294,7 +1435,7 @@ def run_inference(jobs: list, answers_path, failures_path, cfg: ClientConfig, wo
         if stop.is_set():  # another worker hit a setup error, or the early stop: send nothing more
             return job, {"error": "stopped", "reason": "stopped", "status": None, "attempts": 0}
         try:
-            res = ask_llm(cfg, job.messages, stop, random.Random(job.user * 7919 + time.time_ns()))
+            res = ask_llm(cfg, job.messages, stop, random.Random(f"{job.user} {time.time_ns()}"))
         except SetupError:
             stop.set()  # at once, from the worker, not when the main thread gets to its result
             raise
@@ -1558,19 +1699,37 @@ def parse_args(argv=None):
         sp_.add_argument("--price-in", type=float, default=None, help="USD per million prompt tokens (for the cost)")
         sp_.add_argument("--price-out", type=float, default=None, help="USD per million completion tokens")
 
+    def client(q):
+        q.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
+                       help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or the OpenAI API)")
+        q.add_argument("--workers", type=int, default=8, help="concurrent requests")
+        q.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+        q.add_argument("--max-attempts", type=int, default=6, help="attempts per user")
+        q.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
+        q.add_argument("--max-wait", type=float, default=60.0,
+                       help="longest wait a server may ask for (Retry-After) in seconds; longer stops the run")
+        q.add_argument("--dry-run", action="store_true", help="send nothing: print the users, tokens and cost")
+        q.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+
     q = sub.add_parser("infer", allow_abbrev=False, help="ask the LLM for every user (resumes an interrupted run)")
     common(q)
     llm(q)
-    q.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
-                   help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or the OpenAI API)")
-    q.add_argument("--workers", type=int, default=8, help="concurrent requests")
-    q.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    q.add_argument("--max-attempts", type=int, default=6, help="attempts per user")
-    q.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
-    q.add_argument("--max-wait", type=float, default=60.0,
-                   help="longest wait a server may ask for (Retry-After) in seconds; longer stops the run")
-    q.add_argument("--dry-run", action="store_true", help="send nothing: print the users, tokens and cost")
-    q.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+    client(q)
+
+    q = sub.add_parser("infer-new", allow_abbrev=False,
+                       help="new users' interests from their histories, in the clusters of a run's `cluster`")
+    q.add_argument("--history", required=True, help="one line per new user: a new id, then the items liked, in "
+                                                    "order, as item_list.txt's org_id column names them")
+    q.add_argument("--dataset", required=True, help="dataset folder name under --data-dir (item_list.txt is read)")
+    q.add_argument("--data-dir", default="data", help="folder holding one folder per dataset")
+    q.add_argument("--field", default="", help="item word in the prompt (default: movies/books)")
+    q.add_argument("--clusters", required=True, help="the folder `cluster` wrote (interests/<dataset>) or its "
+                                                     + CLUSTER_FILES[3])
+    q.add_argument("--out", required=True, help="written: `new_id interest_id` lines")
+    q.add_argument("--answers", default="", help="the new users' answers (resume); default OUT's name with "
+                                                 ".answers.jsonl; failures go beside it (.failures.jsonl)")
+    llm(q)
+    client(q)
 
     q = sub.add_parser("batch-export", allow_abbrev=False, help="write an OpenAI Batch API input file")
     common(q)
@@ -1666,35 +1825,151 @@ def counted(c: dict, names=("refused", "filtered")) -> str:
     return "".join(f", {c[n]} {n}" for n in names if c.get(n))
 
 
+def dry_run(args, cfg: ClientConfig, jobs: list, answers: Path) -> int:
+    """infer / infer-new --dry-run: say what asking the users without a final outcome costs, and
+    show one prompt; send and write nothing."""
+    todo = unanswered(jobs, answers)
+    est = estimate(todo, cfg.max_tokens, args.price_in, args.price_out)
+    say(f"dry run ({cfg.model}, {len(jobs) - len(todo)} users already answered in {answers}): "
+        f"{format_estimate(est, cfg.max_tokens)}.")
+    new_users = any(isinstance(j.user, str) for j in jobs)
+    say(typical_estimate(est, read_answers(answers, new_users=new_users), args.price_in, args.price_out))
+    if todo:
+        say(f"the first prompt ({todo[0].user}'s):\n" + "\n".join(f"  [{m['role']}] {m['content']}"
+                                                                  for m in todo[0].messages))
+    say("Nothing was sent.")
+    return 0
+
+
+def run_notes(c: dict, args, failures: Path, name: str = "infer") -> int:
+    """After run_inference: the usage, reasoning and failure lines of a summary. Returns the
+    exit code: 1 when users failed (a rerun asks them again), else 0."""
+    if c["total"]:
+        say(f"{name} usage: {format_usage(c['usage'], args.price_in, args.price_out)}" if sum(c["usage"].values())
+            else f"{name} usage: the server reported none")
+    if c["thinking"]:
+        say(f"{name}: {c['thinking']} answers came with reasoning (a thinking model): their reasoning is not used; "
+            f"if answers are cut or fail at the token limit, {THINKING_HINT}")
+    if c["failed"]:
+        say(f"{name}: {c['failed']} users failed: {format_reasons(c['reasons'])} (details in {failures})")
+        say(f"{name}: rerun the same command to ask the failed users again (answered users are kept)")
+        return 1
+    return 0
+
+
 def cmd_infer(args, cfg: ClientConfig, jobs: list, answers: Path, failures: Path) -> int:
     """infer: ask every user without a final outcome; with --dry-run only say what that costs."""
     if args.dry_run:
-        todo = unanswered(jobs, answers)
-        est = estimate(todo, cfg.max_tokens, args.price_in, args.price_out)
-        say(f"dry run ({cfg.model}, {len(jobs) - len(todo)} users already answered in {answers}): "
-            f"{format_estimate(est, cfg.max_tokens)}.")
-        say(typical_estimate(est, read_answers(answers), args.price_in, args.price_out))
-        if todo:
-            say(f"the first prompt ({todo[0].user}'s):\n" + "\n".join(f"  [{m['role']}] {m['content']}"
-                                                                      for m in todo[0].messages))
-        say("Nothing was sent.")
-        return 0
+        return dry_run(args, cfg, jobs, answers)
     say(f"infer: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
     c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
     truncated = f" ({c['truncated']} cut at the token limit, fragment dropped)" if c["truncated"] else ""
     say(f"infer summary: {c['answered']} answered now{truncated}{counted(c)}, {c['failed']} failed, "
         f"{c['skipped']} already answered, {len(read_answers(answers))} users in {answers}")
-    if c["total"]:
-        say(f"infer usage: {format_usage(c['usage'], args.price_in, args.price_out)}" if sum(c["usage"].values())
-            else "infer usage: the server reported none")
-    if c["thinking"]:
-        say(f"infer: {c['thinking']} answers came with reasoning (a thinking model): their reasoning is not used; "
-            f"if answers are cut or fail at the token limit, {THINKING_HINT}")
-    if c["failed"]:
-        say(f"infer: {c['failed']} users failed: {format_reasons(c['reasons'])} (details in {failures})")
-        say("infer: rerun the same command to ask the failed users again (answered users are kept)")
-        return 1
-    return 0
+    return run_notes(c, args, failures)
+
+
+# ----------------------------------------------------------------------------------------------
+# infer-new: new users' interests, placed in a run's clusters (its interest ids)
+# ----------------------------------------------------------------------------------------------
+def run_state(clusters) -> ClusterState:
+    """--clusters (the folder `cluster` wrote, its .model.npz, or the interest file beside it) ->
+    the run's ClusterState. Raises InputError (one line) when there is none: the published
+    interest files carry no clustering state; DataError when the file is not a state, or the
+    interest file beside it is not the one written with it (a later `cluster` was cut short)."""
+    path = Path(clusters)
+    if path.is_file() and path.suffix != ".npz":
+        path = path.parent
+    if path.is_dir():
+        path = path / CLUSTER_FILES[3]
+        if not path.is_file():
+            raise InputError(f"{clusters} holds no clustering state ({CLUSTER_FILES[3]}; published interest files "
+                             f"carry none): run `llm_interests.py cluster` to make one, train on its "
+                             f"{CLUSTER_FILES[0]}, and give its folder as --clusters")
+    elif not path.exists():
+        raise DataError(path, 0, "not found (--clusters: the folder `llm_interests.py cluster` wrote, or its "
+                                 f"{CLUSTER_FILES[3]})")
+    state = load_state(path)
+    interests = path.parent / CLUSTER_FILES[0]
+    if state.interest_sha256 and interests.is_file() and \
+            hashlib.sha256(interests.read_bytes()).hexdigest() != state.interest_sha256:
+        raise DataError(interests, 0, f"is not the interest file written with {path.name} (changed since, or a "
+                                      "later `cluster` was cut short): rerun `llm_interests.py cluster`")
+    return state
+
+
+def read_history(path, item_of: dict) -> tuple[list, list]:
+    """infer-new's history file -> ([(new id, [item ids])], [unknown org ids, one per use]).
+
+    One line per new user: a new id (any token; never matched against user_list.txt), then the
+    items liked in order, as their original ids (item_list.txt's org_id column, item_of maps them
+    to item ids), separated by tabs or spaces; no header; blank lines skipped. An unknown item is
+    left out and listed. Raises DataError naming the line of a new id given twice."""
+    path = Path(path)
+    histories, unknown, line_of = [], [], {}
+    with cikgrec.open_text(path) as f:
+        for no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            user, items = parts[0], parts[1:]
+            if user in line_of:
+                raise DataError(path, no, f"new user {user!r} is already on line {line_of[user]}")
+            line_of[user] = no
+            unknown += [i for i in items if i not in item_of]
+            histories.append((user, [item_of[i] for i in items if i in item_of]))
+    return histories, unknown
+
+
+def new_user_jobs(args, folder: Path) -> list:
+    """infer-new's jobs: one per new user of --history with a named known item, with the prompt
+    of `infer` (history_jobs: the titles of the last N_LAST_ITEMS named items, the same field
+    word); --limit applied. Notes name the unknown items and the users left without a prompt."""
+    items_path = cikgrec_prepare.dataset_folder(folder) / "item_list.txt"
+    if not items_path.exists():
+        raise DataError(items_path, 0, "not found: the prompts name the items by the titles this file holds")
+    titles = [item_title(n) for n in cikgrec_prepare.read_item_names(items_path)]
+    item_of = {}
+    for parts in cikgrec_prepare.id_list_rows(items_path, "org_id remap_id name"):
+        item_of.setdefault(parts[0], int(parts[1]))
+    histories, unknown = read_history(args.history, item_of)
+    if unknown:
+        first = ", ".join(list(dict.fromkeys(unknown))[:5])
+        say(f"note: {len(unknown)} items of {args.history} are not in the org_id column of {items_path}, "
+            f"left out: {first}{', ...' if len(set(unknown)) > 5 else ''}")
+    jobs, skipped = history_jobs(histories, titles, args.field or ITEM_WORD.get(args.dataset, "items"))
+    if skipped:
+        say(f"note: {len(skipped)} new users have no known item with a name, not asked: "
+            f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}")
+    if args.limit:
+        jobs = jobs[:args.limit]
+    say(f"infer-new: {len(histories)} new users in {args.history}, {len(jobs)} to place")
+    return jobs
+
+
+def cmd_infer_new(args, cfg: ClientConfig, jobs: list, state: ClusterState, out: Path, answers: Path,
+                  failures: Path) -> int:
+    """infer-new: ask the new users without a final outcome (run_inference: resume, failure
+    records), place their phrases in the run's clusters (new_user_edges) and write `new_id
+    interest_id` lines for every new user with an answer; --dry-run only says what asking costs."""
+    if args.dry_run:
+        return dry_run(args, cfg, jobs, answers)
+    say(f"infer-new: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
+    c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
+    recs = read_answers(answers, new_users=True)
+    answered = {j.user: recs[j.user] for j in jobs if j.user in recs}
+    edges, n = new_user_edges(answered, state)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(f"{u} {j}\n" for u, j in edges), encoding="utf-8")
+    os.replace(tmp, out)
+    bad = ", ".join(f"{k} {kind}" for kind, k in sorted(n["problems"].items()))
+    say(f"infer-new summary: {c['total']} users asked now ({c['answered']} answered{counted(c)}, {c['failed']} "
+        f"failed), {c['skipped']} answered before; {len(answered)} of {len(jobs)} users have an answer"
+        f"{f' ({bad} without interests)' if bad else ''}; phrases: {n['assigned']} assigned, {n['dropped']} "
+        f"in a dropped cluster, {n['unknown']} with no known term; {len(edges)} edges for {n['users']} users "
+        f"-> {out}")
+    return run_notes(c, args, failures, "infer-new")
 
 
 def cmd_batch_export(args, jobs: list, answers: Path, batch_input: Path) -> int:
@@ -1747,7 +2022,7 @@ def main(argv=None) -> int:
     jobs, answers = [], None
     try:
         check_args(args)
-        if args.command == "infer":
+        if args.command in ("infer", "infer-new"):
             cfg = ClientConfig(args.base_url, os.environ.get("OPENAI_API_KEY", "").strip(), args.model,
                                args.max_tokens, args.timeout, args.max_attempts, args.backoff,
                                max_wait=args.max_wait, token_field=args.token_field)
@@ -1755,7 +2030,18 @@ def main(argv=None) -> int:
         if args.command == "bench":
             bench(args.phrases, args.users, args.k, args.seed)
             return 0
-        folder, out = Path(args.data_dir) / args.dataset, Path(args.out_dir) / args.dataset
+        folder = Path(args.data_dir) / args.dataset
+        if args.command == "infer-new":
+            out = Path(args.out)
+            answers = Path(args.answers) if args.answers else out.with_name(out.stem + ".answers.jsonl")
+            failures = answers.with_name(answers.stem + ".failures.jsonl")
+            if len({out.resolve(), answers.resolve(), failures.resolve()}) < 3:
+                raise InputError(f"--out and --answers must be different files (both {out})")
+            check_outputs([out, out.with_name(out.name + ".tmp"), answers, failures], folder)
+            state = run_state(args.clusters)
+            jobs = new_user_jobs(args, folder)
+            return cmd_infer_new(args, cfg, jobs, state, out, answers, failures)
+        out = Path(args.out_dir) / args.dataset
         answers, failures = out / "llm_answers.jsonl", out / "llm_failures.jsonl"
         batch_input = Path(args.out) if getattr(args, "out", "") else out / "batch_input.jsonl"
         check_outputs({"infer": [answers, failures], "batch-import": [answers, failures],
@@ -1785,7 +2071,7 @@ def main(argv=None) -> int:
         if jobs and answers is not None:
             try:
                 left = len(unanswered(jobs, answers))
-                say(f"infer: {len(jobs) - left} of {len(jobs)} users have an answer in {answers}, {left} left: "
+                say(f"{args.command}: {len(jobs) - left} of {len(jobs)} users have an answer in {answers}, {left} left: "
                     f"rerun the same command to continue (answered users are not asked again)")
             except DataError:
                 pass

@@ -657,7 +657,7 @@ def test_the_demo_dataset_is_what_make_demo_writes(tmp_path):
         assert (shipped / name).read_bytes() == (tmp_path / "demo" / name).read_bytes(), name
     assert sum((shipped / n).stat().st_size for n in names) < 1_000_000
     ds = C.load_dataset(shipped)
-    assert (ds.n_users, ds.n_items, ds.n_interests) == (299, 240, 8) and len(ds.kg) == 504 and ds.item_names[0]
+    assert (ds.n_users, ds.n_items, ds.n_interests) == (532, 1420, 36) and len(ds.kg) == 2984 and ds.item_names[0]
 
 
 def test_cikgrec_py_copied_alone_trains_and_prints_the_test_metrics(tmp_path):

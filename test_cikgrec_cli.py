@@ -638,7 +638,8 @@ def test_prepare_without_header_by_position_and_random_split(tmp_path):
     ("user,item\n1,2\n", ["--min-rating", "4"], "r.csv: --min-rating 4 needs a rating column"),
     ("user,item\n" + "".join(f"1,{i}\n" for i in range(6)), ["--kg", "kg.csv"],
      "kg.csv: no head or tail is one of the items' ids (e.g. line 2: head 'Q1', tail 'Q2')"),
-    ("user,item\n1 2,3\n", [], "r.csv, line 2: user id '1 2' holds whitespace"),
+    ("user,item\n1 2,3\n1_2,4\n", ["--min-user-interactions", "1"],  # ids with spaces: '_' in the lists
+     "r.csv: user ids '1 2' and '1_2' would both be '1_2' in user_list.txt"),
 ])
 def test_prepare_bad_input_is_one_line_and_writes_nothing(tmp_path, raw, args, expect):
     (tmp_path / "r.csv").write_text(raw)

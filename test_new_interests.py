@@ -1,0 +1,197 @@
+"""Tests of new users' interests (issue 20, part 2): `cluster` saves its clustering state,
+assign_phrases places a new phrase in the run's clusters, `infer-new` asks the LLM about new users
+and writes their edges with the run's interest ids.
+
+    OMP_NUM_THREADS=1 python -m pytest -q test_new_interests.py
+
+No network: the LLM is test_llm_interests.FakeLLM on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import llm_interests as L
+from test_llm_interests import POOL, FakeLLM, make_fixture, ok, tree, user_of
+
+STATE = L.CLUSTER_FILES[3]  # user_interest_clustered.model.npz
+
+
+# ----------------------------------------------------------------------------------------------
+# assign_phrases and the saved state
+# ----------------------------------------------------------------------------------------------
+def test_assign_phrases_by_hand():
+    # terms crime, horror, sci with idf 1, 2, 1; one centre on each axis; cluster 1 was dropped
+    state = L.ClusterState(["crime", "horror", "sci"], np.array([1.0, 2.0, 1.0]), np.eye(3), np.array([100, -1, 101]))
+    got = L.assign_phrases(["crime", "horror", "crime horror", "sci fi", "jazz", ""], state)
+    # "crime horror": the bigram is unknown; row (1, 2, 0) / sqrt(5): squared distance to centre 0
+    # is 1 - 2 / sqrt(5) + 1 = 1.106, to centre 1 is 1 - 4 / sqrt(5) + 1 = 0.211 -> cluster 1, dropped.
+    # "sci fi": "fi" and "sci fi" unknown -> (0, 0, 1) -> cluster 2
+    assert got == [(0, 100), (1, None), (1, None), (2, 101), (None, None), (None, None)]
+    x = L.tfidf_rows(["crime horror"], state.terms, state.idf).toarray()
+    np.testing.assert_allclose(x, [[1 / math.sqrt(5), 2 / math.sqrt(5), 0]])
+
+
+def answers_of(users: dict) -> dict:
+    return {u: {"user": u, "answer": a} for u, a in users.items()}
+
+
+def test_fitted_phrases_land_in_their_own_clusters_and_users_get_their_edges_again(tmp_path):
+    # 24 users, two POOL interests each, several phrases per cluster (k = 6 < 16 distinct phrases)
+    more = ["science fiction", "sci fi", "ghost stories", "crime novels"]
+    answers = answers_of({u: f"{POOL[u % 12]}, {POOL[(u + 5) % 12]}, {more[u % 4]}" for u in range(24)})
+    r = L.cluster_answers(answers, n_entities=500, k=6, seed=0)
+    phrases = sorted(r["cluster_of"])
+    assert len(phrases) == 16 and r["n_clusters"] == 6
+    # the rows tfidf_rows builds from the saved vocabulary are tfidf's rows, exactly
+    x, terms = L.tfidf(phrases, [sum(p in L.record_phrases(a).phrases for a in answers.values()) for p in phrases])
+    assert terms == r["state"].terms
+    assert (L.tfidf_rows(phrases, terms, r["state"].idf) != x).nnz == 0
+    L.write_outputs(r, tmp_path)
+    state = L.load_state(tmp_path / STATE)
+    assert [c for c, _ in L.assign_phrases(phrases, state)] == [r["cluster_of"][p] for p in phrases]
+    # the run's own users, placed as new users, get exactly the run's edges
+    edges, n = L.new_user_edges(answers, state)
+    assert edges == r["edges"] and n["unknown"] == 0 and n["users"] == r["n_users_linked"]
+    kept_ids = {int(i) for i in state.interest_id if i >= 0}
+    assert kept_ids == {j for _, j in r["edges"]} and min(kept_ids) == 500
+
+
+def test_state_round_trip_without_pickle(tmp_path):
+    state = L.ClusterState(["fi", "sci", "sci fi", "épée"], np.array([1.5, 1.2, 1.9, 2.0]),
+                           np.arange(8, dtype=float).reshape(2, 4), np.array([-1, 7]), "ab" * 32)
+    L.save_state(tmp_path / "s.npz", state)
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as z:
+        assert z["terms"].dtype.kind == "U" and z["interest_id"].dtype == np.int64
+    back = L.load_state(tmp_path / "s.npz")
+    assert back.terms == state.terms and back.interest_sha256 == state.interest_sha256
+    np.testing.assert_array_equal(back.idf, state.idf)
+    np.testing.assert_array_equal(back.centres, state.centres)
+    np.testing.assert_array_equal(back.interest_id, state.interest_id)
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "bad.npz").write_text("not a zip")
+    with pytest.raises(L.DataError, match="not a clustering state"):
+        L.load_state(tmp_path / "bad.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(2))
+    with pytest.raises(L.DataError, match="not a clustering state"):
+        L.load_state(tmp_path / "other.npz")
+
+
+# ----------------------------------------------------------------------------------------------
+# infer-new end to end, against the local test server
+# ----------------------------------------------------------------------------------------------
+def new_user_answer(msg: str):
+    """The fake LLM: the new user whose prompt starts with user 0's items, and the one with user 2's."""
+    return ok({0: "Space opera, Reading, Underwater basket weaving", 2: "Cozy mysteries; poetry"}[user_of(msg)])
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run's `cluster` output (13 clusters, one per phrase: the 12 of POOL, kept, and "reading",
+    said by everyone, dropped), a history file of 3 new users and the common arguments."""
+    make_fixture(tmp_path / "fx", n_users=24, extras=False)
+    out = tmp_path / "interests" / "fx"
+    out.mkdir(parents=True)
+    (out / "llm_answers.jsonl").write_text("".join(json.dumps(
+        {"user": u, "answer": f"{POOL[u % 12]}, {POOL[(u + 5) % 12]}, reading"}) + "\n" for u in range(24)))
+    assert L.main(["cluster", "--dataset", "fx", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "interests"),
+                   "--k", "13"]) == 0
+    assert (out / STATE).is_file()
+    # alice: user 0's first two items; bob: user 2's, with an unknown item; carol: only unknown items
+    (tmp_path / "history.txt").write_text("alice\tx0\tx1\nbob x8 zzz x9\n\ncarol nope\n")
+    interest = {}
+    for row in (out / "interest_clusters.tsv").read_text().splitlines()[1:]:
+        cluster, users, status, top, examples = row.split("\t")
+        interest[examples] = status
+    assert interest["reading"].startswith("dropped") and sum(s.isdigit() for s in interest.values()) == 12
+    args = ["infer-new", "--history", str(tmp_path / "history.txt"), "--dataset", "fx", "--data-dir", str(tmp_path),
+            "--clusters", str(out), "--out", str(tmp_path / "new" / "new_interests.txt"), "--model", "fake"]
+    return tmp_path, args, interest
+
+
+def test_infer_new_end_to_end_then_a_rerun_asks_nothing(run, capsys):
+    tmp_path, args, interest = run
+    capsys.readouterr()
+    with FakeLLM(lambda msg, n: new_user_answer(msg)) as srv:
+        assert L.main([*args, "--base-url", srv.url]) == 0
+        assert len(srv.bodies) == 2  # carol has no known item: not asked
+        prompts = [b["messages"][1]["content"] for _, b in srv.bodies]
+        assert sorted(prompts) == ["The items this user liked: [Title 0], [Title 1]",
+                                   "The items this user liked: [Title 8], [Title 9]"]
+        err = capsys.readouterr().err
+        out_file = tmp_path / "new" / "new_interests.txt"
+        expected = sorted([("alice", interest["space opera"]), ("bob", interest["cozy mystery"]),
+                           ("bob", interest["poetry"])])
+        assert sorted(tuple(line.split()) for line in out_file.read_text().splitlines()) == expected
+        assert "note: 2 items of" in err and "left out: zzz, nope" in err
+        assert "note: 1 new users have no known item with a name, not asked: carol" in err
+        assert "infer-new summary: 2 users asked now (2 answered, 0 failed), 0 answered before; 2 of 2 users " \
+               "have an answer; phrases: 3 assigned, 1 in a dropped cluster, 1 with no known term; 3 edges for " \
+               "2 users" in err
+        answers = tmp_path / "new" / "new_interests.answers.jsonl"
+        assert sorted(r["user"] for r in map(json.loads, answers.read_text().splitlines())) == ["alice", "bob"]
+        # a rerun asks nothing (resume by new id) and writes the same pairs
+        before = out_file.read_text()
+        assert L.main([*args, "--base-url", srv.url]) == 0
+        assert len(srv.bodies) == 2 and out_file.read_text() == before
+    err = capsys.readouterr().err
+    assert "resume: 2 users already in" in err and "infer-new summary: 0 users asked now" in err
+
+
+def test_infer_new_failures_are_recorded_and_asked_again(run, capsys):
+    tmp_path, args, interest = run
+    script = lambda msg, n: (500, {"error": {"message": "down"}}, {}, 0.0) if user_of(msg) == 2 else new_user_answer(msg)
+    with FakeLLM(script) as srv:
+        assert L.main([*args, "--base-url", srv.url, "--max-attempts", "2", "--backoff", "0.01"]) == 1
+    failures = tmp_path / "new" / "new_interests.answers.failures.jsonl"
+    assert [json.loads(x)["user"] for x in failures.read_text().splitlines()] == ["bob"]
+    assert (tmp_path / "new" / "new_interests.txt").read_text() == f"alice {interest['space opera']}\n"
+    with FakeLLM(lambda msg, n: new_user_answer(msg)) as srv:
+        assert L.main([*args, "--base-url", srv.url]) == 0
+        assert [user_of(b["messages"][1]["content"]) for _, b in srv.bodies] == [2]  # only bob again
+    assert len((tmp_path / "new" / "new_interests.txt").read_text().splitlines()) == 3
+
+
+def test_infer_new_dry_run_sends_and_writes_nothing(run, capsys):
+    tmp_path, args, _ = run
+    before = tree(tmp_path)
+    with FakeLLM(lambda msg, n: new_user_answer(msg)) as srv:
+        assert L.main([*args, "--base-url", srv.url, "--dry-run"]) == 0
+        assert not srv.bodies
+    assert tree(tmp_path) == before
+    err = capsys.readouterr().err
+    assert "2 users to ask" in err and "the first prompt (alice's)" in err and "Nothing was sent." in err
+
+
+def test_a_clusters_folder_without_state_is_one_line(run, capsys):
+    tmp_path, args, _ = run
+    published = tmp_path / "fx"  # the dataset folder, as downloaded: an interest file, no state
+    (published / "user_interest_clustered.txt").write_text("0 200\n1 200\n")
+    i = args.index("--clusters")
+    for where in (published, published / "user_interest_clustered.txt"):
+        capsys.readouterr()
+        with FakeLLM() as srv:
+            rc = L.main([*args[:i + 1], str(where), *args[i + 2:], "--base-url", srv.url])
+            assert not srv.bodies
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.splitlines()) == 1
+        assert err.startswith(f"error: {where} holds no clustering state ({STATE}") and "`llm_interests.py cluster`" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_changed_interest_file_or_a_dataset_answers_file_is_refused(run, capsys):
+    tmp_path, args, _ = run
+    interests = tmp_path / "interests" / "fx"
+    capsys.readouterr()
+    rc = L.main([*args, "--base-url", "http://127.0.0.1:9/v1", "--answers", str(interests / "llm_answers.jsonl")])
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]  # after the history's notes
+    assert rc == 2 and last.startswith("error: ") and "\"user\" must be a new user's id (a string), got 0" in last
+    with open(interests / "user_interest_clustered.txt", "a") as f:
+        f.write("0 999\n")
+    rc = L.main([*args, "--base-url", "http://127.0.0.1:9/v1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is not the interest file written with" in err and len(err.splitlines()) == 1
