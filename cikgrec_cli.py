@@ -6,9 +6,10 @@ cikgrec.py is the method and a plain loop. This file holds what a practitioner n
                     and --resume, --max-minutes, --refit (the same loop, cikgrec.train_loop), the
                     memory check, provenance (SHA-256 of the data and model, git commit)
     results         read_results (checked), settings_differ, definition_changes, output_paths
-    a saved run     load_trained, load_run(...).recommend, write_recommendations, Fig. 3 groups
+    a saved run     load_trained, load_run(...).recommend, .recommend_new (fold-in of new users),
+                    write_recommendations, Fig. 3 groups
     bench           seconds per epoch and evaluation, peak memory, a breakdown by part
-    command line    train, recommend, prepare, stats, bench, download (cikgrec_prepare.py: datasets)
+    command line    train, recommend, prepare, stats, bench, download, export (cikgrec_prepare.py: datasets)
 
     python cikgrec.py train --dataset book-crossing --data-dir ../shared/data --refit
     python cikgrec.py recommend --run runs/book-crossing-seed2024.json --k 20 --out recs.tsv
@@ -951,6 +952,84 @@ class Run:
         return rows
 
 
+    def recommend_new(self, histories: dict, k: int = 10, interests: dict | None = None,
+                      include_seen: bool = False) -> Recommendations:
+        """The top-k items of users the model never saw, by fold-in (CIKGRec.fold_in: the trained
+        model frozen, each user added alone, so one user's list never depends on the others).
+
+        histories: {new id: [original item ids (item_list.txt)]}; interests: {new id: [interest ids
+        as in the run's interest file]} (used where the run's graph has interest nodes). A new id is
+        never matched against user_list.txt. Unknown items and interest ids are named in a note and
+        left out; a user with no known item is left out and listed in `.unknown`. A user's own
+        history is never recommended unless include_seen. Rows: user (the new id), rank, item
+        (original id), title, score. Raises SettingsError unless k is a whole number from 1."""
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise SettingsError(f"k must be a whole number from 1, got {k!r}")
+        ds, model = self.trainer.ds, self.trainer.model
+        item_index = {i: n for n, i in enumerate(self.item_ids)}
+        interest_index = {int(j): n for n, j in enumerate(ds.interest_ids)}
+        uses_interests = bool(interests) and "uj" in GRAPHS[self.trainer.s.graph] and ds.n_interests > 0
+        if interests and not uses_interests:
+            log(f"note: interests are not used: the run's graph ({self.trainer.s.graph}) has no interest nodes")
+        unknown_items, unknown_interests, users, items, links = [], [], [], [], []
+        for user, history in histories.items():
+            known = [item_index[str(i)] for i in history if str(i) in item_index]
+            unknown_items += [i for i in history if str(i) not in item_index]
+            if known:
+                users.append(user)
+                items.append(known)
+                asked = (interests or {}).get(user, []) if uses_interests else []
+                links.append([interest_index[int(j)] for j in asked if int(j) in interest_index])
+                unknown_interests += [j for j in asked if int(j) not in interest_index]
+        for what, ids, where in (("items", unknown_items, "item_list.txt"), ("interest ids", unknown_interests,
+                                                                             "its interest file")):
+            if ids:
+                log(f"note: {len(ids)} {what} of the new users are not in {ds.name} ({where}), left out: "
+                    + ", ".join(map(str, list(dict.fromkeys(ids))[:20])))
+        rows = Recommendations(unknown=[u for u in histories if u not in set(users)])
+        if rows.unknown:
+            log(f"note: {len(rows.unknown)} new users have no item of {ds.name}, left out: "
+                + ", ".join(map(str, rows.unknown[:20])))
+        if not users:
+            return rows
+        model.eval()
+        with torch.no_grad():
+            _, ie = model.user_item_embeddings()
+            ue = model.fold_in(items, links if uses_interests else None)
+            top, scores = top_items(ue, ie, np.arange(len(users)), None if include_seen else items, k)
+        for row, u in enumerate(users):
+            for rank, (i, sc) in enumerate(zip(top[row].tolist(), scores[row].tolist()), 1):
+                if i < 0:
+                    break
+                rows.append({"user": u, "rank": rank, "item": self.item_ids[i], "title": self.titles[i], "score": sc})
+        return rows
+
+
+def read_histories(path, what: str = "history") -> dict:
+    """A file of new users: one line each, `new_id item item ...` (tabs or spaces, no header; with
+    what="interests", `new_id interest_id` pairs, a user on several lines). Returns {new id: [ids as
+    strings]} in file order. Raises DataError naming file and line on a line without items, and a
+    new id given twice in a history file."""
+    out = {}
+    with open_text(Path(path)) as f:
+        for no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if what == "interests" and (len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit())):
+                raise DataError(path, no, f"expected `new_id interest_id` (an integer id of the run's interest "
+                                          f"file), got {line.strip()[:80]!r}")
+            if len(fields) < 2:
+                raise DataError(path, no, f"expected a new user's id, then their items (original item ids, "
+                                          f"item_list.txt), got {line.strip()[:80]!r}")
+            if what == "history" and fields[0] in out:
+                raise DataError(path, no, f"user {fields[0]!r} is given twice (first on an earlier line)")
+            out.setdefault(fields[0], []).extend(fields[1:])
+    if not out:
+        raise DataError(path, 0, "the file is empty")
+    return out
+
+
 def load_run(results_path, data_dir: str | None = None, device: str = "cpu") -> Run:
     """A finished run ready to recommend: the refit model where the run has one, else the
     selected model (load_trained, which refuses a model or data that is not the run's). Raises
@@ -1153,6 +1232,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--run", required=True, help="the run's results JSON (its model .pt beside it)")
     rp.add_argument("--k", type=int, default=20, help="items per user (default 20)")
     rp.add_argument("--users", help="file of original user ids, one a line (default: every user)")
+    rp.add_argument("--history", help="new users (never trained on): a file of lines `new_id item item ...`, "
+                                      "original item ids; they are folded in")
+    rp.add_argument("--new-interests", help="with --history: `new_id interest_id` lines (llm_interests.py infer-new)")
     rp.add_argument("--out", help="output file (default: stdout)")
     rp.add_argument("--format", choices=("tsv", "jsonl"), default="tsv")
     rp.add_argument("--include-seen", action="store_true", help="do not exclude the user's train.txt items")
@@ -1233,11 +1315,21 @@ def recommend_command(args) -> int:
             raise SettingsError(f"--out {out}: that is the run's own results file; give the recommendations "
                                 "a file of their own (e.g. recs.tsv)")
         check_writable(out)
+    if args.history and args.users or args.new_interests and not args.history:
+        raise SettingsError("--history (new users) and --users (trained users) go alone; --new-interests needs --history")
     users = list(dict.fromkeys(read_user_ids(args.users))) if args.users else None
+    histories = read_histories(args.history) if args.history else None
+    interests = read_histories(args.new_interests, "interests") if args.new_interests else None
     t0 = time.perf_counter()
     run = load_run(args.run, args.data_dir, args.device)
     t1 = time.perf_counter()
-    rows = run.recommend(users, k=args.k, original=True, include_seen=args.include_seen)
+    if histories is not None:
+        rows = run.recommend_new(histories, k=args.k, interests=interests, include_seen=args.include_seen)
+        if len(rows.unknown) == len(histories):
+            raise SettingsError(f"none of the {len(histories)} new users of {args.history} has an item of "
+                                f"{run.trainer.s.dataset} (item_list.txt); --history takes original item ids")
+    else:
+        rows = run.recommend(users, k=args.k, original=True, include_seen=args.include_seen)
     t2 = time.perf_counter()
     if users and len(rows.unknown) == len(users):
         raise SettingsError(f"none of the {len(users)} users of {args.users} is in {run.trainer.s.dataset} "

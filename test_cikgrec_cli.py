@@ -750,6 +750,52 @@ def test_a_results_file_whose_settings_differ_from_its_models_is_refused(tmp_pat
         T.load_run(path)
 
 
+def test_recommend_new_folds_in_users_the_model_never_saw(tmp_path, capsys):
+    run, _ = trained_fixture(tmp_path)
+    ds = run.trainer.ds
+    copy = [run.item_ids[i] for i in ds.train[2]]  # user U2's history, in original ids
+    rows = run.recommend_new({"alice": copy, "bob": ["101", "nope"], "ghost": ["nope2"]}, k=3)
+    assert rows.unknown == ["ghost"] and {r["user"] for r in rows} == {"alice", "bob"}
+    err = capsys.readouterr().err
+    assert "2 items of the new users are not in fx (item_list.txt), left out: nope, nope2" in err
+    assert "1 new users have no item of fx, left out: ghost" in err
+    alice = [r for r in rows if r["user"] == "alice"]
+    assert [r["rank"] for r in alice] == [1, 2] and not set(r["item"] for r in alice) & set(copy)  # 6 items, 4 seen
+    assert alice[0]["score"] >= alice[1]["score"]
+    # one user's list never depends on who else is asked
+    assert run.recommend_new({"alice": copy}, k=3) == alice
+    # the same history as U2: the same top items as U2's own (fold-in misses only U2's own row of Z)
+    own = [r["item"] for r in run.recommend(["U2"], k=2, original=True)]
+    assert [r["item"] for r in alice[:2]] == own
+    # interest edges (ids of the run's interest file) change the embedding; unknown ones are named
+    with_interests = run.recommend_new({"alice": copy}, k=3, interests={"alice": ["9", "99"]})
+    assert [r["score"] for r in with_interests] != [r["score"] for r in alice]
+    assert "1 interest ids of the new users are not in fx (its interest file), left out: 99" in capsys.readouterr().err
+
+
+def test_recommend_history_command(tmp_path):
+    trained_fixture(tmp_path)
+    (tmp_path / "h.txt").write_text("alice\t102 103\nbob 100\n\n")
+    (tmp_path / "i.txt").write_text("alice 8\nalice 9\n")
+    r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", "--k", "2",
+                cwd=tmp_path)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[0] == "user\trank\titem\ttitle\tscore", r.stderr
+    assert [x.split("\t")[:2] for x in lines[1:]] == [["alice", "1"], ["alice", "2"], ["bob", "1"], ["bob", "2"]]
+    assert not {x.split("\t")[2] for x in lines[1:3]} & {"102", "103"}
+    for content, expect in (("alice\n", "h.txt, line 1: expected a new user's id, then their items"),
+                            ("a 100\na 101\n", "h.txt, line 2: user 'a' is given twice")):
+        (tmp_path / "h.txt").write_text(content)
+        r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", cwd=tmp_path)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (tmp_path / "h.txt").write_text("a 100\n")
+    (tmp_path / "i.txt").write_text("a eight\n")
+    r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", cwd=tmp_path)
+    assert r.returncode == 2 and "i.txt, line 1: expected `new_id interest_id`" in r.stderr
+    r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--users", "h.txt", cwd=tmp_path)
+    assert r.returncode == 2 and "--history (new users) and --users (trained users) go alone" in r.stderr
+
+
 def test_recommend_uses_the_refit_model(tmp_path):
     run, results = trained_fixture(tmp_path, refit=True)
     assert run.model_file.endswith("fx.refit.pt") and "refit" in results
