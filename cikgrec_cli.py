@@ -830,17 +830,7 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
                                        + (", its refit <out>.refit.pt)" if use_refit else ")"))
     known = {f.name for f in dataclasses.fields(Settings)}
     s = Settings(**{k: v for k, v in results["settings"].items() if k in known})
-    try:
-        saved, state = read_model(model_path, "cpu")
-    except Exception as e:  # truncated or foreign
-        raise DataError(model_path, 0, f"cannot read the model ({str(e).strip()[:200] or type(e).__name__})") from None
-    edited = [k for k, v in (saved or {}).items() if k in known and getattr(s, k) != v]
-    if edited:  # e.g. --layers edited in the JSON: the numbers would be those of another model
-        raise DataError(results_path, 0, "its settings differ from those saved with its model " + ", ".join(
-            f"{option(k)} {getattr(s, k)} (the model's: {saved[k]})" for k in edited) + "; was the file edited?")
-    if saved is None and not model_sha256:
-        raise DataError(results_path, 0, "the model was saved without its settings, and the results file has no "
-                                         "model_sha256 (provenance): which settings trained it cannot be told. Train it again")
+    given = s  # the results file's settings, before this machine's
     s = dataclasses.replace(s, resume=False, device=device, **({"data_dir": data_dir} if data_dir else {}))
     if use_refit:
         s = dataclasses.replace(s, select_on="test")  # the refit's graph holds all of train.txt
@@ -856,6 +846,18 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
     if model_sha256 and _sha256(str(model_path)) != model_sha256:
         raise DataError(model_path, 0, "not the model this run saved (SHA-256; replaced by a later run to the "
                                        "same --out?)")
+    try:
+        saved, state = read_model(model_path, "cpu")
+    except Exception as e:  # truncated or foreign
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise DataError(model_path, 0, f"cannot load the model for this data ({first})") from None
+    edited = [k for k, v in (saved or {}).items() if k in known and getattr(given, k) != v]
+    if edited:  # e.g. --layers edited in the JSON: the numbers would be those of another model
+        raise DataError(results_path, 0, "its settings differ from those saved with its model " + ", ".join(
+            f"{option(k)} {getattr(given, k)} (the model's: {saved[k]})" for k in edited) + "; was the file edited?")
+    if saved is None and not model_sha256:
+        raise DataError(results_path, 0, "the model was saved without its settings, and the results file has no "
+                                         "model_sha256 (provenance): which settings trained it cannot be told. Train it again")
     trainer = Trainer(s, ds, train_part, valid, pick_device(device))
     try:
         trainer.model.load_state_dict({k: v.to(trainer.device) for k, v in state.items()})

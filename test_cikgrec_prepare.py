@@ -156,6 +156,11 @@ def test_movielens_dat_files_in_latin_1(tmp_path):
     assert lines(d / "item_list.txt")[1:] == ["1 0 Toy Story (1995)", "2 1 Jumanji (1995)",
                                               "3 2 Misérables, Les (1995)", "48 3 Pocahontas (1995)"]
     assert (d / "test.txt").read_text() == "0 3\n1 3\n"  # the latest (timestamp column 4) to test
+    r = run_cli("train", "--dataset", "ml", "--epochs", "1", "--threads", "1", "--dim", "8", "--select-on", "test",
+                "--out", "runs/ml.json", cwd=tmp_path)  # 3 training items a user: too few for a validation split
+    assert r.returncode == 0, r.stderr
+    r = run_cli("recommend", "--run", "runs/ml.json", "--k", "4", "--include-seen", cwd=tmp_path)
+    assert r.returncode == 0 and "\tMisérables, Les (1995)\t" in r.stdout, r.stderr
     r = run_cli(*args[:-4], "--encoding", "latin-1", "--min-user-interactions", "1", "--name", "auto", cwd=tmp_path)
     assert r.returncode == 0, r.stderr  # --sep auto finds '::' too
 
