@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from cikgrec import (GRAPHS, DataError, Settings, SettingsError, Trainer, TrainingError,
-                     add_settings_arguments, flatten, log, make_settings, mask_rate, open_text,
-                     option)
+                     add_settings_arguments, flatten, load_dataset, log, make_settings, mask_rate, open_text,
+                     option, ranking_metrics)
 from cikgrec_cli import (HELP, HEADLINE_METRICS, RUN_FREE, check_settings, data_changed, definition_changes, duration, exit_code, finite,
-                 fit, group_ndcg, keep_freed_memory, load_trained, output_paths, read_results, settings_differ,
-                 write_json)
+                 fit, group_ndcg, keep_freed_memory, load_run, load_trained, output_paths, read_results,
+                 settings_differ, sparsity_groups, write_json)
 from cikgrec_prepare import DATASETS, dataset_folder, item_title
 
 # ----------------------------------------------------------------------------------------------
@@ -1072,6 +1072,179 @@ def sweep(param: str, values_text: str, base: dict, runs_dir="runs", results_dir
 AUTHORS_CURVE = {"book-crossing": {3: (0.0992, 0.0565, 0.1317, 0.0642), 20: (0.1502, 0.0704, 0.2163, 0.0854),
                                    40: (0.1669, 0.0792, 0.2360, 0.0947), 60: (0.1761, 0.0859, 0.2461, 0.1017),
                                    80: (0.1816, 0.0896, 0.2472, 0.1045)}}
+# ----------------------------------------------------------------------------------------------
+# cold-start: users the model never saw, folded in (RecPack's "strong generalization")
+# ----------------------------------------------------------------------------------------------
+# `python experiments.py cold-start --dataset book-crossing --data-dir DIR --draws 3` holds out a
+# seeded 10% of the users entirely (draw d: numpy seed d), writes the dataset without them
+# (runs/cold-start-data/<dataset>/draw<d>/<dataset>/: their train.txt lines emptied, their interest
+# edges gone; the same item, entity and interest ids), trains LightGCN, SimGCL and CIKGRec on it as
+# Table 1 does (validation selection on the warm users, refit, TUNED; model seed FIRST_SEED + d - 1,
+# results in runs/<dataset>/cold-start-draw<d>/), folds the held-out users in from their train.txt
+# items (CIKGRec with and without their interest edges from the dataset's interest file) and tests
+# them once on their test.txt items, beside a popularity ranking of the warm users' items.
+COLD_SHARE = 0.1
+COLD_MODELS = {"lightgcn": {"model": "lightgcn"}, "simgcl": {"model": "simgcl"}, "cikgrec": {}}
+COLD_ROWS = {"popularity": "popularity (warm users' train.txt counts)", "lightgcn": "LightGCN",
+             "simgcl": "SimGCL", "cikgrec-items": "CIKGRec, folded in without interest edges",
+             "cikgrec": "CIKGRec, folded in with interest edges"}
+COLD_PAIRS = (("cikgrec", "cikgrec-items"), ("cikgrec", "simgcl"), ("cikgrec-items", "simgcl"))
+
+
+def cold_users(ds, draw: int, share: float = COLD_SHARE) -> np.ndarray:
+    """The held-out users of draw `draw`: round(share x n) of the n users with train.txt and test.txt
+    items, drawn without replacement by numpy's default_rng(draw); sorted int64 ids."""
+    eligible = np.array([u for u in range(ds.n_users) if len(ds.train[u]) and len(ds.test[u])], dtype=np.int64)
+    n = max(1, int(math.floor(share * len(eligible) + 0.5)))
+    return np.sort(np.random.default_rng(draw).choice(eligible, size=n, replace=False))
+
+
+def write_cold_dataset(src: Path, dst: Path, held: np.ndarray) -> None:
+    """dst: the dataset folder src without the users `held`: their train.txt lines keep only the
+    user id (no item, so no edge, no validation item, no evaluation), their lines of the interest
+    file are left out; every other file (test.txt included) is copied as it is, so all ids stay."""
+    dst.mkdir(parents=True, exist_ok=True)
+    gone = set(held.tolist())
+    for f in sorted(src.iterdir()):
+        if not f.is_file() or f.suffix not in (".txt", ".tsv"):
+            continue
+        lines = f.read_text(encoding="utf-8").splitlines(keepends=True)
+        if f.name == "train.txt":
+            lines = [(line.split()[0] + "\n" if line.split() and int(line.split()[0]) in gone else line) for line in lines]
+        elif f.name == "user_interest_clustered.txt":
+            lines = [line for line in lines if not (line.split() and int(line.split()[0]) in gone)]
+        tmp = dst / (f.name + ".tmp")
+        tmp.write_text("".join(lines), encoding="utf-8")
+        os.replace(tmp, dst / f.name)
+
+
+def plan_cold(base: dict, draws: int, runs_dir="runs") -> list:
+    """The cold-start runs: for each draw, each of COLD_MODELS as Table 1 trains it (refit,
+    --min-epochs 30, TUNED), on that draw's dataset without its held-out users."""
+    dataset = base.get("dataset") or Settings.dataset
+    runs = []
+    for draw in range(1, draws + 1):
+        data_dir = Path(runs_dir) / "cold-start-data" / dataset / f"draw{draw}"
+        for config, flags in COLD_MODELS.items():
+            flags = {**flags, "refit": True, "min_epochs": 30, "data_dir": str(data_dir),
+                     **{k: v for k, v in TUNED.get(dataset, {}).get(config, {}).items() if base.get(k) is None}}
+            seed = FIRST_SEED + draw - 1
+            out = Path(runs_dir) / dataset / f"cold-start-draw{draw}" / f"{config}-seed{seed}.json"
+            runs.append(PlannedRun(f"cold-start-draw{draw}", config, seed, run_settings(base, flags, seed, out), out))
+    return runs
+
+
+def per_user(scores: torch.Tensor, exclude: list, truth: list) -> list:
+    """[(R@50, N@50)] of each row of scores [n, n_items] (ranking_metrics, one user at a time)."""
+    out = []
+    for b in range(len(truth)):
+        m = ranking_metrics(scores[b:b + 1], [exclude[b]], [truth[b]], [50])
+        out.append((m["recall@50"], m["ndcg@50"]))
+    return out
+
+
+@torch.no_grad()
+def cold_evaluate(src, held: np.ndarray, runs: dict) -> dict:
+    """Per-user test metrics of the held-out users: {row of COLD_ROWS: [(R@50, N@50)] aligned with
+    held}. src: the full dataset (load_dataset); runs: {config: results JSON} of the draw. Every
+    user is folded in from their train.txt items (CIKGRec.fold_in); "cikgrec" adds their interest
+    edges of src's interest file (interests held by no warm user are not in the run's graph)."""
+    items, truth = [src.train[u] for u in held], [src.test[u] for u in held]
+    warm = np.setdiff1d(np.arange(src.n_users), held)
+    popular = np.bincount(flatten([src.train[u] for u in warm])[1], minlength=src.n_items).astype(np.float32)
+    rows = {"popularity": per_user(torch.from_numpy(popular)[None].expand(len(held), -1), items, truth)}
+    for config, path in runs.items():
+        run = load_run(path)
+        model, index = run.trainer.model, {int(j): n for n, j in enumerate(run.trainer.ds.interest_ids)}
+        _, item_emb = model.user_item_embeddings()
+        folds = {config: None}
+        if config == "cikgrec":
+            raw = {u: [int(src.interest_ids[j]) for j in src.interest_edges[src.interest_edges[:, 0] == u, 1]] for u in held}
+            folds = {"cikgrec-items": None, "cikgrec": [[index[j] for j in raw[u] if j in index] for u in held]}
+        for row, links in folds.items():
+            rows[row] = per_user(model.fold_in(items, links) @ item_emb.T, items, truth)
+    return rows
+
+
+def cold_table(dataset: str, draws: dict, bounds: list, minutes: dict) -> str:
+    """The cold-start page: draws {draw: {"held": [...], "counts": [...], "rows": cold_evaluate()}};
+    bounds: Table 1's sparsity groups (sparsity_groups' bounds); minutes {config: [per run]}."""
+    keyed = {row: {} for row in COLD_ROWS}  # row -> {(draw, user): (R@50, N@50)}
+    group = {}
+    for d, x in draws.items():
+        for i, u in enumerate(x["held"]):
+            group[(d, u)] = next(g for g, b in enumerate(bounds) if b[0] <= x["counts"][i] <= b[1])
+            for row in COLD_ROWS:
+                keyed[row][(d, u)] = x["rows"][row][i]
+    n = len(group)
+    names = [f"{b[0]}-{b[1]} items" for b in bounds]
+    mean = lambda row, m, g=None: float(np.mean([v[m] for k, v in keyed[row].items() if g is None or group[k] == g]))
+    lines = [f"# Cold start on {dataset}: users the model never saw, folded in", "",
+             f"{n:,} held-out users ({len(draws)} draws of {COLD_SHARE:.0%} of the users with train and test items, "
+             f"seeds {', '.join(map(str, draws))}; pooled). Group sizes: "
+             + ", ".join(f"{names[g]}: {sum(1 for v in group.values() if v == g)}" for g in range(len(bounds))) + ".", "",
+             "| row | R@50 | N@50 | " + " | ".join(f"N@50 {x}" for x in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for row, label in COLD_ROWS.items():
+        lines.append(f"| {label} | {mean(row, 0):.4f} | {mean(row, 1):.4f} | "
+                     + " | ".join(f"{mean(row, 1, g):.4f}" for g in range(len(bounds))) + " |")
+    lines += ["", "Paired differences over the same users (mean ± half-width of the 95% CI by the t "
+              "distribution over users; the count in brackets):", "",
+              "| difference | R@50 | N@50 | " + " | ".join(f"N@50 {x}" for x in names) + " |",
+              "|---|---|---|" + "---|" * len(names)]
+    for a, b in COLD_PAIRS:
+        cell = lambda m, g=None: _paired_cell(paired_difference(
+            {k: v[m] for k, v in keyed[a].items() if g is None or group[k] == g},
+            {k: v[m] for k, v in keyed[b].items() if g is None or group[k] == g}))
+        lines.append(f"| {COLD_ROWS[a]} − {COLD_ROWS[b]} | {cell(0)} | {cell(1)} | "
+                     + " | ".join(cell(1, g) for g in range(len(bounds))) + " |")
+    lines += ["", "Training minutes per run (validation selection and refit): " + "; ".join(
+        f"{c} {np.mean(v):.0f} (over {len(v)})" for c, v in minutes.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def cold_start(base: dict, draws: int, runs_dir="runs", results_dir="results", dry_run=False, jobs: int = 1,
+               prepare_only: bool = False) -> int:
+    """The cold-start evaluation: prepare each draw's dataset, train what is missing (run_sweep),
+    then fold in, test and write results/<dataset>/cold-start.md and cold-start.json (per-user
+    metrics). Returns the number of failed runs (the table waits for every run)."""
+    dataset = base.get("dataset") or Settings.dataset
+    src_folder = dataset_folder(Path(base.get("data_dir") or Settings.data_dir) / dataset)
+    src = load_dataset(src_folder, base.get("interests") or None, dataset)
+    runs = plan_cold(base, draws, runs_dir)
+    for draw in range(1, draws + 1):
+        folder = Path(runs[3 * (draw - 1)].settings.data_dir) / dataset
+        if not (folder / "train.txt").is_file():
+            write_cold_dataset(src_folder, folder, cold_users(src, draw))
+            log(f"draw {draw}: {folder} (without {len(cold_users(src, draw))} held-out users)")
+    if prepare_only:
+        return 0
+    failed = run_sweep(runs, dry_run, jobs)
+    missing = [r for r in runs if done_results(r) is None]
+    if failed or missing:
+        log(f"cold-start: {len(missing)} runs still to do; the table waits for them")
+        return failed
+    users = [u for u in range(src.n_users) if len(src.train[u]) and len(src.test[u])]
+    _, bounds = sparsity_groups([len(src.train[u]) for u in users])  # Table 1's groups
+    results, minutes = {}, {}
+    for draw in range(1, draws + 1):
+        held = cold_users(src, draw)
+        done = {r.config: r.out for r in runs[3 * (draw - 1): 3 * draw]}
+        rows = cold_evaluate(src, held, done)
+        results[FIRST_SEED + draw - 1] = {"held": held.tolist(), "counts": [len(src.train[u]) for u in held],
+                                          "rows": {k: [[round(a, 6), round(b, 6)] for a, b in v] for k, v in rows.items()}}
+        for config, path in done.items():
+            r = read_results(path)
+            minutes.setdefault(config, []).append(r["minutes"] + r["refit"]["seconds"] / 60)
+    out = Path(results_dir) / dataset
+    out.mkdir(parents=True, exist_ok=True)
+    page = cold_table(dataset, results, bounds, minutes)
+    write_json({"bounds": bounds, "draws": results}, out / "cold-start.json")
+    (out / "cold-start.md").write_text(page)
+    print(page)
+    return 0
+
+
 CURVE_METRICS = ("recall@50", "ndcg@50", "recall@100", "ndcg@100")
 
 
@@ -1222,6 +1395,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--results-dir", default="results")
     sp.add_argument("--dry-run", action="store_true", help="train nothing: list the runs left, tabulate the rest")
     sp.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
+    cp = sub.add_parser("cold-start", allow_abbrev=False, help="hold out 10% of users, fold them in, test them (issue 20)")
+    add_settings_arguments(cp, skip=("seed", "out", "resume", "refit"), notes=HELP)
+    cp.add_argument("--draws", type=int, default=3, help="held-out draws (each with its own model seed)")
+    cp.add_argument("--runs-dir", default="runs")
+    cp.add_argument("--results-dir", default="results")
+    cp.add_argument("--dry-run", action="store_true", help="train nothing: list the runs left")
+    cp.add_argument("--prepare-only", action="store_true", help="write the draws' datasets and stop")
+    cp.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
     fp = sub.add_parser("fidelity", allow_abbrev=False, help="a --variant authors --select-on test run against the authors' curve")
     fp.add_argument("--run", required=True, help="results JSON of the run")
     fp.add_argument("--results-dir", default="results")
@@ -1254,6 +1435,13 @@ def command(args: argparse.Namespace) -> int:
             raise SettingsError("--param2 and --values2 go together")
         return 1 if sweep(args.param, args.values, base, args.runs_dir, args.results_dir, args.dry_run,
                           check_jobs(args.jobs), args.param2, args.values2, args.candidate, args.rerun_early) else 0
+    if args.command == "cold-start":
+        base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+                if getattr(args, f.name, None) is not None}
+        if args.draws < 1:
+            raise SettingsError(f"--draws must be at least 1, got {args.draws}")
+        return 1 if cold_start(base, args.draws, args.runs_dir, args.results_dir, args.dry_run, check_jobs(args.jobs),
+                               args.prepare_only) else 0
     if args.command == "fidelity":
         print(fidelity(args.run, args.results_dir).read_text())
         return 0

@@ -934,3 +934,58 @@ def test_validation_chooses_the_variant_over_the_seeds_both_have(tmp_path):
     rows[1]["files"] = [run("b", 2024, 0.16), run("b", 2025, 0.16)]
     assert E.variant_choice(rows)[0] == "paper"  # a tie keeps paper
     assert E.variant_choice([rows[0], {"config": "authors", "files": []}])[0] == "paper"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cold start (issue 20): held-out users folded in
+# ---------------------------------------------------------------------------------------------
+def test_cold_users_and_the_dataset_without_them(tmp_path):
+    folder = small_dataset(tmp_path)
+    ds = C.load_dataset(folder)
+    held = E.cold_users(ds, 1)
+    assert len(held) == 1 and np.array_equal(held, E.cold_users(ds, 1))  # round(0.1 x 8) = 1, seeded
+    assert len({tuple(E.cold_users(ds, d, share=0.5)) for d in range(1, 6)}) > 1  # draws differ
+    held = E.cold_users(ds, 3, share=0.25)  # 2 users
+    E.write_cold_dataset(folder, tmp_path / "cold" / "fx", held)
+    cold = C.load_dataset(tmp_path / "cold" / "fx")
+    for u in range(ds.n_users):
+        assert list(cold.train[u]) == ([] if u in held else list(ds.train[u]))
+        assert list(cold.test[u]) == list(ds.test[u])
+    assert not set(cold.interest_edges[:, 0].tolist()) & set(held.tolist())
+    kept = {(u, int(ds.interest_ids[j])) for u, j in ds.interest_edges if u not in held}
+    assert {(u, int(cold.interest_ids[j])) for u, j in cold.interest_edges} == kept
+    assert (cold.n_users, cold.n_items, cold.n_entities) == (ds.n_users, ds.n_items, ds.n_entities)
+    assert np.array_equal(cold.kg, ds.kg)
+
+
+def test_cold_start_end_to_end_and_its_table(tmp_path, capsys):
+    small_dataset(tmp_path)
+    common = ["--dataset", "fx", "--data-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
+              "--results-dir", str(tmp_path / "res"), "--draws", "2", "--epochs", "2", "--dim", "8", "--layers", "2",
+              "--enc-layers", "1", "--batch-size", "4", "--lr", "0.01", "--mask-epochs", "5", "--threads", "1"]
+    assert E.main(["cold-start", *common, "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "0 of 6 runs already done; 6 to run" in err and "cold-start-draw2/cikgrec-seed2025.json" in err
+    assert (tmp_path / "runs" / "cold-start-data" / "fx" / "draw2" / "fx" / "train.txt").is_file()
+    assert E.main(["cold-start", *common]) == 0
+    page = (tmp_path / "res" / "fx" / "cold-start.md").read_text()
+    for label in E.COLD_ROWS.values():
+        assert f"| {label} | " in page
+    saved = json.loads((tmp_path / "res" / "fx" / "cold-start.json").read_text())
+    ds = C.load_dataset(tmp_path / "fx")
+    for seed, draw in zip(("2024", "2025"), (1, 2)):
+        assert saved["draws"][seed]["held"] == E.cold_users(ds, draw).tolist()
+        assert set(saved["draws"][seed]["rows"]) == set(E.COLD_ROWS)
+    # popularity by hand for draw 1's held-out user: items ranked by the warm users' train.txt counts
+    held = saved["draws"]["2024"]["held"][0]
+    counts = np.bincount(np.concatenate([ds.train[u] for u in range(ds.n_users) if u != held]), minlength=ds.n_items)
+    scores = torch.tensor(counts, dtype=torch.float32)[None]
+    expect = C.ranking_metrics(scores, [ds.train[held]], [ds.test[held]], [50])
+    assert saved["draws"]["2024"]["rows"]["popularity"][0] == [round(expect["recall@50"], 6), round(expect["ndcg@50"], 6)]
+    # the models' rows are the fold-in of each run: the refit model, the held-out user's own items
+    run = E.load_run(tmp_path / "runs" / "fx" / "cold-start-draw1" / "lightgcn-seed2024.json")
+    _, ie = run.trainer.model.user_item_embeddings()
+    scores = run.trainer.model.fold_in([ds.train[held]]) @ ie.T
+    expect = C.ranking_metrics(scores, [ds.train[held]], [ds.test[held]], [50])
+    assert saved["draws"]["2024"]["rows"]["lightgcn"][0] == [round(expect["recall@50"], 6), round(expect["ndcg@50"], 6)]
+    assert run.results["refit"] and run.trainer.s.min_epochs == 30
