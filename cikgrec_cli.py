@@ -40,7 +40,8 @@ from cikgrec import (DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Set
                      make_settings, node_counts, open_text, option, parse_ks, train_loop)
 from cikgrec import read_data as read_method_data
 from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, id_list_rows, item_title,
-                     export_recbole, load_checked, prepare, raw_rows, recbole_files, stats_markdown)
+                     export_recbole, load_checked, prepare, raw_rows, read_histories, recbole_files,
+                     stats_markdown)
 
 # ----------------------------------------------------------------------------------------------
 # Settings: their checks, and the versions of the computation results files record
@@ -1005,31 +1006,6 @@ class Run:
                     break
                 rows.append({"user": u, "rank": rank, "item": self.item_ids[i], "title": self.titles[i], "score": sc})
         return rows
-
-
-def read_histories(path, what: str = "history") -> dict:
-    """A file of new users: one line each, `new_id item item ...` (tabs or spaces, no header; with
-    what="interests", `new_id interest_id` pairs, a user on several lines). Returns {new id: [ids as
-    strings]} in file order. Raises DataError naming file and line on a line without items, and a
-    new id given twice in a history file."""
-    out = {}
-    with open_text(Path(path)) as f:
-        for no, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if what == "interests" and (len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit())):
-                raise DataError(path, no, f"expected `new_id interest_id` (an integer id of the run's interest "
-                                          f"file), got {line.strip()[:80]!r}")
-            if len(fields) < 2:
-                raise DataError(path, no, f"expected a new user's id, then their items (original item ids, "
-                                          f"item_list.txt), got {line.strip()[:80]!r}")
-            if what == "history" and fields[0] in out:
-                raise DataError(path, no, f"user {fields[0]!r} is given twice (first on an earlier line)")
-            out.setdefault(fields[0], []).extend(fields[1:])
-    if not out:
-        raise DataError(path, 0, "the file is empty")
-    return out
 
 
 def load_run(results_path, data_dir: str | None = None, device: str = "cpu") -> Run:

@@ -167,6 +167,33 @@ def load_checked(folder, interests_file=None, name: str = "", with_interests: bo
     return ds
 
 
+def read_histories(path, what: str = "history") -> dict:
+    """A file of new users (recommend --history, llm_interests.py infer-new): one line each, `new_id
+    item item ...` in original item ids (tabs or spaces, no header; a new id is never matched against
+    user_list.txt); with what="interests", `new_id interest_id` pairs, a user on several lines.
+    Returns {new id: [ids as strings]} in file order. Raises DataError naming file and line on a
+    line without items, and on a new id already on an earlier line of a history file."""
+    out, line_of = {}, {}
+    with open_text(Path(path)) as f:
+        for no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if what == "interests" and (len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit())):
+                raise DataError(path, no, f"expected `new_id interest_id` (an integer id of the run's interest "
+                                          f"file), got {line.strip()[:80]!r}")
+            if len(fields) < 2:
+                raise DataError(path, no, f"expected a new user's id, then their items (original item ids, "
+                                          f"item_list.txt), got {line.strip()[:80]!r}")
+            if what == "history" and fields[0] in line_of:
+                raise DataError(path, no, f"new user {fields[0]!r} is already on line {line_of[fields[0]]}")
+            line_of.setdefault(fields[0], no)
+            out.setdefault(fields[0], []).extend(fields[1:])
+    if not out:
+        raise DataError(path, 0, "the file is empty")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Your own data: prepare (raw files -> the published format) and stats (the paper's Table 2)
 # ----------------------------------------------------------------------------------------------

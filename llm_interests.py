@@ -1899,26 +1899,12 @@ def run_state(clusters) -> ClusterState:
 
 
 def read_history(path, item_of: dict) -> tuple[list, list]:
-    """infer-new's history file -> ([(new id, [item ids])], [unknown org ids, one per use]).
-
-    One line per new user: a new id (any token; never matched against user_list.txt), then the
-    items liked in order, as their original ids (item_list.txt's org_id column, item_of maps them
-    to item ids), separated by tabs or spaces; no header; blank lines skipped. An unknown item is
-    left out and listed. Raises DataError naming the line of a new id given twice."""
-    path = Path(path)
-    histories, unknown, line_of = [], [], {}
-    with cikgrec.open_text(path) as f:
-        for no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            user, items = parts[0], parts[1:]
-            if user in line_of:
-                raise DataError(path, no, f"new user {user!r} is already on line {line_of[user]}")
-            line_of[user] = no
-            unknown += [i for i in items if i not in item_of]
-            histories.append((user, [item_of[i] for i in items if i in item_of]))
-    return histories, unknown
+    """infer-new's history file (cikgrec_prepare.read_histories: `new_id item item ...` lines) ->
+    ([(new id, [item ids])], [unknown original ids, one per use]); item_of maps the original ids
+    (item_list.txt's org_id column) to item ids. An unknown item is left out and listed."""
+    histories = cikgrec_prepare.read_histories(path)
+    unknown = [i for items in histories.values() for i in items if i not in item_of]
+    return [(u, [item_of[i] for i in items if i in item_of]) for u, items in histories.items()], unknown
 
 
 def new_user_jobs(args, folder: Path) -> list:

@@ -784,7 +784,7 @@ def test_recommend_history_command(tmp_path):
     assert [x.split("\t")[:2] for x in lines[1:]] == [["alice", "1"], ["alice", "2"], ["bob", "1"], ["bob", "2"]]
     assert not {x.split("\t")[2] for x in lines[1:3]} & {"102", "103"}
     for content, expect in (("alice\n", "h.txt, line 1: expected a new user's id, then their items"),
-                            ("a 100\na 101\n", "h.txt, line 2: user 'a' is given twice")):
+                            ("a 100\na 101\n", "h.txt, line 2: new user 'a' is already on line 1")):
         (tmp_path / "h.txt").write_text(content)
         r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", cwd=tmp_path)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, r.stderr
