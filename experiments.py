@@ -419,7 +419,11 @@ _TABLE_TITLES = {"table1": "Table 1: overall performance", "ablation": "Table 3:
 _TABLE_NOTES = {"ablation": " The paper's Table 3 reports R@100 and N@100 only, and no numbers for w/o DMR "
                             "(ours: the mask rate is omega throughout).",
                 "table1": " Our LightGCN and SimGCL rows are trained by this code at their own papers' definitions "
-                          "(README: Baselines) with the dataset's sizes, learning rate and L2."}
+                          "(README: Baselines) with the dataset's sizes, learning rate and L2.",
+                "interests": " Under --variant authors, Eq. 8's view 2 is the interest graph alone; without interest "
+                             "nodes it has no edges, and its self-loops make each user's view-2 embedding the user's "
+                             "own layer-0 row, so the user-side InfoNCE pulls the noised CIKG embedding towards it. "
+                             "The code keeps that, as the authors' code would do."}
 
 
 def _tuned_note(table: str, dataset: str) -> str:

@@ -254,6 +254,18 @@ def fold_in_reference(model, items, interests=None):
     return np.array(out)
 
 
+def test_authors_view_2_without_interest_nodes_is_the_layer_0_table(tmp_path):
+    """Under --variant authors, view 2 is the interest graph alone: with --no-interest-nodes it has
+    no edges, and its self-loops (users and items) make each user's view-2 embedding its own Z row."""
+    small_dataset(tmp_path)
+    s = tiny_settings(tmp_path, variant="authors", interest_nodes=False, lambda3=0.1)
+    t = C.Trainer(s, *C.read_data(s), torch.device("cpu"))
+    view2 = t.model.graphs.views[1]
+    assert view2.n_edges == 0
+    n = t.ds.n_users + t.ds.n_items
+    assert torch.allclose(t.model.encode(view2.adjacency())[:n], t.model.emb[:n])
+
+
 def test_fold_in_by_hand_one_layer():
     """Users 0 and 1 liked items {0, 1} and {1}; no self-loops, 1 layer, layer 0 in the mean. A new
     user with items 0 and 1 (d = 2; item degrees 1 and 2): layer 1 = z_i0 / sqrt(2 * 1) + z_i1 /
