@@ -25,7 +25,7 @@ stats:  ## the paper's Table 2 for DATASET
 	$(PYTHON) cikgrec.py stats --dataset $(DATASET) --data-dir $(DATA_DIR)
 
 recommend:  ## make recommend RUN=runs/X.json TOP=20 [USERS=ids.txt] [OUT=recs.tsv]: top-TOP items per user
-	$(PYTHON) cikgrec.py recommend --run $(RUN) --k $(TOP) $(if $(USERS),--users $(USERS)) $(if $(OUT),--out $(OUT)) $(ARGS)
+	@$(PYTHON) cikgrec.py recommend --run $(RUN) --k $(TOP) $(if $(USERS),--users $(USERS)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 data:  ## download the three datasets (verified against upstream git blob ids)
 	$(PYTHON) cikgrec.py download --data-dir $(DATA_DIR)

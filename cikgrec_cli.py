@@ -40,7 +40,7 @@ from cikgrec import (DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Set
                      make_settings, node_counts, open_text, option, parse_ks, train_loop)
 from cikgrec import read_data as read_method_data
 from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, id_list_rows, item_title,
-                     export_recbole, load_checked, prepare, raw_rows, read_histories, recbole_files,
+                     export_recbole, load_checked, prepare, read_histories, recbole_files,
                      stats_markdown)
 
 # ----------------------------------------------------------------------------------------------
@@ -823,9 +823,14 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
         raise DataError(results_path, 0, "not the results JSON of a run (no \"settings\")")
     use_refit = refit and isinstance(results.get("refit"), dict)
     model_path = results_path.with_suffix(".refit.pt" if use_refit else ".pt")
-    model_sha256 = (results["refit"] if use_refit else results.get("provenance", {})).get("model_sha256")
+    provenance = results.get("provenance")
+    model_sha256 = (results["refit"] if use_refit else provenance if isinstance(provenance, dict) else {}).get("model_sha256")
     if use_refit and not isinstance(model_sha256, str):  # which .refit.pt is the run's cannot be told
         raise DataError(results_path, 0, "its refit has no model_sha256: which model file is its refit cannot be told")
+    if not (isinstance(provenance, dict) and isinstance(provenance.get("data_sha256"), dict)
+            and isinstance(model_sha256, str)):  # found by a new user: deleting it turned every check off
+        raise DataError(results_path, 0, "its provenance (the SHA-256 of its model and data files) is missing or "
+                                         "incomplete: whether the model and data are the run's cannot be checked")
     if not model_path.is_file():
         raise DataError(model_path, 0, "not found (a finished run writes <out>.json and <out>.pt"
                                        + (", its refit <out>.refit.pt)" if use_refit else ")"))
@@ -840,11 +845,11 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
     if newer:
         raise DataError(results_path, 0, f"made under an older definition of the model; since then: {'; '.join(newer)}. "
                                          "Train it again")
-    changed = data_changed(results.get("provenance", {}).get("data_sha256", {}), s)
+    changed = data_changed(provenance["data_sha256"], s)
     if changed:
         raise DataError(results_path, 0, f"the run was trained on other data (the SHA-256 of {', '.join(changed)} "
                                          "differs from the run's); give its --data-dir or --interests")
-    if model_sha256 and _sha256(str(model_path)) != model_sha256:
+    if _sha256(str(model_path)) != model_sha256:
         raise DataError(model_path, 0, "not the model this run saved (SHA-256; replaced by a later run to the "
                                        "same --out?)")
     try:
@@ -856,9 +861,6 @@ def load_trained(results_path, data_dir: str | None = None, device: str = "cpu",
     if edited:  # e.g. --layers edited in the JSON: the numbers would be those of another model
         raise DataError(results_path, 0, "its settings differ from those saved with its model " + ", ".join(
             f"{option(k)} {getattr(given, k)} (the model's: {saved[k]})" for k in edited) + "; was the file edited?")
-    if saved is None and not model_sha256:
-        raise DataError(results_path, 0, "the model was saved without its settings, and the results file has no "
-                                         "model_sha256 (provenance): which settings trained it cannot be told. Train it again")
     trainer = Trainer(s, ds, train_part, valid, pick_device(device))
     try:
         trainer.model.load_state_dict({k: v.to(trainer.device) for k, v in state.items()})
@@ -926,7 +928,7 @@ class Run:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise SettingsError(f"k must be a whole number from 1, got {k!r}")
         ds = self.trainer.ds
-        users = None if users is None else list(dict.fromkeys(users))
+        users = None if users is None else list(dict.fromkeys([users] if isinstance(users, (str, int)) else users))
         if users is None:
             dense, unknown = list(range(ds.n_users)), []
         elif original:
@@ -1047,11 +1049,14 @@ def write_recommendations(rows: list, out, fmt: str = "tsv") -> None:
 
 
 def read_user_ids(path) -> list:
-    """Original user ids for recommend --users: the first field of each non-blank line (a header
-    line `user` is skipped). Raises DataError on a missing or empty file."""
-    path = Path(path)
-    ids = [fields[0] for _, fields in raw_rows(path)]
-    return ids[1:] if ids and ids[0].lower() in ("user", "user_id", "org_id") else ids
+    """Original user ids for recommend --users: one per non-blank line, the whole line (whitespace
+    inside written as `_`, as prepare writes such ids in user_list.txt); a first line `user`,
+    `user_id` or `org_id` is a header and skipped. Raises DataError on a missing or empty file."""
+    with open_text(Path(path)) as f:
+        ids = ["_".join(line.split()) for line in f if line.strip()]
+    if not ids:
+        raise DataError(path, 0, "the file is empty")
+    return ids[1:] if ids[0].lower() in ("user", "user_id", "user_id:token", "org_id") else ids
 
 
 def sparsity_groups(counts: np.ndarray, n_groups: int = 4) -> tuple[np.ndarray, list]:
@@ -1389,12 +1394,15 @@ def prepare_command(args) -> int:
 
 def exit_code(action, interrupted: str, own: bool = True) -> int:
     """The command line's exit codes around `action` (a function returning one): 2 with one line
-    for bad input or settings, 1 for a failed training, 130 for Ctrl-C (saying what the checkpoint
+    for bad input or settings (or a file that cannot be written), 1 for a failed training, 130 for Ctrl-C (saying what the checkpoint
     holds, or `interrupted` when no epoch was running or `own` is False: a sweep's own words)."""
     try:
         return action()
     except (DataError, SettingsError) as e:
         log(f"error: {e}")
+        return 2
+    except OSError as e:  # a folder that cannot be written, a full disk: one line, never a traceback
+        log(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}")
         return 2
     except TrainingError as e:
         log(f"error: {e}")

@@ -470,15 +470,15 @@ def recbole_files(base) -> dict:
     return {k: p if k == "interactions" or p.is_file() else None for k, p in files.items()}
 
 
-def _check_target(folder: Path) -> None:
-    """The dataset folder can be made and written (checked before anything is read, and nothing
-    made): SettingsError naming it otherwise."""
+def _check_target(folder: Path, flag: str = "--data-dir") -> None:
+    """The folder (given by option `flag`) can be made and written (checked before anything is
+    read, and nothing made): SettingsError naming it otherwise."""
     for parent in reversed((folder, *folder.parents)):
         if parent.exists() and not parent.is_dir():
-            raise SettingsError(f"--data-dir: cannot write {folder}: {parent} is a file, not a folder")
+            raise SettingsError(f"{flag}: cannot write {folder}: {parent} is a file, not a folder")
     nearest = next(p for p in (folder, *folder.parents) if p.exists())
     if not os.access(nearest, os.W_OK | os.X_OK):
-        raise SettingsError(f"--data-dir: cannot write {folder}: {nearest} is not writable (permission denied)")
+        raise SettingsError(f"{flag}: cannot write {folder}: {nearest} is not writable (permission denied)")
 
 
 def prepare(interactions, name: str, data_dir="data", items=None, kg=None, user_col="user", item_col="item",
@@ -872,9 +872,12 @@ def export_recbole(name: str, data_dir="data", out="recbole", split_seed: int = 
     if split_seed < 0:
         raise SettingsError(f"--split-seed must be >= 0, got {split_seed}")
     folder = dataset_folder(Path(data_dir) / name)
+    if not str(out).strip():
+        raise SettingsError("--out is empty: give the folder to export to")
     target = Path(out) / name
     if target.exists() and not target.is_dir():
         raise SettingsError(f"--out {out}: {target} is a file, not a folder")
+    _check_target(target, "--out")
     if target.resolve() == folder.resolve():
         raise SettingsError(f"--out {out}: {target} is the dataset's own folder; export to another folder")
     if target.is_dir() and any(target.iterdir()) and not force:

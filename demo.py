@@ -70,7 +70,7 @@ def table(rows: list, n_users: int, n_sparse: int, below: int) -> str:
     head = ["model"] + [c for _, c in COLUMNS] + [f"sparse {c}" for _, c in COLUMNS[1:3]] + ["seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m, s, sec in rows:
-        cells = [f"{m[k]:.3f}" for k, _ in COLUMNS] + [f"{s[k]:.3f}" for k, _ in COLUMNS[1:3]] + [f"{sec:.0f}"]
+        cells = [f"{m[k]:.3f}" for k, _ in COLUMNS] + [f"{s[k]:.3f}" if n_sparse else "n/a" for k, _ in COLUMNS[1:3]] + [f"{sec:.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + (f"\n\n{n_users} test users; sparse: the {n_sparse} with fewer than {below} items in "
                                "train.txt. Same split, test items held out from all three.\n")
@@ -104,7 +104,7 @@ def demo(data_dir="data", dataset="demo", out_dir="runs/demo", epochs: int = 150
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--data-dir", default="data")
     p.add_argument("--dataset", default="demo")
     p.add_argument("--out-dir", default="runs/demo")
@@ -114,14 +114,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=2024)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    try:
+
+    def run() -> int:
         text = demo(args.data_dir, args.dataset, args.out_dir, args.epochs, args.threads, args.sparse_below, args.seed)
-    except (cikgrec.DataError, cikgrec.SettingsError, cikgrec.TrainingError) as e:
-        cikgrec.log(f"error: {e}")
-        return 2
-    print(text, end="")
-    print(f"({time.perf_counter() - t0:.0f} s in all; table in {Path(args.out_dir) / 'compare.md'})")
-    return 0
+        print(text, end="")
+        print(f"({time.perf_counter() - t0:.0f} s in all; table in {Path(args.out_dir) / 'compare.md'})")
+        return 0
+    return cikgrec_cli.exit_code(run, "interrupted: `make demo` starts afresh when run again", own=False)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,9 @@ def test_the_comparison_runs_end_to_end_and_a_second_run_replaces_the_first(tmp_
         assert all(0 <= float(c) <= 1 for r in rows[1:] for c in r.strip("| ").split(" | ")[1:-1])
     assert (tmp_path / "demo" / "compare.md").read_text().count("\n| ") == 4
     assert (tmp_path / "demo" / "first-run.json").is_file() and (tmp_path / "demo" / "lightgcn.json").is_file()
+
+
+def test_the_table_says_n_a_without_sparse_users():
+    m = {k: 0.5 for k, _ in demo.COLUMNS}
+    text = demo.table([("x", m, m, 1.0)], 10, 0, 2)
+    assert "| x | 0.500 | 0.500 | 0.500 | 0.500 | n/a | n/a | 1 |" in text

@@ -8,7 +8,7 @@ import pytest
 
 import cikgrec as C
 import cikgrec_cli as T
-from test_cikgrec import small_dataset, write_dataset
+from test_cikgrec import run_cli, small_dataset, write_dataset
 
 INTER_HEADER = ["user_id:token", "item_id:token"]
 
@@ -137,3 +137,17 @@ def test_export_errors_are_one_line(tmp_path, capsys, argv):
     code = T.main(["export", "--format", "recbole", *argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "rb")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
+    """Found by a new user: --out under a regular file, or where no folder can be made, ended in a
+    traceback (NotADirectoryError, FileNotFoundError)."""
+    write_dataset(tmp_path / "data" / "d", ["0 0 1 2 3", "1 1 2 3 4"], ["0 4", "1 0"])
+    (tmp_path / "afile").write_text("x")
+    for out, expect in ((str(tmp_path / "afile"), "--out: cannot write"), ("", "--out is empty"),
+                        ("/proc/cikgrec-no-such", "cikgrec-no-such")):
+        if out.startswith("/proc") and not Path("/proc").is_dir():
+            continue
+        r = run_cli("export", "--format", "recbole", "--dataset", "d", "--data-dir", str(tmp_path / "data"),
+                    "--out", out, cwd=tmp_path)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (out, r.stderr)
