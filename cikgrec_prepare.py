@@ -343,7 +343,7 @@ def _is_header(path, first: list, below: list, spec: dict, header: str | None, n
         return True
     if header in ("yes", "no"):
         return header == "yes"
-    options = [OPTIONS[role] for role in spec if role in OPTIONS]
+    options = [OPTIONS[role] for role in spec] if all(role in OPTIONS for role in spec) else []  # not the link's
     if header is None:
         if_data = f"if it is data, add a first line naming the columns ({', '.join(spec)})"
         if_header = (f"if it is a header, name its columns with {', '.join(options)}" if options else

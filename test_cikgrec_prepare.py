@@ -269,6 +269,11 @@ def test_header_option_is_the_interactions_files_only_and_the_kg_keeps_its_first
     kg_note = [w for w in st["warnings"] if "kg_nohdr.csv" in w]
     assert len(kg_note) == 1 and "read as data" in kg_note[0] and "--header" not in kg_note[0]
     assert "--head-col" in kg_note[0]  # what makes it a header, if it is one
+    (tmp_path / "link.csv").write_text("".join(f"b{i},b{i}\n" for i in range(10)))  # no options of its own
+    st = P.prepare(tmp_path / "strhdr.csv", "hl", tmp_path, kg=tmp_path / "kg_nohdr.csv", link=tmp_path / "link.csv",
+                   header="yes", min_user_interactions=1)
+    link_note = [w for w in st["warnings"] if "link.csv" in w]
+    assert len(link_note) == 1 and "must name the columns item and entity" in link_note[0], link_note
     help_text = " ".join(run_cli("prepare", "--help", cwd=tmp_path).stdout.split())
     assert "the --interactions file only" in help_text
 
