@@ -1228,7 +1228,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--recbole", metavar="DIR/NAME", help="RecBole atomic files: NAME.inter and, where they exist, "
                                                           "NAME.item, NAME.kg, NAME.link (typed headers, tabs)")
     pp.add_argument("--name", required=True, help="the dataset's name: it goes to <data-dir>/<name>/")
-    pp.add_argument("--data-dir", default="data")
+    pp.add_argument("--data-dir", default="data", help="where the dataset folder goes (default data)")
     pp.add_argument("--items", help="optional CSV/TSV: item, name (a column named title or name)")
     pp.add_argument("--kg", help="optional CSV/TSV of triples: head, relation, tail")
     pp.add_argument("--link", help="optional CSV/TSV: item, entity; KG heads and tails that are linked entities are "
@@ -1241,8 +1241,9 @@ def build_parser() -> argparse.ArgumentParser:
         pp.add_argument(f"--{role}-col", default=default,
                         help=f"header name or 1-based position{of} (default {default}{text})")
     pp.add_argument("--header", choices=("auto", "yes", "no"), default="auto",
-                    help="where line 1 of a file cannot be told from data (a line naming the columns is always a "
-                         "header): auto guesses and says so in a note")
+                    help="the --interactions file only, where its line 1 cannot be told from data (a line naming "
+                         "the columns is always a header): auto guesses and says so in a note. The other files "
+                         "always guess so (a header line naming their columns settles it)")
     pp.add_argument("--sep", default="auto", help=f"auto, {', '.join(SEPARATORS)}, or a literal such as '::' or '|' "
                                                   "(ids with spaces need a separator other than space)")
     pp.add_argument("--encoding", default="utf-8", help="the files' encoding (default utf-8; e.g. latin-1 for "

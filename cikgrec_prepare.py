@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import math
 import os
+import unicodedata
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -327,27 +328,36 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _is_header(path, first: list, below: list, spec: dict, header: str, notes: list) -> bool:
+def _is_header(path, first: list, below: list, spec: dict, header: str | None, notes: list) -> bool:
     """Whether line 1 (`first`) of a raw file is a header. It is when a field names one of the
     columns in `spec` or is a RecBole typed name (`item_id:token`), whatever --header says; else
-    header "yes"/"no" decides, and "auto" guesses from the lines `below`: a header holds no
-    number, and holds names where the lines below hold numbers. A guess is told in `notes`."""
+    header "yes"/"no" decides, and "auto" or None guesses from the lines `below`: a header holds no
+    number, and holds names where the lines below hold numbers. A guess is told in `notes`, with
+    what changes it: --header for the interactions file (header not None), and for the other files
+    (header None: --header is not theirs) a header line naming the columns or the --*-col options."""
     shown = "(" + ", ".join(repr(x[:30]) for x in first[:4]) + (", ..." if len(first) > 4 else "") + ")"
     if any(_typed(x) for x in first) or any(
             _names(x, role, str(v)) for role, v in spec.items() if not str(v).isdigit() for x in first):
         if header == "no":
             notes.append(f"{path}: line 1 {shown} names the columns: read as a header although --header no")
         return True
-    if header != "auto":
+    if header in ("yes", "no"):
         return header == "yes"
+    options = [OPTIONS[role] for role in spec] if all(role in OPTIONS for role in spec) else []  # not the link's
+    if header is None:
+        if_data = f"if it is data, add a first line naming the columns ({', '.join(spec)})"
+        if_header = (f"if it is a header, name its columns with {', '.join(options)}" if options else
+                     f"if it is a header, it must name the columns {' and '.join(spec)}")
+    else:
+        if_data, if_header = "--header no if it is data", "--header yes if it is a header"
     if any(_is_number(x) for x in first):
         return False
     if below and any(all(n < len(f) and _is_number(f[n]) for f in below) for n in range(len(first))):
         notes.append(f"{path}: line 1 {shown} read as a header: the lines below hold numbers where it holds "
-                     "names (--header no if it is data)")
+                     f"names ({if_data})")
         return True
     notes.append(f"{path}: line 1 {shown} read as data: it names no column and looks like the lines below "
-                 "(--header yes if it is a header)")
+                 f"({if_header})")
     return False
 
 
@@ -356,8 +366,9 @@ def _columns(path, first: list, spec: dict, required: tuple, has_header: bool) -
     name, a 1-based position as digits, or "none" (not read; roles not in `required` only)};
     roles not in `required` may be absent (index None). A header is read by name (_names); without
     one, or with a header that names no column, roles given by their own name take the order of
-    `spec` (user, item, rating, timestamp: positions 1, 2, 3, 4). Raises DataError naming the file
-    and the missing column, and the option that names it."""
+    `spec` (user, item, rating, timestamp: positions 1, 2, 3, 4). The name column: one that says
+    title before one that says name. Raises DataError naming the file and the missing column, and
+    the option that names it, and naming both options where two roles would read one column."""
     def how(role):
         return (f"name the {role} column with {OPTIONS[role]} NAME or a position" if role in OPTIONS else
                 f"its columns are {', '.join(spec)} (a header naming them, or that order without one)")
@@ -368,6 +379,8 @@ def _columns(path, first: list, spec: dict, required: tuple, has_header: bool) -
         v = str(v)
         hits = [n for n, x in enumerate(first) if _names(x, role, v)] or [
             n for n, x in enumerate(first) if _names(x, role, v, loose=True)]
+        if role == "name":  # a column that says title before one that says name (track_title, artist_name)
+            hits.sort(key=lambda n: "title" not in _bare(first[n]))
         if v.lower() == "none" and role not in required:
             where[role] = None
         elif v.isdigit():
@@ -386,28 +399,43 @@ def _columns(path, first: list, spec: dict, required: tuple, has_header: bool) -
         else:
             raise DataError(path, 1, f"the {role} column is named {v!r}, but the first line is not a header "
                                      f"naming it ({', '.join(first)[:120]!r}); give its position instead")
+    read_by = {}
+    for role, n in where.items():
+        if n is not None and read_by.setdefault(n, role) != role:
+            other = read_by[n]
+            both = " and ".join(f"{OPTIONS.get(r, f'the {r} column')} ({spec[r]})" for r in (other, role))
+            named = f" ({first[n][:40]!r})" if has_header and n < len(first) else ""
+            raise DataError(path, 1 if has_header else 0, f"{both} both read column {n + 1}{named}: give each "
+                                                         "its own column")
     return where
 
 
 def _table(path, spec: dict, required: tuple, fmt: dict, notes: list, rest_after: int = 0):
     """Open a raw file: ({role: column index or None} as _columns, its data rows (line number,
-    fields) without the header). fmt: header, sep, encoding, quoted (raw_rows)."""
+    fields) without the header). fmt: header ("auto", "yes", "no", or None where --header does not
+    apply: _is_header), sep, encoding, quoted (raw_rows)."""
     path = Path(path)
     rows = raw_rows(path, fmt["sep"], rest_after, fmt["encoding"], fmt.get("quoted", True))
     head = list(itertools.islice(rows, 21))  # line 1 and up to 20 lines below it, to tell a header
     first = head[0][1]
-    has_header = _is_header(path, first, [f for _, f in head[1:]], spec, fmt["header"], notes)
+    has_header = _is_header(path, first, [f for _, f in head[1:]], spec, fmt.get("header"), notes)
     where = _columns(path, first, spec, required, has_header)
     return where, itertools.chain(head[1:] if has_header else head, rows)
 
 
+LIKELY_SEPARATORS = (("\t", "tab"), ("::", "'::'"), ("|", "'|'"), (";", "';'"), (":", "':'"), (",", "','"))
+
+
 def _values(path, no: int, fields: list, where: dict) -> dict:
-    """{role: field} of a data row; DataError when the row is too short for its columns."""
+    """{role: field} of a data row; DataError when the row is too short for its columns (with a
+    hint naming --sep where the row's fields hold a likely separator: LIKELY_SEPARATORS)."""
     width = 1 + max(v for v in where.values() if v is not None)
     if len(fields) < width:
         roles = ", ".join(r for r, v in where.items() if v is not None)
+        sep = next((shown for s, shown in LIKELY_SEPARATORS if any(s in x for x in fields)), None)
+        hint = f" (is the file separated by something else? --sep {sep})" if sep else ""
         raise DataError(path, no, f"expected at least {width} fields ({roles}), got {len(fields)}: "
-                                  f"{','.join(fields)[:80]!r}")
+                                  f"{','.join(fields)[:80]!r}{hint}")
     return {role: None if v is None else fields[v] for role, v in where.items()}
 
 
@@ -422,10 +450,17 @@ def _number(path, no: int, what: str, text: str) -> float:
     return v
 
 
-def _id(path, no: int, what: str, text: str) -> str:
-    """An original id: not empty (whitespace inside is kept; the id lists write it as `_`)."""
+def _id(path, no: int, what: str, text: str, kind: str = " id") -> str:
+    """An original id: not empty, and without a control character (NUL, ...; a tab is whitespace:
+    whitespace inside is kept, and the id lists write it as `_`). DataError naming file, line, the
+    id and the character otherwise. kind: how the message calls it (" id"; "" for a relation, " name"
+    for an item's name)."""
     if not text:
-        raise DataError(path, no, f"empty {what} id")
+        raise DataError(path, no, f"empty {what}{kind}")
+    bad = next((c for c in text if c != "\t" and unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise DataError(path, no, f"{what}{kind} {text[:40]!r} holds a control character U+{ord(bad):04X} "
+                                  "(is the file binary, or in another --encoding?)")
     return text
 
 
@@ -496,8 +531,9 @@ def prepare(interactions, name: str, data_dir="data", items=None, kg=None, user_
     Without a link, a head or tail equal to an item's original id is that item, any other value an
     entity (entities are numbered after the items). recbole: the files are RecBole atomic files
     (tab-separated, no CSV quoting; recbole_files finds them). Every file: a first line that names
-    the columns (or holds RecBole typed names) is a header; header "yes"/"no" decides where that
-    cannot be told, "auto" guesses with a note (_is_header). sep: "auto", a key of SEPARATORS or
+    the columns (or holds RecBole typed names) is a header; where that cannot be told, header
+    "yes"/"no" decides for the interactions file (only), and "auto" (and every other file) guesses
+    with a note (_is_header). sep: "auto", a key of SEPARATORS or
     any literal ("::"); encoding: the files' text encoding (undecodable bytes are an error).
     Processing: duplicate (user, item) pairs merged (highest rating, earliest time); with
     min_rating, only pairs rated >= min_rating kept; users with fewer than min_user_interactions
@@ -509,13 +545,15 @@ def prepare(interactions, name: str, data_dir="data", items=None, kg=None, user_
     and stats.md. Returns the stats (dataset_stats, with prepare's notes first in "warnings") plus
     "processing" (what each rule removed). Raises DataError (file, line, value) on bad input, an
     empty result or a KG that touches no item, and SettingsError for an existing folder without
-    force or one that cannot be written; nothing is written then.
+    force or one that cannot be written, an empty name or data_dir; nothing is written then.
     """
     if min_user_interactions < 1:
         raise SettingsError(f"--min-user-interactions must be at least 1, got {min_user_interactions}")
     check_format(sep, encoding, header)
-    if not name or any(c in name for c in "/\\") or name in (".", ".."):
+    if not name.strip() or any(c in name for c in "/\\") or name in (".", ".."):
         raise SettingsError(f"--name must be a folder name, got {name!r}")
+    if not str(data_dir).strip():  # Path("") is the current folder
+        raise SettingsError(f"--data-dir must name a folder, got {str(data_dir)!r}")
     if min_rating is not None and str(rating_col).lower() == "none":
         raise SettingsError("--min-rating needs ratings: not with --rating-col none")
     folder = Path(data_dir) / name
@@ -585,10 +623,11 @@ def prepare(interactions, name: str, data_dir="data", items=None, kg=None, user_
             first_seen[i] = order
     item_ids = sorted(first_seen, key=first_seen.get)
     item_index = {i: n_ for n_, i in enumerate(item_ids)}
-    names = _read_item_names_raw(items, item_col, name_col, fmt, notes) if items else {}
-    linked = _read_link_raw(link, fmt, notes) if link else None
+    other = dict(fmt, header=None)  # --header is the interactions file's; the others go by _is_header's rule
+    names = _read_item_names_raw(items, item_col, name_col, other, notes) if items else {}
+    linked = _read_link_raw(link, other, notes) if link else None
     kg_spec = {"head": head_col, "relation": relation_col, "tail": tail_col}
-    kg_rows, entity_ids, relation_ids, kg_info = (_read_kg_raw(kg, item_index, all_items | set(names), fmt, notes,
+    kg_rows, entity_ids, relation_ids, kg_info = (_read_kg_raw(kg, item_index, all_items | set(names), other, notes,
                                                                kg_spec, linked) if kg else ([], [], [], {}))
     processing.update(kg_info)
     users_written = _listed(user_ids, "user", path, notes)
@@ -637,7 +676,7 @@ def _read_item_names_raw(path, item_col, name_col, fmt: dict, notes: list) -> di
     names = {}
     for no, fields in rows:
         v = _values(path, no, fields, where)
-        names.setdefault(_id(path, no, "item", v["item"]), v["name"])
+        names.setdefault(_id(path, no, "item", v["item"]), v["name"] and _id(path, no, "item", v["name"], " name"))
     return names
 
 
@@ -659,7 +698,8 @@ def _read_kg_raw(path, item_index: dict, item_like: set, fmt: dict, notes: list,
     a raw KG file. Without `linked`, a head or tail in item_index is that item, one that is an item
     id dropped by the filtering (in item_like) drops its triple, and any other value is an entity.
     With `linked` ({entity: items}, _read_link_raw), a linked entity is its items (its triple is
-    dropped when none of them is kept) and any other value is an entity."""
+    dropped when none of them is kept) and any other value is an entity, an item's own id too: a
+    note counts those (distinct ids) with the first line holding one."""
     path = Path(path)
     where, rows = _table(path, spec, ("head", "relation", "tail"), fmt, notes)
 
@@ -672,14 +712,18 @@ def _read_kg_raw(path, item_index: dict, item_like: set, fmt: dict, notes: list,
             return [item_index[x]]
         return None if x in item_like else []
     entities, relations, triples, dropped, example, read, touching = {}, {}, set(), 0, None, 0, 0
+    unlinked = {}  # with a link: KG ids equal to an item's id but not linked -> the first line holding one
     entity = lambda x: len(item_index) + entities.setdefault(x, len(entities))
     for no, fields in rows:
         v = _values(path, no, fields, where)
         read += 1
         for what in ("head", "relation", "tail"):
-            if not v[what]:
-                raise DataError(path, no, f"empty {what}")
+            _id(path, no, what, v[what], "")
         h, r, t = v["head"], v["relation"], v["tail"]
+        if linked is not None:
+            for x in (h, t):
+                if x not in linked and (x in item_index or x in item_like):
+                    unlinked.setdefault(x, no)
         heads, tails = items_of(h), items_of(t)
         if heads is None or tails is None:
             dropped += 1
@@ -694,6 +738,12 @@ def _read_kg_raw(path, item_index: dict, item_like: set, fmt: dict, notes: list,
                         + ("(the link file maps entities to items: heads and tails must be its entities)" if linked
                            is not None else "(heads and tails that are items must be written as the interactions "
                            "file's item ids, or give a --link file)"))
+    if unlinked:
+        x, no = next(iter(unlinked.items()))
+        many = len(unlinked) > 1
+        notes.append(f"{path}: {len(unlinked)} KG {'heads/tails' if many else 'head/tail'} equal{'' if many else 's'} "
+                     f"an item's id but {'are' if many else 'is'} not in the link file "
+                     f"(e.g. line {no}: {x[:40]!r}): read as entities: with --link only linked entities are items")
     info = {"kg_lines": read, "kg_triples": len(triples), "kg_triples_of_removed_items": dropped}
     return sorted(triples), list(entities), list(relations), info
 

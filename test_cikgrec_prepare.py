@@ -252,3 +252,112 @@ def test_a_read_only_data_dir_is_one_line(tmp_path):
         (tmp_path / "ro").chmod(stat.S_IRWXU)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "ro/x" in r.stderr and "cannot write" in r.stderr
+
+
+# ---- review defects (fix19b): each input below failed before its fix ----------------------------
+def test_header_option_is_the_interactions_files_only_and_the_kg_keeps_its_first_triple(tmp_path):
+    """Found failing: --header yes, suggested by the note on an interactions file with a header of
+    strings, also dropped the first triple of a KG without a header (29 of 30 kept)."""
+    (tmp_path / "strhdr.csv").write_text("reader,book\n" + "".join(f"r{u},b{i}\n" for u in range(3) for i in range(10)))
+    (tmp_path / "kg_nohdr.csv").write_text("".join(f"b{i},genre,g{i % 3}\n" for i in range(10))
+                                           + "".join(f"b{i},author,a{i % 4}\n" for i in range(10))
+                                           + "".join(f"b{i},year,y{i % 5}\n" for i in range(10)))
+    st = P.prepare(tmp_path / "strhdr.csv", "hy", tmp_path, kg=tmp_path / "kg_nohdr.csv", header="yes",
+                   min_user_interactions=1)
+    assert st["processing"]["kg_lines"] == 30 and st["triples"] == 30
+    assert "reader" not in (tmp_path / "hy" / "user_list.txt").read_text()
+    kg_note = [w for w in st["warnings"] if "kg_nohdr.csv" in w]
+    assert len(kg_note) == 1 and "read as data" in kg_note[0] and "--header" not in kg_note[0]
+    assert "--head-col" in kg_note[0]  # what makes it a header, if it is one
+    (tmp_path / "link.csv").write_text("".join(f"b{i},b{i}\n" for i in range(10)))  # no options of its own
+    st = P.prepare(tmp_path / "strhdr.csv", "hl", tmp_path, kg=tmp_path / "kg_nohdr.csv", link=tmp_path / "link.csv",
+                   header="yes", min_user_interactions=1)
+    link_note = [w for w in st["warnings"] if "link.csv" in w]
+    assert len(link_note) == 1 and "must name the columns item and entity" in link_note[0], link_note
+    help_text = " ".join(run_cli("prepare", "--help", cwd=tmp_path).stdout.split())
+    assert "the --interactions file only" in help_text
+
+
+def test_a_kg_id_equal_to_an_unlinked_items_id_is_an_entity_with_a_note(tmp_path):
+    """Found failing: with --link, a KG tail written as an item's own id (not linked) became a
+    second entity of that id, silently (entity_list.txt: `i1 0 ...` and `i1 40 i1`)."""
+    (tmp_path / "r.csv").write_text("user,item\n" + "".join(f"u{u},i{i}\n" for u in range(2) for i in range(3)))
+    (tmp_path / "link.csv").write_text("item,entity\ni0,Q0\ni1,Q1\ni2,Q2\n")
+    (tmp_path / "kg.csv").write_text("head,relation,tail\nQ0,sequel,Q1\nQ0,similar,i1\nQ2,similar,i1\ni2,by,Q7\n")
+    st = P.prepare(tmp_path / "r.csv", "l", tmp_path, kg=tmp_path / "kg.csv", link=tmp_path / "link.csv",
+                   min_user_interactions=1)
+    ents = [x.split()[0] for x in lines(tmp_path / "l" / "entity_list.txt")[1:]]
+    assert ents == ["i0", "i1", "i2", "i1", "i2", "Q7"]  # the rule stays: unlinked ids are entities
+    note = [w for w in st["warnings"] if "kg.csv" in w and "read as entities" in w]
+    assert len(note) == 1 and "2 KG heads/tails" in note[0] and "line 3" in note[0] and "'i1'" in note[0], st["warnings"]
+    assert "with --link only linked entities are items" in note[0]
+
+
+def test_a_line_with_too_few_fields_suggests_the_separator_it_holds(tmp_path):
+    """Found failing: a pipe-separated file without --sep stopped with `expected at least 2 fields`
+    and no word of --sep."""
+    (tmp_path / "p.txt").write_text("user|item|rating\nu1|a|5\nu1|b|4\n")
+    with pytest.raises(C.DataError, match=r"p\.txt, line 1: expected at least 2 fields .*--sep '\|'"):
+        P.prepare(tmp_path / "p.txt", "p", tmp_path, min_user_interactions=1)
+    (tmp_path / "c.txt").write_text("u1;a\nu1;b\n")
+    with pytest.raises(C.DataError, match=r"c\.txt, line 1: .*--sep ';'"):
+        P.prepare(tmp_path / "c.txt", "c", tmp_path, min_user_interactions=1, sep=",")
+    (tmp_path / "k.csv").write_text("head,relation,tail\nQ1,rel\n")
+    (tmp_path / "r.csv").write_text("user,item\nu1,Q1\n")
+    with pytest.raises(C.DataError) as e:  # no likely separator on the line: no hint
+        P.prepare(tmp_path / "r.csv", "k", tmp_path, kg=tmp_path / "k.csv", min_user_interactions=1)
+    assert "line 2: expected at least 3 fields" in str(e.value) and "--sep" not in str(e.value)
+
+
+@pytest.mark.parametrize("args, options", [
+    (["--user-col", "2", "--item-col", "2"], ("--user-col", "--item-col")),
+    (["--time-col", "rating"], ("--rating-col", "--time-col")),
+    (["--user-col", "3"], ("--user-col", "--rating-col")),  # no header: rating is column 3 by order
+])
+def test_two_roles_reading_one_column_is_an_error_naming_both_options(tmp_path, args, options):
+    """Found failing: `--user-col 2 --item-col 2` and `--time-col rating` were accepted."""
+    header = "" if args == ["--user-col", "3"] else "user,item,rating,timestamp\n"
+    (tmp_path / "r.csv").write_text(header + "u1,a,5,100\nu1,b,4,101\n")
+    r = run_cli("prepare", "--interactions", "r.csv", "--name", "x", "--min-user-interactions", "1", *args,
+                cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "r.csv" in r.stderr and all(o in r.stderr for o in options) and "both read column" in r.stderr, r.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("raw, kg, expect", [
+    (b"user,item\nu1,a\x00b\nu1,c\n", None, r"r\.csv, line 2: item id 'a\\x00b' holds a control character U\+0000"),
+    (b"user,item\nu\x07,a\nu1,c\n", None, r"r\.csv, line 2: user id 'u\\x07' holds a control character U\+0007"),
+    (b"user,item\nu1,a\n", b"head,relation,tail\na,re\x00l,Q1\n", r"kg\.csv, line 2: relation .*U\+0000"),
+])
+def test_a_control_character_in_an_id_is_an_error(tmp_path, raw, kg, expect):
+    """Found failing: NUL bytes passed into the ids and the id lists."""
+    (tmp_path / "r.csv").write_bytes(raw)
+    if kg:
+        (tmp_path / "kg.csv").write_bytes(kg)
+    with pytest.raises(C.DataError, match=expect):
+        P.prepare(tmp_path / "r.csv", "x", tmp_path, kg=tmp_path / "kg.csv" if kg else None, min_user_interactions=1)
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_items_title_column_is_preferred_to_a_name_column(tmp_path):
+    """Found failing: an items file `track_id,artist_name,track_title` took the artist as the title."""
+    (tmp_path / "r.csv").write_text("user,item\nu1,t1\nu1,t2\n")
+    (tmp_path / "i.csv").write_text("item,artist_name,track_title\nt1,Ann,Song One\nt2,Bo,Song Two\n")
+    P.prepare(tmp_path / "r.csv", "t", tmp_path, items=tmp_path / "i.csv", min_user_interactions=1)
+    assert lines(tmp_path / "t" / "item_list.txt")[1:] == ["t1 0 Song One", "t2 1 Song Two"]
+    (tmp_path / "j.csv").write_text("item,name,title\nt1,Ann,Song One\nt2,Bo,Song Two\n")
+    P.prepare(tmp_path / "r.csv", "u", tmp_path, items=tmp_path / "j.csv", min_user_interactions=1)
+    assert lines(tmp_path / "u" / "item_list.txt")[1:] == ["t1 0 Song One", "t2 1 Song Two"]
+
+
+@pytest.mark.parametrize("args, option", [(["--data-dir", ""], "--data-dir"), (["--name", ""], "--name"),
+                                          (["--name", " "], "--name")])
+def test_an_empty_data_dir_or_name_is_refused(tmp_path, args, option):
+    """Found failing: `--data-dir ""` wrote the dataset into the current folder."""
+    (tmp_path / "r.csv").write_text("user,item\nu1,a\nu1,b\n")
+    r = run_cli("prepare", "--interactions", "r.csv", "--name", "x", "--min-user-interactions", "1", *args,
+                cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert option in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
