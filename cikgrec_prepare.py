@@ -293,6 +293,11 @@ def _undecodable(path: Path, encoding: str, codec: str) -> DataError:
         except UnicodeDecodeError as e:
             bad = e.object[e.start:e.end]
     shown = " ".join(f"0x{b:02x}" for b in bad[:4]) or "a byte"
+    text = path.read_bytes().decode(codec, errors="replace")
+    if codec.replace("-", "").lower() in ("utf8", "utf8sig") and any(ord(c) > 127 and c != "\ufffd" for c in text):
+        # valid UTF-8 beside the bad bytes: latin-1 would misread those characters without a word
+        return DataError(path, no, f"byte {shown} is not {encoding} text, though the file's other non-ASCII "
+                                   "characters are: a damaged line? Fix it (another --encoding would misread the rest)")
     return DataError(path, no, f"byte {shown} is not {encoding} text: give the file's encoding, e.g. "
                                "--encoding latin-1 (or cp1252)")
 

@@ -361,3 +361,14 @@ def test_an_empty_data_dir_or_name_is_refused(tmp_path, args, option):
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert option in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
+
+
+def test_a_stray_byte_in_a_utf8_file_is_not_answered_with_latin_1(tmp_path):
+    """Found by a new user: the error suggested --encoding latin-1 for a UTF-8 file with one damaged
+    byte, and following it turned the file's valid characters into mojibake without a word."""
+    (tmp_path / "r.csv").write_text("user,item\n1,Mis\u00e9rables\n2,b\n", encoding="utf-8")
+    with open(tmp_path / "r.csv", "ab") as f:
+        f.write(b"3,caf\xe9\n")
+    r = run_cli("prepare", "--interactions", "r.csv", "--name", "x", "--min-user-interactions", "1", cwd=tmp_path)
+    assert r.returncode == 2 and "r.csv, line 4: byte 0xe9 is not utf-8 text, though the file's other" in r.stderr
+    assert "--encoding latin-1" not in r.stderr
