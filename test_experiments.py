@@ -591,11 +591,15 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
     no_settings = tmp_path / "nos.json"
     no_settings.write_text("{}")
     (tmp_path / "nos.pt").write_bytes(b"")
-    older = json.loads(run.read_text())
-    del older["provenance"]["model_sha256"]  # an older run, whose model file cannot be checked
-    truncated = tmp_path / "cut.json"
-    truncated.write_text(json.dumps(older))
+    truncated = tmp_path / "cut.json"  # a model file cut short (its SHA-256 recorded as it is)
     (tmp_path / "cut.pt").write_bytes(run.with_suffix(".pt").read_bytes()[:100])
+    cut = json.loads(run.read_text())
+    cut["provenance"]["model_sha256"] = T._sha256(str(tmp_path / "cut.pt"))
+    truncated.write_text(json.dumps(cut))
+    unchecked = tmp_path / "old.json"  # no model_sha256: whether the model is the run's cannot be checked
+    del cut["provenance"]["model_sha256"]
+    unchecked.write_text(json.dumps(cut))
+    (tmp_path / "old.pt").write_bytes(run.with_suffix(".pt").read_bytes())
     replaced = tmp_path / "rep.json"  # found by a fresh user: another run's model of the same shape
     replaced.write_text(run.read_text())
     (tmp_path / "rep.pt").write_bytes(run.with_suffix(".pt").read_bytes()[:100])
@@ -607,6 +611,7 @@ def test_explain_prints_a_path_that_exists_in_the_graph(tmp_path, capsys):
              (["--run", str(bad_json)], "bad.json: not a results JSON (JSONDecodeError"),
              (["--run", str(no_settings)], 'nos.json: not the results JSON of a run (no "test" metrics)'),
              (["--run", str(truncated)], "cut.pt: cannot load the model for this data"),
+             (["--run", str(unchecked)], "old.json: its provenance (the SHA-256 of its model and data files) is missing"),
              (["--run", str(replaced)], "rep.pt: not the model this run saved (SHA-256"),
              (["--run", str(run), "--data-dir", str(tmp_path / "nosuch")], "not found"),
              (["--run", str(run), "--answers", str(tmp_path / "missing.jsonl")], "missing.jsonl: file not found"),
