@@ -1202,6 +1202,10 @@ def cold_table(dataset: str, draws: dict, bounds: list, minutes: dict) -> str:
             {k: v[m] for k, v in keyed[b].items() if g is None or group[k] == g}))
         lines.append(f"| {COLD_ROWS[a]} − {COLD_ROWS[b]} | {cell(0)} | {cell(1)} | "
                      + " | ".join(cell(1, g) for g in range(len(bounds))) + " |")
+    lines += ["", "The held-out users are a uniform draw, so their numbers compare in expectation with Table 1's "
+              "(the warm reference, overall and by the same groups). Caveat: the dataset's interest clusters "
+              "were fit on all users, the held-out ones included, and its interest file came from the "
+              "train.txt items that are folded in here."]
     lines += ["", "Training minutes per run (validation selection and refit): " + "; ".join(
         f"{c} {np.mean(v):.0f} (over {len(v)})" for c, v in minutes.items()) + ".", ""]
     return "\n".join(lines)
