@@ -970,6 +970,14 @@ class Run:
         (original id), title, score. Raises SettingsError unless k is a whole number from 1."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise SettingsError(f"k must be a whole number from 1, got {k!r}")
+        for what, given in (("histories", histories), ("interests", interests or {})):
+            if not isinstance(given, dict) or any(isinstance(v, (str, bytes)) or not hasattr(v, "__iter__")
+                                                  for v in given.values()):
+                raise SettingsError(f"{what} must be a dict {{new id: [ids]}}, e.g. {{'alice': ['B001', 'B007']}}; "
+                                    f"got {str(given)[:80]}")
+        bad = [j for v in (interests or {}).values() for j in v if not str(j).strip().isdigit()]
+        if bad:
+            raise SettingsError(f"interest ids are integers of the run's interest file, got {bad[0]!r}")
         ds, model = self.trainer.ds, self.trainer.model
         item_index = {i: n for n, i in enumerate(self.item_ids)}
         interest_index = {int(j): n for n, j in enumerate(ds.interest_ids)}
@@ -991,7 +999,12 @@ class Run:
             if ids:
                 log(f"note: {len(ids)} {what} of the new users are not in {ds.name} ({where}), left out: "
                     + ", ".join(map(str, list(dict.fromkeys(ids))[:20])))
-        rows = Recommendations(unknown=[u for u in histories if u not in set(users)])
+        asked = set(users)
+        rows = Recommendations(unknown=[u for u in histories if u not in asked])
+        strays = [u for u in (interests or {}) if u not in histories]
+        if strays:
+            log(f"note: interests of {len(strays)} users not among the new users are not used: "
+                + ", ".join(map(str, strays[:20])) + " (the interest file of other users?)")
         if rows.unknown:
             log(f"note: {len(rows.unknown)} new users have no item of {ds.name}, left out: "
                 + ", ".join(map(str, rows.unknown[:20])))

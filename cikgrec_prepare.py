@@ -180,6 +180,8 @@ def read_histories(path, what: str = "history") -> dict:
             fields = line.split()
             if not fields:
                 continue
+            if "\ufffd" in line:  # open_text replaces bytes that are not UTF-8: name them, never pass them on
+                raise DataError(path, no, f"bytes that are not UTF-8 text: {line.strip()[:80]!r}")
             if what == "interests" and (len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit())):
                 raise DataError(path, no, f"expected `new_id interest_id` (an integer id of the run's interest "
                                           f"file), got {line.strip()[:80]!r}")

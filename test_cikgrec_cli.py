@@ -788,6 +788,24 @@ def test_recommend_users_file_takes_whole_lines_and_a_string_is_one_user(tmp_pat
     assert [x["user"] for x in run.recommend("U1", k=1, original=True)] == ["U1"]
 
 
+def test_recommend_new_checks_its_input_and_notes_interests_of_other_users(tmp_path, capsys):
+    """Found by a new user (issue 20 review): a string history was read character by character,
+    bad interest ids ended in a bare ValueError or TypeError, and interest lines of users not in
+    the history were ignored without a word."""
+    run, _ = trained_fixture(tmp_path)
+    for histories, interests in (({"alice": "101"}, None), (["101"], None), ({"a": ["101"]}, {"a": ["x"]}),
+                                 ({"a": ["101"]}, {"a": 9})):
+        with pytest.raises(C.SettingsError):
+            run.recommend_new(histories, k=1, interests=interests)
+    capsys.readouterr()
+    rows = run.recommend_new({"a": ["101"]}, k=1, interests={"zed": ["9"], "a": ["9"]})
+    assert [r["user"] for r in rows] == ["a"]
+    assert "interests of 1 users not among the new users are not used: zed" in capsys.readouterr().err
+    (tmp_path / "h.txt").write_bytes(b"al\xffice 101\n")
+    with pytest.raises(C.DataError, match="h.txt, line 1: bytes that are not UTF-8 text"):
+        P.read_histories(tmp_path / "h.txt")
+
+
 def test_recommend_history_command(tmp_path):
     trained_fixture(tmp_path)
     (tmp_path / "h.txt").write_text("alice\t102 103\nbob 100\n\n")
