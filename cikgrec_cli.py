@@ -967,7 +967,9 @@ class Run:
         never matched against user_list.txt. Unknown items and interest ids are named in a note and
         left out; a user with no known item is left out and listed in `.unknown`. A user's own
         history is never recommended unless include_seen. Rows: user (the new id), rank, item
-        (original id), title, score. Raises SettingsError unless k is a whole number from 1."""
+        (original id), title, score. Raises SettingsError unless k is a whole number from 1, on
+        histories or interests that are not such dicts of lists, and on an interest id that is not
+        an integer."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise SettingsError(f"k must be a whole number from 1, got {k!r}")
         for what, given in (("histories", histories), ("interests", interests or {})):
