@@ -91,7 +91,8 @@ TUNED = {"book-crossing": {"lightgcn": {"l2": 1e-5},  # results/book-crossing/sw
                            "cikgrec": {"variant": "authors"}, "wo-uik": {"variant": "authors"},
                            # results/book-crossing/sweep-simgcl-lambda3-eps.md: of 10 grid points (tau 0.2) and
                            # today's setting, validation chooses today's (the dataset's tau, lambda3 and eps)
-                           "simgcl": {"tau": 0.15, "lambda3": 0.01, "eps": 0.1}}}
+                           "simgcl": {"tau": 0.15, "lambda3": 0.01, "eps": 0.1}},
+            "dbbook2014": {"lightgcn": {"l2": 1e-4}}}  # results/dbbook2014/sweep-lightgcn-l2.md
 TUNED_TABLES = ("table1", "interests")  # the tables whose rows take TUNED (the interests table: the chosen variant)
 
 
