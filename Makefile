@@ -18,27 +18,27 @@ demo-data:  ## rebuild data/demo/ (synthetic, seeded: the same files every time)
 	$(PYTHON) make_demo.py
 
 prepare:  ## your own data: make prepare RAW=ratings.csv NAME=mine [ITEMS=books.csv] [KG=kg.csv] [ARGS=--min-rating 4]
-	$(PYTHON) cikgrec.py prepare --interactions $(RAW) --name $(NAME) --data-dir $(DATA_DIR) \
+	$(PYTHON) cikgrec_cli.py prepare --interactions $(RAW) --name $(NAME) --data-dir $(DATA_DIR) \
 	  $(if $(ITEMS),--items $(ITEMS)) $(if $(KG),--kg $(KG)) $(ARGS)
 
 stats:  ## the paper's Table 2 for DATASET
-	$(PYTHON) cikgrec.py stats --dataset $(DATASET) --data-dir $(DATA_DIR)
+	$(PYTHON) cikgrec_cli.py stats --dataset $(DATASET) --data-dir $(DATA_DIR)
 
 recommend:  ## make recommend RUN=runs/X.json TOP=20 [USERS=ids.txt] [OUT=recs.tsv]: top-TOP items per user
-	@$(PYTHON) cikgrec.py recommend --run $(RUN) --k $(TOP) $(if $(USERS),--users $(USERS)) $(if $(OUT),--out $(OUT)) $(ARGS)
+	@$(PYTHON) cikgrec_cli.py recommend --run $(RUN) --k $(TOP) $(if $(USERS),--users $(USERS)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 data:  ## download the three datasets (verified against upstream git blob ids)
-	$(PYTHON) cikgrec.py download --data-dir $(DATA_DIR)
+	$(PYTHON) cikgrec_cli.py download --data-dir $(DATA_DIR)
 
 $(DATA_DIR)/$(DATASET)/train.txt:
-	$(PYTHON) cikgrec.py download --dataset $(DATASET) --data-dir $(DATA_DIR)
+	$(PYTHON) cikgrec_cli.py download --dataset $(DATASET) --data-dir $(DATA_DIR)
 
 train: $(DATA_DIR)/$(DATASET)/train.txt  ## train, select on validation, test once
-	$(PYTHON) cikgrec.py train --dataset $(DATASET) --data-dir $(DATA_DIR) --seed $(SEED) \
+	$(PYTHON) cikgrec_cli.py train --dataset $(DATASET) --data-dir $(DATA_DIR) --seed $(SEED) \
 	  $(if $(wildcard $(INTERESTS)),--interests $(INTERESTS)) $(ARGS)
 
 bench: $(DATA_DIR)/$(DATASET)/train.txt  ## seconds per epoch / evaluation, peak memory
-	$(PYTHON) cikgrec.py bench --dataset $(DATASET) --data-dir $(DATA_DIR) $(ARGS)
+	$(PYTHON) cikgrec_cli.py bench --dataset $(DATASET) --data-dir $(DATA_DIR) $(ARGS)
 
 interests: $(DATA_DIR)/$(DATASET)/train.txt  ## LLM interests -> interests/<dataset>/
 	$(PYTHON) llm_interests.py infer --dataset $(DATASET) --data-dir $(DATA_DIR) $(ARGS)

@@ -14,8 +14,8 @@ numbers are the paper's. Copy this one file into a project and it trains (numpy 
     8. Metrics     ranking_metrics, evaluate_ranking: full-ranking Recall@K, NDCG@K
     9. Training    Trainer and train_loop: the one loop, with early stopping, that the refit runs through
    10. main        `python cikgrec.py train ...`: select on validation, test once, print
-Beside it, cikgrec_cli.py and cikgrec_prepare.py are the tool layer (runs, recommend, datasets): with
-them, `python cikgrec.py` reaches their full command line.
+Beside it, cikgrec_cli.py and cikgrec_prepare.py are the tool layer (runs, recommend, datasets); it
+imports this file, never the reverse. Its full command line: `python cikgrec_cli.py`.
 """
 from __future__ import annotations
 
@@ -1177,12 +1177,8 @@ def train(s: Settings) -> dict:
 
 
 def main(argv=None) -> int:
-    """The command line. With cikgrec_cli.py beside this file: its full command line (train with results
-    files, resume, refit; recommend, prepare, stats, bench, download). Copied alone: `train`
-    with every setting as an option, printing the test metrics of the selected epoch as JSON."""
-    if Path(__file__).with_name("cikgrec_cli.py").is_file():
-        import cikgrec_cli  # the tool layer, imported only here: this file never needs it
-        return cikgrec_cli.main(argv)
+    """The plain command line: `train` with every setting as an option, printing the test metrics of
+    the selected epoch as JSON (results files, resume, refit, recommend: `python cikgrec_cli.py`)."""
     p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     add_settings_arguments(p.add_subparsers(dest="command", required=True).add_parser("train", allow_abbrev=False),
                            ("out", "resume", "refit", "max_minutes"))  # a run's files: cikgrec_cli.py's

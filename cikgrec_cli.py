@@ -11,9 +11,9 @@ cikgrec.py is the method and a plain loop. This file holds what a practitioner n
     bench           seconds per epoch and evaluation, peak memory, a breakdown by part
     command line    train, recommend, prepare, stats, bench, download, export (cikgrec_prepare.py: datasets)
 
-    python cikgrec.py train --dataset book-crossing --data-dir ../shared/data --refit
-    python cikgrec.py recommend --run runs/book-crossing-seed2024.json --k 20 --out recs.tsv
-    python cikgrec.py bench --dataset book-crossing --data-dir ../shared/data
+    python cikgrec_cli.py train --dataset book-crossing --data-dir ../shared/data --refit
+    python cikgrec_cli.py recommend --run runs/book-crossing-seed2024.json --k 20 --out recs.tsv
+    python cikgrec_cli.py bench --dataset book-crossing --data-dir ../shared/data
 """
 from __future__ import annotations
 
@@ -1216,7 +1216,7 @@ MOVED = {"tables": "python experiments.py tables", "explain": "python experiment
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: train, bench, recommend, prepare, stats, download, export."""
-    p = argparse.ArgumentParser(prog="cikgrec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="cikgrec_cli.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train, select on validation, evaluate on test"),
                        ("bench", "time a few training epochs and evaluations")):

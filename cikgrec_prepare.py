@@ -8,10 +8,10 @@
                   lists, ids without large gaps) and its notes; load_checked = them + load_dataset
     download      the published datasets from the authors' repository, verified by git blob id
 
-    python cikgrec.py prepare --interactions ratings.csv --items books.csv --kg kg.csv --name mine
-    python cikgrec.py prepare --recbole dataset/ml-100k --name ml100k
-    python cikgrec.py stats --dataset mine
-    python cikgrec.py download --dataset book-crossing --data-dir data
+    python cikgrec_cli.py prepare --interactions ratings.csv --items books.csv --kg kg.csv --name mine
+    python cikgrec_cli.py prepare --recbole dataset/ml-100k --name ml100k
+    python cikgrec_cli.py stats --dataset mine
+    python cikgrec_cli.py download --dataset book-crossing --data-dir data
 """
 from __future__ import annotations
 
@@ -786,7 +786,7 @@ def stats_markdown(name: str, st: dict) -> str:
         rating = (f"{p['pairs_below_min_rating']:,} pairs rated below {p['min_rating']:g} dropped "
                   f"(users left without one: {p['users_removed_by_min_rating']:,})" if p["min_rating"] is not None
                   else "no rating filter")
-        lines += ["", f"Made by `cikgrec.py prepare` from {p['lines']:,} lines: {p['duplicates_merged']:,} duplicate "
+        lines += ["", f"Made by `cikgrec_cli.py prepare` from {p['lines']:,} lines: {p['duplicates_merged']:,} duplicate "
                       f"pairs merged; {rating}; {p['users_removed_by_min_interactions']:,} of {p['users_read']:,} users "
                       f"with fewer than {p['min_user_interactions']} interactions dropped; split 8:2 {p['split']}."]
         if "kg_lines" in p:
@@ -892,7 +892,7 @@ def recbole_config(name: str, data_path, has_kg: bool) -> str:
     from cikgrec import make_settings
     s = make_settings(dataset=name)
     kg = ("  kg: [head_id, relation_id, tail_id]\n  link: [item_id, entity_id]\n" if has_kg else "")
-    return (f"# RecBole 1.2.1 config of `python cikgrec.py export --format recbole --dataset {name}`.\n"
+    return (f"# RecBole 1.2.1 config of `python cikgrec_cli.py export --format recbole --dataset {name}`.\n"
             "# Run a baseline with it as docs/reproducing.md shows; data_path is where the export was written.\n"
             f"data_path: {json.dumps(str(Path(data_path).resolve()))}\n"  # a JSON string is a YAML string
             f"dataset: {json.dumps(name)}\n"

@@ -1590,7 +1590,7 @@ def batch_import(batch_output, jobs: list, answers_path, failures_path) -> dict:
     return counts
 
 # ----------------------------------------------------------------------------------------------
-# Coverage: how much of the dataset the interest file speaks for (read by `cikgrec.py train`, in cikgrec_cli.py)
+# Coverage: how much of the dataset the interest file speaks for (read by `cikgrec_cli.py train`, in cikgrec_cli.py)
 # ----------------------------------------------------------------------------------------------
 COVERAGE_SUFFIX = ".coverage.json"  # user_interest_clustered.txt -> user_interest_clustered.coverage.json
 
@@ -1994,7 +1994,7 @@ def cmd_cluster(args, folder: Path, out: Path, answers: Path) -> int:
         f"with a prompt ({share:.0%}) -> {cov_path}")
     if share < 0.5:
         say(f"warning: under half of the users with a prompt have an answer (an `infer --limit` trial?); "
-            f"`cikgrec.py train` warns when it reads {edges_path.name}")
+            f"`cikgrec_cli.py train` warns when it reads {edges_path.name}")
     return 0
 
 

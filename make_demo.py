@@ -26,7 +26,7 @@ cluster means). The answers are kept in raw/answers.jsonl (the answers-file form
 `llm_interests.py cluster --answers data/demo/raw/answers.jsonl ...` reads them too).
 Everything comes from one seeded generator, so the files are the same on every run.
 
-The raw files show the input of `cikgrec.py prepare` ("Your own data" in README.md):
+The raw files show the input of `cikgrec_cli.py prepare` ("Your own data" in README.md):
 ratings.csv (user,item,rating,timestamp), books.csv (item,name), kg.csv (head,relation,tail).
 """
 from __future__ import annotations

@@ -474,7 +474,7 @@ def test_validation_split():
 # Bad input: one clear message, exit code 2, nothing written
 # ---------------------------------------------------------------------------------------------
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "cikgrec.py"), *args], capture_output=True,
+    return subprocess.run([sys.executable, str(ROOT / "cikgrec_cli.py"), *args], capture_output=True,
                           text=True, cwd=cwd)
 
 

@@ -471,16 +471,16 @@ def test_memory_too_large_names_the_setting(tmp_path, capsys):
     small_dataset(tmp_path)
     args = ["train", "--dataset", "fx", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r.json"),
             "--dim", "100000000"]
-    assert C.main(args) == 2
+    assert T.main(args) == 2
     err = capsys.readouterr().err
     assert "--dim 100000000: this run needs about" in err and "Traceback" not in err
     assert not (tmp_path / "r.json").exists()
 
 
 def test_tables_and_explain_moved_to_experiments(capsys):
-    assert C.main(["tables", "--table", "table1"]) == 2
+    assert T.main(["tables", "--table", "table1"]) == 2
     assert "python experiments.py tables --table table1" in capsys.readouterr().err
-    assert C.main(["explain", "--run", "x.json", "--user", "0"]) == 2
+    assert T.main(["explain", "--run", "x.json", "--user", "0"]) == 2
     err = capsys.readouterr().err
     assert "python experiments.py explain" in err and err.count("\n") == 1
 
@@ -881,7 +881,7 @@ def test_two_trainings_on_one_out_at_once(tmp_path):
     small_dataset(tmp_path)
     args = ["train", "--dataset", "fx", "--data-dir", str(tmp_path), "--dim", "8", "--layers", "1", "--threads", "1",
             "--out", "runs/fx.json"]
-    first = subprocess.Popen([sys.executable, str(ROOT / "cikgrec.py"), *args, "--epochs", "100000", "--patience",
+    first = subprocess.Popen([sys.executable, str(ROOT / "cikgrec_cli.py"), *args, "--epochs", "100000", "--patience",
                               "100000"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = tmp_path / "runs" / "fx.json.lock"
@@ -968,14 +968,14 @@ def test_ctrl_c_says_whether_a_checkpoint_exists(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(C.Trainer, "train_epoch", stop)
-    assert C.main(args) == 130
+    assert T.main(args) == 130
     err = capsys.readouterr().err  # was: "every finished epoch is in the checkpoint"
     assert "before the first epoch ended: no checkpoint was written" in err and not (tmp_path / "r.ckpt.pt").exists()
     monkeypatch.undo()
     real = C.Trainer.train_epoch
     monkeypatch.setattr(C.Trainer, "train_epoch", lambda self, e, max_batches=None: stop(self, e) if e == 1
                         else real(self, e))
-    assert C.main(args) == 130
+    assert T.main(args) == 130
     assert f"every finished epoch (up to 0) is in the checkpoint {tmp_path / 'r.ckpt.pt'}" in capsys.readouterr().err
 
 
@@ -999,11 +999,11 @@ def test_fresh_user_review_of_the_redesign(tmp_path, capsys):
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
     base = ["train", "--dataset", "fx", "--data-dir", str(tmp_path), "--epochs", "1", "--dim", "8"]
-    assert C.main(base + ["--out", str(fifo)]) == 2
+    assert T.main(base + ["--out", str(fifo)]) == 2
     assert "exists and is not a regular file" in capsys.readouterr().err and not fifo.is_file()
     for flag, value, expect in (("--ks", "99999999999999999999", "--ks 99999999999999999999: a cut-off must be at most"),
                                 ("--threads", "100000", "--threads must be at most")):
-        assert C.main(base + ["--out", str(tmp_path / "r.json"), flag, value]) == 2
+        assert T.main(base + ["--out", str(tmp_path / "r.json"), flag, value]) == 2
         assert expect in capsys.readouterr().err
     big = SimpleNamespace(n_users=40, n_items=30, n_entities=30, n_interests=0)
     for name, value in (("batch_size", 10**12), ("layers", 10**7)):

@@ -756,7 +756,7 @@ def test_an_interrupted_sweep_says_how_to_continue(tmp_path, monkeypatch, capsys
     assert E.main(["tables", "--table", "table1", "--runs-dir", str(tmp_path / "runs"),
                    "--results-dir", str(tmp_path / "res")] + args) == 130
     assert "the same tables (or sweep) command continues from it." in capsys.readouterr().err
-    assert C.main(["train", "--out", str(tmp_path / "r.json")] + args) == 130
+    assert T.main(["train", "--out", str(tmp_path / "r.json")] + args) == 130
     assert "the same command with --resume continues from it." in capsys.readouterr().err
 
 

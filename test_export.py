@@ -1,4 +1,4 @@
-"""Tests of `python cikgrec.py export --format recbole` (cikgrec_prepare.export_recbole): a small
+"""Tests of `python cikgrec_cli.py export --format recbole` (cikgrec_prepare.export_recbole): a small
 dataset made here is exported and read back. Fast, no network, no RecBole needed."""
 import json
 from pathlib import Path

@@ -950,10 +950,10 @@ def test_end_to_end_infer_cluster_then_cikgrec_loads_and_trains(tmp_path, capsys
     assert ds.n_interests == 12 and len(ds.interest_edges) == 48
     assert ds.interest_ids.tolist() == list(range(ds.n_entities, ds.n_entities + 12))
     assert sorted(set(ds.interest_edges[:, 0].tolist())) == list(range(24))
-    run = subprocess.run([sys.executable, "cikgrec.py", "train", "--help"], cwd=HERE, capture_output=True)
+    run = subprocess.run([sys.executable, "cikgrec_cli.py", "train", "--help"], cwd=HERE, capture_output=True)
     if run.returncode != 0:
-        return  # cikgrec.py has no train command yet: loading the file is the check
-    run = subprocess.run([sys.executable, "cikgrec.py", "train", *common[:4], "--interests",
+        return  # cikgrec_cli.py has no train command yet: loading the file is the check
+    run = subprocess.run([sys.executable, "cikgrec_cli.py", "train", *common[:4], "--interests",
                           str(out / "fx" / "user_interest_clustered.txt"), "--epochs", "1",
                           "--out", str(tmp_path / "run.json"), "--device", "cpu", "--batch-size", "16"],
                          cwd=HERE, capture_output=True, text=True, timeout=300)
@@ -972,7 +972,7 @@ def test_train_warns_when_the_interest_file_came_from_a_limit_trial(tmp_path):
         assert L.main(["infer", *common, "--base-url", srv.url, "--model", "fake", "--limit", "12"]) == 0
     assert L.main(["cluster", *common, "--k", "6", "--max-share", "0.5"]) == 0
     interest_file = out / "fx" / "user_interest_clustered.txt"
-    run = subprocess.run([sys.executable, "cikgrec.py", "train", *common[:4], "--interests", str(interest_file),
+    run = subprocess.run([sys.executable, "cikgrec_cli.py", "train", *common[:4], "--interests", str(interest_file),
                           "--epochs", "1", "--out", str(tmp_path / "run.json"), "--device", "cpu"],
                          cwd=HERE, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

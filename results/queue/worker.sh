@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The claim issue's background runs: one worker trains the lines of queue.txt in order, one thread
-# each; start two for two at a time. A line is "OUT ARGS...": `python cikgrec.py train
+# each; start two for two at a time. A line is "OUT ARGS...": `python cikgrec_cli.py train
 # --data-dir ../shared/data --threads 1 --resume --out OUT ARGS`, so a run cut by the end of a
 # session continues from its checkpoint, and a finished one is skipped (--resume on a finished run
 # changes nothing; with --refit it adds only the refit). Run from the root of a separate clone of
@@ -21,7 +21,7 @@ while true; do
   [ -z "$picked" ] && exit 0
   mkdir -p "$(dirname "$picked")"
   echo "$(date -u +%FT%T) start $picked" >> .q/events.log
-  python cikgrec.py train --data-dir ../shared/data --threads 1 --resume --out "$picked" $pargs >> "${picked%.json}.log" 2>&1
+  python cikgrec_cli.py train --data-dir ../shared/data --threads 1 --resume --out "$picked" $pargs >> "${picked%.json}.log" 2>&1
   rc=$?
   echo "$(date -u +%FT%T) end rc=$rc $picked" >> .q/events.log
   [ $rc -eq 0 ] && touch ".q/done/$h"
