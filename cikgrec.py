@@ -14,8 +14,7 @@ numbers are the paper's. Copy this one file into a project and it trains (numpy 
     8. Metrics     ranking_metrics, evaluate_ranking: full-ranking Recall@K, NDCG@K
     9. Training    Trainer and train_loop: the one loop, with early stopping, that the refit runs through
    10. main        `python cikgrec.py train ...`: select on validation, test once, print
-Beside it, cikgrec_cli.py and cikgrec_prepare.py are the tool layer (runs, recommend, datasets); it
-imports this file, never the reverse. Its full command line: `python cikgrec_cli.py`.
+Beside it, cikgrec_cli.py (the full command line) and cikgrec_prepare.py are the tool layer; it imports this file.
 """
 from __future__ import annotations
 
@@ -270,19 +269,23 @@ def read_user_items(path, n_items: int | None = None, n_users: int | None = None
     return out
 
 
-def read_item_names(path) -> list[str]:
-    """Read item_list.txt (`org_id remap_id name...`, header first): names indexed by remap id.
-
-    The name is everything after the second field (book-crossing titles contain spaces);
-    'None' marks an item without a name and is returned as ''. A first line whose second field
-    is an id is a row (the file has no header). Blank lines are skipped. (cikgrec_prepare.check_dataset
-    checks that the remap ids run 0, 1, 2, ...)
-    """
+def read_id_list(path, fields: str = "org_id remap_id") -> list[tuple[str, str]]:
+    """An id list (user_, item_, entity_, relation_list.txt: `org_id remap_id [name...]`, header first, if any) ->
+    [(org_id, name)] by remap id; the name is all after the second field (book-crossing titles hold spaces), ''
+    where there is none or it is 'None'. Blank lines are skipped. Raises DataError naming the line of a row
+    without a remap id (`fields`: the expected form) or out of order (remap ids run 0, 1, 2, ...)."""
+    rows = []
     with open_text(Path(path)) as f:
-        rows = [line.rstrip("\n").split(None, 2) for line in f if line.strip()]
-    if rows and not (len(rows[0]) > 1 and rows[0][1].isdigit()):
-        rows = rows[1:]  # the header (`org_id remap_id entity_name`)
-    return ["" if len(r) < 3 or r[2].strip() == "None" else r[2].strip() for r in rows]
+        for no, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split(None, 2)
+            if not parts or no == 1 and not (len(parts) > 1 and parts[1].isdigit()):
+                continue  # a blank line, or the header (`org_id remap_id ...`)
+            if len(parts) < 2 or not parts[1].isdigit():
+                raise DataError(path, no, f"expected `{fields}`, got {line.strip()[:80]!r}")
+            if int(parts[1]) != len(rows):
+                raise DataError(path, no, f"remap id {parts[1]} out of order: expected {len(rows)}")
+            rows.append((parts[0], "" if len(parts) < 3 or parts[2].strip() == "None" else parts[2].strip()))
+    return rows
 
 
 @dataclass
@@ -329,7 +332,8 @@ def load_dataset(folder, interests_file=None, name: str = "", with_interests: bo
     folder, notes = Path(folder), []
     if not folder.is_dir():
         raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
-    names = read_item_names(folder / "item_list.txt") if (folder / "item_list.txt").exists() else []
+    items = folder / "item_list.txt"
+    names = [name for _, name in read_id_list(items, "org_id remap_id name")] if items.exists() else []
     n_items = len(names) or None
     train, test = (read_user_items(folder / f, n_items) for f in ("train.txt", "test.txt"))
     if n_items is None:

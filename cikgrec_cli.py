@@ -37,11 +37,11 @@ import torch
 
 from cikgrec import (DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Settings, SettingsError, check,
                      Trainer, TrainingError, add_settings_arguments, evaluate_ranking, id_pairs, log,
-                     make_settings, node_counts, open_text, option, parse_ks, train_loop)
+                     make_settings, node_counts, open_text, option, parse_ks, read_id_list, train_loop)
 from cikgrec import read_data as read_method_data
-from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, id_list_rows, item_title,
-                     export_recbole, load_checked, prepare, read_histories, recbole_files,
-                     stats_markdown)
+from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, export_recbole, load_checked,
+                             prepare, recbole_files, stats_markdown)
+from llm_interests import item_title, read_histories
 
 # ----------------------------------------------------------------------------------------------
 # Settings: their checks, and the versions of the computation results files record
@@ -1035,7 +1035,7 @@ def load_run(results_path, data_dir: str | None = None, device: str = "cpu") -> 
 
     def original(name, n, fields):
         path = folder / name
-        ids = [parts[0] for parts in id_list_rows(path, fields)] if path.is_file() else []
+        ids = [org for org, _ in read_id_list(path, fields)] if path.is_file() else []
         return ids if len(ids) >= n else [str(x) for x in range(n)]
     user_ids = original("user_list.txt", ds.n_users, "org_id remap_id")
     item_ids = original("item_list.txt", ds.n_items, "org_id remap_id name")

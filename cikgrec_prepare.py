@@ -22,52 +22,17 @@ import itertools
 import math
 import os
 import unicodedata
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from cikgrec import DataError, SettingsError, int_rows, load_dataset, log, open_text
+from cikgrec import DataError, SettingsError, int_rows, load_dataset, log, open_text, read_id_list
+from llm_interests import item_title
 
 # ----------------------------------------------------------------------------------------------
 # The checks of a dataset folder that need more than one line
 # ----------------------------------------------------------------------------------------------
-def id_list_rows(path, fields: str = "org_id remap_id"):
-    """Yield the rows of an id list (user_list.txt, entity_list.txt, relation_list.txt,
-    item_list.txt: `org_id remap_id [name...]`, header first, remap ids 0, 1, 2... in order), each
-    split into at most 3 fields (a name may hold spaces). Blank lines are skipped. A first line
-    whose second field is an id is a row (the file has no header) and is read as one. Raises
-    DataError naming the line of a row without a remap id (`fields` names the expected form), with
-    one out of order, or a file starting with a byte-order mark."""
-    with open_text(path) as f:
-        rows = 0
-        for no, line in enumerate(f, 1):
-            if no == 1 and not (len(line.split()) >= 2 and line.split()[1].isdigit()) or not line.strip():
-                continue  # the header (`org_id remap_id ...`), or a blank line
-            parts = line.rstrip("\n").split(None, 2)
-            if len(parts) < 2 or not parts[1].isdigit():
-                raise DataError(path, no, f"expected `{fields}`, got {line.strip()[:80]!r}")
-            if int(parts[1]) != rows:
-                raise DataError(path, no, f"remap id {parts[1]} out of order: expected {rows}")
-            rows += 1
-            yield parts
-
-
-def read_item_names(path) -> list[str]:
-    """Read item_list.txt (`org_id remap_id name...`, header first): names indexed by remap id.
-
-    The name is everything after the second field (book-crossing titles contain spaces);
-    'None' marks an item without a name and is returned as ''. Raises DataError on a line
-    without a remap id or with remap ids out of order (id_list_rows), or an empty file.
-    """
-    path = Path(path)
-    names = [parts[2].strip() if len(parts) > 2 else "" for parts in id_list_rows(path, "org_id remap_id name")]
-    if not names:
-        raise DataError(path, 0, "the file is empty")
-    return ["" if name == "None" else name for name in names]
-
-
 def dataset_folder(folder) -> Path:
     """The dataset folder as a Path; DataError when it does not exist."""
     folder = Path(folder)
@@ -77,20 +42,10 @@ def dataset_folder(folder) -> Path:
 
 
 def list_size(path) -> int | None:
-    """Rows of an id list (id_list_rows; user_list.txt, entity_list.txt, relation_list.txt).
-    None when the file does not exist. Raises DataError as id_list_rows."""
+    """Rows of an id list (cikgrec.read_id_list; user_list.txt, entity_list.txt, relation_list.txt).
+    None when the file does not exist. Raises DataError as read_id_list."""
     path = Path(path)
-    return sum(1 for _ in id_list_rows(path)) if path.exists() else None
-
-
-def item_title(name: str) -> str:
-    """A readable title of an item name: a DBpedia URI becomes its last path segment, URL-decoded,
-    with '_' as spaces (`http://dbpedia.org/resource/Where's_My_Cow%3F` -> "Where's My Cow?");
-    any other name (book-crossing titles) is returned stripped. '' stays ''."""
-    name = name.strip()
-    if name.startswith(("http://", "https://")):
-        return urllib.parse.unquote(name.rstrip("/").rsplit("/", 1)[-1]).replace("_", " ").strip()
-    return name
+    return len(read_id_list(path)) if path.exists() else None
 
 
 def check_dense(path: Path, what: str, ids: set) -> None:
@@ -113,7 +68,7 @@ def check_dataset(folder) -> list:
     and value."""
     folder = dataset_folder(folder)
     items_path = folder / "item_list.txt"
-    n_items = sum(1 for _ in id_list_rows(items_path, "org_id remap_id name")) if items_path.exists() else None
+    n_items = len(read_id_list(items_path, "org_id remap_id name")) if items_path.exists() else None
     if n_items == 0:
         raise DataError(items_path, 0, "the file is empty")
     users, entities, relations = (list_size(folder / f) for f in ("user_list.txt", "entity_list.txt",
@@ -166,35 +121,6 @@ def load_checked(folder, interests_file=None, name: str = "", with_interests: bo
     ds = load_dataset(folder, interests_file, name, with_interests)
     ds.warnings[:0] = notes
     return ds
-
-
-def read_histories(path, what: str = "history") -> dict:
-    """A file of new users (recommend --history, llm_interests.py infer-new): one line each, `new_id
-    item item ...` in original item ids (tabs or spaces, no header; a new id is never matched against
-    user_list.txt); with what="interests", `new_id interest_id` pairs, a user on several lines.
-    Returns {new id: [ids as strings]} in file order. Raises DataError naming file and line on a
-    line without items, and on a new id already on an earlier line of a history file."""
-    out, line_of = {}, {}
-    with open_text(Path(path)) as f:
-        for no, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if "\ufffd" in line:  # open_text replaces bytes that are not UTF-8: name them, never pass them on
-                raise DataError(path, no, f"bytes that are not UTF-8 text: {line.strip()[:80]!r}")
-            if what == "interests" and (len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit())):
-                raise DataError(path, no, f"expected `new_id interest_id` (an integer id of the run's interest "
-                                          f"file), got {line.strip()[:80]!r}")
-            if len(fields) < 2:
-                raise DataError(path, no, f"expected a new user's id, then their items (original item ids, "
-                                          f"item_list.txt), got {line.strip()[:80]!r}")
-            if what == "history" and fields[0] in line_of:
-                raise DataError(path, no, f"new user {fields[0]!r} is already on line {line_of[fields[0]]}")
-            line_of.setdefault(fields[0], no)
-            out.setdefault(fields[0], []).extend(fields[1:])
-    if not out:
-        raise DataError(path, 0, "the file is empty")
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -862,7 +788,7 @@ def _org_ids(path, n: int) -> list:
     """The original ids of an id list (user_list.txt, item_list.txt) by remap id, or the dense
     ids as text where the file is missing, shorter than n or repeats an id."""
     if Path(path).exists():
-        ids = [parts[0] for parts in id_list_rows(path)]
+        ids = [org for org, _ in read_id_list(path)]
         if len(ids) >= n and len(set(ids[:n])) == n:
             return ids[:n]
         log(f"note: {path}: {'repeated ids' if len(ids) >= n else f'{len(ids)} rows for {n} ids'}; "

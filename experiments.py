@@ -35,7 +35,8 @@ from cikgrec import (GRAPHS, DataError, Settings, SettingsError, Trainer, Traini
 from cikgrec_cli import (HELP, HEADLINE_METRICS, RUN_FREE, check_settings, data_changed, definition_changes, duration, exit_code, finite,
                  fit, group_ndcg, keep_freed_memory, load_run, load_trained, output_paths, read_results,
                  settings_differ, sparsity_groups, write_json)
-from cikgrec_prepare import DATASETS, dataset_folder, item_title
+from cikgrec_prepare import DATASETS, dataset_folder
+from llm_interests import item_title
 
 # ----------------------------------------------------------------------------------------------
 # Tables: configurations, seeds, the paper's numbers, aggregation

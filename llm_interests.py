@@ -53,11 +53,9 @@ import numpy as np
 import requests
 import scipy.sparse as sp
 
-import cikgrec  # shared: DataError, the dataset readers (load_dataset, read_user_items, split_validation, ...)
-import cikgrec_prepare  # the tool layer: item titles, id lists, the dense-id check
+import cikgrec  # shared: DataError, the dataset readers (read_id_list, read_user_items, split_validation, ...)
 
 DataError = cikgrec.DataError
-item_title = cikgrec_prepare.item_title  # DBpedia URI -> readable title, shared with explain
 
 # ----------------------------------------------------------------------------------------------
 # Settings of the method
@@ -100,6 +98,16 @@ class Job:
     messages: list
 
 
+def item_title(name: str) -> str:
+    """The title a prompt shows for an item name (item_list.txt): a DBpedia URI becomes its last path
+    segment, URL-decoded, with '_' as spaces (`http://dbpedia.org/resource/Where's_My_Cow%3F` ->
+    "Where's My Cow?"); any other name (book-crossing titles) is returned stripped. '' stays ''."""
+    name = name.strip()
+    if name.startswith(("http://", "https://")):
+        return urllib.parse.unquote(name.rstrip("/").rsplit("/", 1)[-1]).replace("_", " ").strip()
+    return name
+
+
 def build_messages(titles: list, field: str) -> list:
     """The chat messages for one user: our system instruction, then the titles in brackets
     joined by ', ' (the authors' format: a system message asking for at most five interests,
@@ -122,15 +130,19 @@ def load_prompt_data(folder) -> PromptData:
     ids against user_list.txt). kg_final.txt, test.txt and user_interest_clustered.txt are not
     read, so a broken one does not stop `infer` or the batch commands (which regenerate the
     interest file). Raises DataError naming the file, also when item_list.txt is missing."""
-    folder = cikgrec_prepare.dataset_folder(folder)
-    names_path = folder / "item_list.txt"
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
+    names_path, users_path, train_path = folder / "item_list.txt", folder / "user_list.txt", folder / "train.txt"
     if not names_path.exists():
         raise DataError(names_path, 0, "not found: the prompts name each user's items by the titles this file holds")
-    names = cikgrec.read_item_names(names_path)
-    listed_users = cikgrec_prepare.list_size(folder / "user_list.txt")
-    train = cikgrec.read_user_items(folder / "train.txt", len(names), listed_users)
-    if listed_users is None:  # a stray huge user id would make a huge list below
-        cikgrec_prepare.check_dense(folder / "train.txt", "user", set(train))
+    names = [name for _, name in cikgrec.read_id_list(names_path, "org_id remap_id name")]
+    listed_users = len(cikgrec.read_id_list(users_path)) if users_path.exists() else None
+    train = cikgrec.read_user_items(train_path, len(names), listed_users)
+    if listed_users is None and max(train) + 1 > 2 * len(train) + 1000:  # a stray huge id: a huge list below
+        line = next(no for no, values in cikgrec.int_rows(train_path) if values[0] == max(train))
+        raise DataError(train_path, line, f"user id {max(train)} but only {len(train)} distinct user ids: ids must "
+                                          "be numbered 0, 1, 2, ... without large gaps (or list them in user_list.txt)")
     return PromptData([np.array(train.get(u, []), dtype=np.int64) for u in range(1 + max(train))], names)
 
 
@@ -144,7 +156,7 @@ def make_jobs(dataset, field: str, split_seed: int = 0, n_last: int = N_LAST_ITE
     read). Returns (jobs, skipped): skipped lists the users with no named item.
     """
     train_part, _ = cikgrec.split_validation(dataset.train, split_seed)
-    return history_jobs(enumerate(train_part), [cikgrec_prepare.item_title(n) for n in dataset.item_names],
+    return history_jobs(enumerate(train_part), [item_title(n) for n in dataset.item_names],
                         field, n_last)
 
 
@@ -1898,11 +1910,40 @@ def run_state(clusters) -> ClusterState:
     return state
 
 
+def read_histories(path, what: str = "history") -> dict:
+    """A file of new users (recommend --history, llm_interests.py infer-new): one line each, `new_id
+    item item ...` in original item ids (tabs or spaces, no header; a new id is never matched against
+    user_list.txt); with what="interests", `new_id interest_id` pairs, a user on several lines.
+    Returns {new id: [ids as strings]} in file order. Raises DataError naming file and line on a
+    line without items, and on a new id already on an earlier line of a history file."""
+    out, line_of = {}, {}
+    with cikgrec.open_text(Path(path)) as f:
+        for no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if "\ufffd" in line:  # open_text replaces bytes that are not UTF-8: name them, never pass them on
+                raise DataError(path, no, f"bytes that are not UTF-8 text: {line.strip()[:80]!r}")
+            if what == "interests" and (len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit())):
+                raise DataError(path, no, f"expected `new_id interest_id` (an integer id of the run's interest "
+                                          f"file), got {line.strip()[:80]!r}")
+            if len(fields) < 2:
+                raise DataError(path, no, f"expected a new user's id, then their items (original item ids, "
+                                          f"item_list.txt), got {line.strip()[:80]!r}")
+            if what == "history" and fields[0] in line_of:
+                raise DataError(path, no, f"new user {fields[0]!r} is already on line {line_of[fields[0]]}")
+            line_of.setdefault(fields[0], no)
+            out.setdefault(fields[0], []).extend(fields[1:])
+    if not out:
+        raise DataError(path, 0, "the file is empty")
+    return out
+
+
 def read_history(path, item_of: dict) -> tuple[list, list]:
-    """infer-new's history file (cikgrec_prepare.read_histories: `new_id item item ...` lines) ->
+    """infer-new's history file (read_histories: `new_id item item ...` lines) ->
     ([(new id, [item ids])], [unknown original ids, one per use]); item_of maps the original ids
     (item_list.txt's org_id column) to item ids. An unknown item is left out and listed."""
-    histories = cikgrec_prepare.read_histories(path)
+    histories = read_histories(path)
     unknown = [i for items in histories.values() for i in items if i not in item_of]
     return [(u, [item_of[i] for i in items if i in item_of]) for u, items in histories.items()], unknown
 
@@ -1911,13 +1952,17 @@ def new_user_jobs(args, folder: Path) -> list:
     """infer-new's jobs: one per new user of --history with a named known item, with the prompt
     of `infer` (history_jobs: the titles of the last N_LAST_ITEMS named items, the same field
     word); --limit applied. Notes name the unknown items and the users left without a prompt."""
-    items_path = cikgrec_prepare.dataset_folder(folder) / "item_list.txt"
+    if not Path(folder).is_dir():
+        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
+    items_path = Path(folder) / "item_list.txt"
     if not items_path.exists():
         raise DataError(items_path, 0, "not found: the prompts name the items by the titles this file holds")
-    titles = [item_title(n) for n in cikgrec_prepare.read_item_names(items_path)]
-    item_of = {}
-    for parts in cikgrec_prepare.id_list_rows(items_path, "org_id remap_id name"):
-        item_of.setdefault(parts[0], int(parts[1]))
+    rows = cikgrec.read_id_list(items_path, "org_id remap_id name")
+    if not rows:
+        raise DataError(items_path, 0, "the file is empty")
+    titles, item_of = [item_title(name) for _, name in rows], {}
+    for item, (org_id, _) in enumerate(rows):
+        item_of.setdefault(org_id, item)
     histories, unknown = read_history(args.history, item_of)
     if unknown:
         first = ", ".join(list(dict.fromkeys(unknown))[:5])

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cikgrec
 import cikgrec_prepare
 import llm_interests
 
@@ -157,7 +158,7 @@ def make(root: Path = Path(__file__).resolve().parent / "data" / "demo", seed: i
     st = cikgrec_prepare.prepare(raw / "ratings.csv", root.name, root.parent, items=raw / "books.csv", kg=raw / "kg.csv",
                                  min_rating=4, force=True)
     # the LLM step, with a stand-in model: the prompts llm_interests.py would send, answered
-    item_ids = [parts[0] for parts in cikgrec_prepare.id_list_rows(root / "item_list.txt", "org_id remap_id name")]
+    item_ids = [org_id for org_id, _ in cikgrec.read_id_list(root / "item_list.txt", "org_id remap_id name")]
     jobs, _ = llm_interests.make_jobs(llm_interests.load_prompt_data(root), "books")
     answers = {j.user: {"user": j.user, "answer": fake_answer([genre_of[item_ids[i]] for i in j.items], rng)}
                for j in jobs}

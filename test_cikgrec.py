@@ -691,6 +691,35 @@ def test_cikgrec_py_copied_alone_trains_and_prints_the_test_metrics(tmp_path):
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout.strip() == "[]"
 
 
+def test_read_id_list_reads_names_with_spaces_and_refuses_remap_ids_out_of_order(tmp_path):
+    """One strict reader of the id lists (it replaced a lenient twin of the method file that read
+    an item_list.txt with its rows out of order as if they were in order, names on the wrong items)."""
+    path = tmp_path / "item_list.txt"
+    path.write_text("org_id remap_id entity_name\n0374157065 0 Flu: The Story\n\nB2 1 None\nB3 2\n")
+    assert C.read_id_list(path, "org_id remap_id name") == [("0374157065", "Flu: The Story"), ("B2", ""), ("B3", "")]
+    path.write_text("a 0 x\nb 1 y\n")  # no header: the first line is a row
+    assert C.read_id_list(path) == [("a", "x"), ("b", "y")]
+    path.write_text("org_id remap_id entity_name\na 0 x\nc 2 z\nb 1 y\n")
+    with pytest.raises(C.DataError, match=r"item_list.txt, line 3: remap id 2 out of order: expected 1"):
+        C.read_id_list(path)
+    folder = write_dataset(tmp_path / "fx", ["0 0 1", "1 1 2"], ["0 2", "1 0"], n_items=3)
+    (folder / "item_list.txt").write_text("org_id remap_id entity_name\na 0 x\nc 2 z\nb 1 y\n")
+    with pytest.raises(C.DataError, match="line 3: remap id 2 out of order"):
+        C.load_dataset(folder)
+    path.write_text("org_id remap_id entity_name\na zero x\n")
+    with pytest.raises(C.DataError, match=r"line 2: expected `org_id remap_id name`, got 'a zero x'"):
+        C.read_id_list(path, "org_id remap_id name")
+
+
+def test_llm_interests_imports_the_method_file_and_no_tool_file():
+    """The layers: llm_interests.py (the paper's first half) reads datasets through cikgrec.py
+    alone, so the two files work without the tool layer, which imports them and never the reverse."""
+    code = ("import sys, llm_interests; print(sorted(m for m in ('cikgrec', 'cikgrec_cli', 'cikgrec_prepare', "
+            "'experiments') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "['cikgrec']", out.stderr
+
+
 @pytest.mark.parametrize("option, expect", [
     (["--dim", "0"], "--dim must be at least 1, got 0"), (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--lr", "nan"], "--lr must be a finite number, got nan"), (["--edge-drop", "1.5"], "--edge-drop must be in [0, 1), got 1.5"),

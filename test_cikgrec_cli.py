@@ -22,6 +22,7 @@ import torch
 import cikgrec as C
 import cikgrec_cli as T
 import cikgrec_prepare as P
+import llm_interests as L
 from test_cikgrec import DATA, ROOT, dense, need_data, run_cli, small_dataset, tiny_settings, write_dataset
 
 
@@ -803,7 +804,7 @@ def test_recommend_new_checks_its_input_and_notes_interests_of_other_users(tmp_p
     assert "interests of 1 users not among the new users are not used: zed" in capsys.readouterr().err
     (tmp_path / "h.txt").write_bytes(b"al\xffice 101\n")
     with pytest.raises(C.DataError, match="h.txt, line 1: bytes that are not UTF-8 text"):
-        P.read_histories(tmp_path / "h.txt")
+        L.read_histories(tmp_path / "h.txt")
 
 
 def test_recommend_history_command(tmp_path):
