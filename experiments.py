@@ -1175,9 +1175,10 @@ def cold_evaluate(src, held: np.ndarray, runs: dict) -> dict:
     return rows
 
 
-def cold_table(dataset: str, draws: dict, bounds: list, minutes: dict) -> str:
+def cold_table(dataset: str, draws: dict, bounds: list, minutes: dict, warm: dict | None = None) -> str:
     """The cold-start page: draws {draw: {"held": [...], "counts": [...], "rows": cold_evaluate()}};
-    bounds: Table 1's sparsity groups (sparsity_groups' bounds); minutes {config: [per run]}."""
+    bounds: Table 1's sparsity groups (sparsity_groups' bounds); minutes {config: [per run]}; warm
+    (warm_reference): Table 1's refit runs of the same configurations, shown as the warm reference."""
     keyed = {row: {} for row in COLD_ROWS}  # row -> {(draw, user): (R@50, N@50)}
     group = {}
     for d, x in draws.items():
@@ -1207,6 +1208,14 @@ def cold_table(dataset: str, draws: dict, bounds: list, minutes: dict) -> str:
             {k: v[m] for k, v in keyed[b].items() if g is None or group[k] == g}))
         lines.append(f"| {COLD_ROWS[a]} − {COLD_ROWS[b]} | {cell(0)} | {cell(1)} | "
                      + " | ".join(cell(1, g) for g in range(len(bounds))) + " |")
+    if warm:
+        lines += ["", "Warm reference: Table 1's refit runs of the same configurations (trained with every user; "
+                  "all test users, mean over seeds " + ", ".join(map(str, next(iter(warm.values()))["seeds"])) + "):", "",
+                  "| row | R@50 | N@50 | " + " | ".join(f"N@50 {x}" for x in names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        for config, w in warm.items():
+            lines.append(f"| {COLD_ROWS[config]} (warm) | {w['recall@50']:.4f} | {w['ndcg@50']:.4f} | "
+                         + " | ".join(f"{x:.4f}" for x in w["groups"]) + " |")
     lines += ["", "The held-out users are a uniform draw, so their numbers compare in expectation with Table 1's "
               "(the warm reference, overall and by the same groups). Caveat: the dataset's interest clusters "
               "were fit on all users, the held-out ones included, and its interest file came from the "
@@ -1214,6 +1223,25 @@ def cold_table(dataset: str, draws: dict, bounds: list, minutes: dict) -> str:
     lines += ["", "Training minutes per run (validation selection and refit): " + "; ".join(
         f"{c} {np.mean(v):.0f} (over {len(v)})" for c, v in minutes.items()) + ".", ""]
     return "\n".join(lines)
+
+
+def warm_reference(base: dict, seeds: int, runs_dir, bounds: list) -> dict:
+    """{config: {"seeds", "recall@50", "ndcg@50", "groups"}} of Table 1's refit runs (plan_runs,
+    done_results) for the configurations of COLD_MODELS, over seeds FIRST_SEED.. (as many as the
+    draws), means of the refit's test metrics and its N@50 by group; a configuration with a seed
+    still missing, or groups on other bounds, is left out."""
+    out = {}
+    for config in COLD_MODELS:
+        done = [done_results(r) for r in plan_runs("table1", base, seeds, runs_dir) if r.config == config]
+        if not done or None in done:
+            continue
+        refits = [read_results(p)["refit"] for p in done]
+        if any([list(b[:2]) for b in f.get("groups", {}).get("bounds", [])] != [list(b[:2]) for b in bounds] for f in refits):
+            continue
+        out[config] = {"seeds": [FIRST_SEED + i for i in range(seeds)],
+                       **{m: float(np.mean([f["test"][m] for f in refits])) for m in ("recall@50", "ndcg@50")},
+                       "groups": np.mean([f["groups"]["ndcg"] for f in refits], axis=0).tolist()}
+    return out
 
 
 def cold_start(base: dict, draws: int, runs_dir="runs", results_dir="results", dry_run=False, jobs: int = 1,
@@ -1251,8 +1279,9 @@ def cold_start(base: dict, draws: int, runs_dir="runs", results_dir="results", d
             minutes.setdefault(config, []).append(r["minutes"] + r["refit"]["seconds"] / 60)
     out = Path(results_dir) / dataset
     out.mkdir(parents=True, exist_ok=True)
-    page = cold_table(dataset, results, bounds, minutes)
-    write_json({"bounds": bounds, "draws": results}, out / "cold-start.json")
+    warm = warm_reference(base, draws, runs_dir, bounds)
+    page = cold_table(dataset, results, bounds, minutes, warm)
+    write_json({"bounds": bounds, "draws": results, "warm": warm}, out / "cold-start.json")
     (out / "cold-start.md").write_text(page)
     print(page)
     return 0

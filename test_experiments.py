@@ -994,3 +994,16 @@ def test_cold_start_end_to_end_and_its_table(tmp_path, capsys):
     expect = C.ranking_metrics(scores, [ds.train[held]], [ds.test[held]], [50])
     assert saved["draws"]["2024"]["rows"]["lightgcn"][0] == [round(expect["recall@50"], 6), round(expect["ndcg@50"], 6)]
     assert run.results["refit"] and run.trainer.s.min_epochs == 30
+    assert "Warm reference" not in page  # Table 1 has no runs yet
+    # with Table 1's refit runs of the same seeds, their mean is the warm reference
+    at = common.index("--draws")
+    table_args = common[:at] + common[at + 2:]
+    assert E.main(["tables", "--table", "table1", "--seeds", "2", *table_args]) == 0
+    assert E.main(["cold-start", *common]) == 0
+    page = (tmp_path / "res" / "fx" / "cold-start.md").read_text()
+    warm = json.loads((tmp_path / "res" / "fx" / "cold-start.json").read_text())["warm"]
+    assert set(warm) == set(E.COLD_MODELS) and warm["simgcl"]["seeds"] == [2024, 2025]
+    refits = [json.loads((tmp_path / "runs" / "fx" / "table1" / f"simgcl-seed{s}.json").read_text())["refit"] for s in (2024, 2025)]
+    assert warm["simgcl"]["ndcg@50"] == pytest.approx((refits[0]["test"]["ndcg@50"] + refits[1]["test"]["ndcg@50"]) / 2)
+    assert warm["simgcl"]["groups"] == pytest.approx(np.mean([f["groups"]["ndcg"] for f in refits], axis=0).tolist())
+    assert f"| SimGCL (warm) | {warm['simgcl']['recall@50']:.4f} | {warm['simgcl']['ndcg@50']:.4f} | " in page
