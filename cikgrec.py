@@ -390,8 +390,7 @@ def split_validation(train: list, seed: int = 0) -> tuple[list, list]:
     kept, valid = [], []
     for items in train:
         items = np.asarray(items, dtype=np.int64)
-        k = n_valid_items(len(items))
-        chosen = np.zeros(len(items), dtype=bool)
+        k, chosen = n_valid_items(len(items)), np.zeros(len(items), dtype=bool)
         if k:
             chosen[rng.choice(len(items), size=k, replace=False)] = True
         kept.append(items[~chosen])
@@ -631,15 +630,18 @@ class CIKGRec(torch.nn.Module):
 
     @torch.no_grad()
     def fold_in(self, items: list, interests: list | None = None) -> torch.Tensor:
-        """Final embeddings [n_new, D] of users the model never saw ("fold-in"), from their item ids
-        (one list per new user) and, where G has Has-Interest edges, their interest indices. Z and G
-        stay frozen and each user is added alone, so no user depends on another: layer 0 is zero (a
-        new user has no row of Z), layer k+1 is the sum over the user's neighbours n of
-        z_n^k / sqrt(d d_n), plus z^k / d with self-loops, where d_n is n's degree in the trained G and
-        d the user's own (neighbours, +1 with a self-loop); the mean over layers is encode's. A user
-        with no neighbour in G gets zeros. Scores are dot products with user_item_embeddings' items."""
+        """Final embeddings [n_new, D] of users the model never saw ("fold-in"), from their item ids (one list
+        per new user) and, where G has Has-Interest edges, their interest indices. Z and G stay frozen and each
+        user is added alone, so no user depends on another: layer 0 is zero (a new user has no row of Z), layer
+        k+1 is the sum over the user's neighbours n of z_n^k / sqrt(d d_n), plus z^k / d with self-loops, where
+        d_n is n's degree in the trained G and d the user's own (neighbours, +1 with a self-loop); the mean over
+        layers is encode's. A user with no neighbour in G gets zeros. Scores: dot products with
+        user_item_embeddings' items. Raises ValueError on an item id or interest index out of range."""
         hp, g, h = self.hp, self.graphs.main, self.emb  # h: layer k of G
         adj, with_uj = g.adjacency(), interests is not None and "uj" in GRAPHS[hp.graph]
+        for ids, n, what in [(items, self.n_items, "item ids")] + [(interests, self.n_interests, "interest indices")] * with_uj:
+            if any(len(x) and not 0 <= min(x) <= max(x) < n for x in ids):
+                raise ValueError(f"fold_in: {what} must lie in 0..{n - 1}")
         nodes = [np.unique(np.concatenate([self.e0 + np.asarray(i, dtype=np.int64)] + (
             [self.j0 + np.asarray(interests[b], dtype=np.int64)] if with_uj else []))) for b, i in enumerate(items)]
         rows, cols = (torch.as_tensor(a, device=h.device) for a in flatten(nodes))
@@ -755,8 +757,7 @@ def l2(*rows: torch.Tensor) -> torch.Tensor:
     return sum(r.pow(2).sum() for r in rows) / 2.0 / rows[0].shape[0]
 
 
-def info_nce(anchor: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor,
-             tau: float) -> torch.Tensor:
+def info_nce(anchor: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor, tau: float) -> torch.Tensor:
     """Eq. 9, one term: InfoNCE with cosine similarity s, averaged over the anchors.
 
     anchor: [B, D] (view 1 rows of the batch, duplicates kept); candidates: [N, D]; positive:
@@ -891,8 +892,7 @@ def _metric_sums(scores: torch.Tensor, exclude: tuple, truth: tuple, ks) -> tupl
     valid = n_truth > 0
     sums = {}
     for k in ks:
-        hits = hit[:, :k].sum(1)
-        dcg = (hit[:, :k] * discount[:k]).sum(1)
+        hits, dcg = hit[:, :k].sum(1), (hit[:, :k] * discount[:k]).sum(1)
         idcg = ideal[(n_truth.clamp(min=1, max=k) - 1).long()]  # min(|truth|, K) hits
         sums[f"recall@{k}"] = (hits / n_truth.clamp(min=1))[valid].sum().item()
         sums[f"ndcg@{k}"] = (dcg / idcg)[valid].sum().item()

@@ -41,7 +41,7 @@ from cikgrec import (DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Set
 from cikgrec import read_data as read_method_data
 from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, export_recbole, load_checked,
                              prepare, recbole_files, stats_markdown)
-from llm_interests import item_title, read_histories
+from llm_interests import item_title, read_histories, source_path
 
 # ----------------------------------------------------------------------------------------------
 # Settings: their checks, and the versions of the computation results files record
@@ -977,7 +977,7 @@ class Run:
                                                   for v in given.values()):
                 raise SettingsError(f"{what} must be a dict {{new id: [ids]}}, e.g. {{'alice': ['B001', 'B007']}}; "
                                     f"got {str(given)[:80]}")
-        bad = [j for v in (interests or {}).values() for j in v if not str(j).strip().isdigit()]
+        bad = [j for v in (interests or {}).values() for j in v if not (str(j).strip().isascii() and str(j).strip().isdigit())]
         if bad:
             raise SettingsError(f"interest ids are integers of the run's interest file, got {bad[0]!r}")
         ds, model = self.trainer.ds, self.trainer.model
@@ -1016,6 +1016,17 @@ class Run:
         with torch.no_grad():
             _, ie = model.user_item_embeddings()
             ue = model.fold_in(items, links if uses_interests else None)
+        edgeless = [u for u, e in zip(users, ue.abs().sum(dim=1).tolist()) if e == 0]  # nothing to fold in from
+        if edgeless:
+            log(f"note: {len(edgeless)} new users have no item or interest with an edge in the run's graph "
+                "(the items were never trained on), left out: " + ", ".join(map(str, edgeless[:20])))
+            gone = set(edgeless)
+            keep = [b for b, u in enumerate(users) if u not in gone]
+            users, items, ue = [users[b] for b in keep], [items[b] for b in keep], ue[keep]
+            rows.unknown += edgeless
+            if not users:
+                return rows
+        with torch.no_grad():
             top, scores = top_items(ue, ie, np.arange(len(users)), None if include_seen else items, k)
         for row, u in enumerate(users):
             for rank, (i, sc) in enumerate(zip(top[row].tolist(), scores[row].tolist()), 1):
@@ -1301,6 +1312,27 @@ def keep_freed_memory() -> None:
             pass
 
 
+def check_interest_source(path, run: Run) -> None:
+    """--new-interests FILE against the run: llm_interests.py infer-new writes FILE.source.json with
+    the SHA-256 of the interest file whose ids FILE holds, and ids of another clustering mean other
+    interests: DataError. A file without that record (written by hand) gets a note."""
+    source, theirs = source_path(Path(path)), run.results.get("provenance", {}).get("interest_sha256")
+    if not source.is_file():
+        log(f"note: {path} has no {source.name} (llm_interests.py infer-new writes one): whether its ids are "
+            "those of the run's interest file cannot be checked")
+        return
+    try:
+        record = json.loads(source.read_text(encoding="utf-8"))
+        mine = record["interest_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(source, 0, "not the record infer-new writes ({\"interest_sha256\": ...})") from None
+    if mine and theirs and mine != theirs:
+        raise DataError(path, 0, f"its interest ids are those of another clustering ({record.get('clusters')}) "
+                                 f"than the run's interest file ({run.results['provenance'].get('interest_file')}): "
+                                 "run llm_interests.py infer-new with --clusters of the folder the run's interest "
+                                 "file came from")
+
+
 def recommend_command(args) -> int:
     """recommend: load the run, score every requested user, write the rows; unknown users in a note."""
     if args.k < 1:
@@ -1313,6 +1345,10 @@ def recommend_command(args) -> int:
         if out.resolve() == Path(args.run).resolve():
             raise SettingsError(f"--out {out}: that is the run's own results file; give the recommendations "
                                 "a file of their own (e.g. recs.tsv)")
+        for given in (args.history, args.new_interests, args.users):
+            if given and out.resolve() == Path(given).resolve():
+                raise SettingsError(f"--out {out} is the input file {given}; give the recommendations a file "
+                                    "of their own (e.g. recs.tsv)")
         check_writable(out)
     if args.history and args.users or args.new_interests and not args.history:
         raise SettingsError("--history (new users) and --users (trained users) go alone; --new-interests needs --history")
@@ -1322,6 +1358,8 @@ def recommend_command(args) -> int:
     t0 = time.perf_counter()
     run = load_run(args.run, args.data_dir, args.device)
     t1 = time.perf_counter()
+    if interests is not None:
+        check_interest_source(args.new_interests, run)
     if histories is not None:
         rows = run.recommend_new(histories, k=args.k, interests=interests, include_seen=args.include_seen)
         if len(rows.unknown) == len(histories):

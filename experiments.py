@@ -1097,6 +1097,7 @@ COLD_MODELS = {"lightgcn": {"model": "lightgcn"}, "simgcl": {"model": "simgcl"},
 COLD_ROWS = {"popularity": "popularity (warm users' train.txt counts)", "lightgcn": "LightGCN",
              "simgcl": "SimGCL", "cikgrec-items": "CIKGRec, folded in without interest edges",
              "cikgrec": "CIKGRec, folded in with interest edges"}
+COLD_FIXED = ("model", "graph", "contrast", "select_on", "interests", "interest_nodes")  # what defines the rows
 COLD_PAIRS = (("cikgrec", "cikgrec-items"), ("cikgrec", "simgcl"), ("cikgrec-items", "simgcl"))
 
 
@@ -1255,7 +1256,7 @@ def cold_start(base: dict, draws: int, runs_dir="runs", results_dir="results", d
     runs = plan_cold(base, draws, runs_dir)
     for draw in range(1, draws + 1):
         folder = Path(runs[3 * (draw - 1)].settings.data_dir) / dataset
-        if not (folder / "train.txt").is_file():
+        if not (folder / "train.txt").is_file() and not dry_run:
             write_cold_dataset(src_folder, folder, cold_users(src, draw))
             log(f"draw {draw}: {folder} (without {len(cold_users(src, draw))} held-out users)")
     if prepare_only:
@@ -1482,6 +1483,11 @@ def command(args: argparse.Namespace) -> int:
                 if getattr(args, f.name, None) is not None}
         if args.draws < 1:
             raise SettingsError(f"--draws must be at least 1, got {args.draws}")
+        fixed = [name for name in COLD_FIXED if name in base]
+        if fixed:
+            raise SettingsError(f"cold-start takes no {', '.join(option(n) for n in fixed)}: its rows are LightGCN, "
+                                "SimGCL and CIKGRec as Table 1 trains them, selected on validation, with the "
+                                "dataset's own interest file (the one the held-out users are removed from)")
         return 1 if cold_start(base, args.draws, args.runs_dir, args.results_dir, args.dry_run, check_jobs(args.jobs),
                                args.prepare_only) else 0
     if args.command == "fidelity":

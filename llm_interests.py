@@ -1884,6 +1884,13 @@ def cmd_infer(args, cfg: ClientConfig, jobs: list, answers: Path, failures: Path
 # ----------------------------------------------------------------------------------------------
 # infer-new: new users' interests, placed in a run's clusters (its interest ids)
 # ----------------------------------------------------------------------------------------------
+def source_path(out: Path) -> Path:
+    """Beside infer-new's output, the record of the interest file whose ids it holds:
+    {"interest_sha256": SHA-256 of user_interest_clustered.txt, "clusters": --clusters}. `recommend
+    --new-interests` compares it with the run's interest file, so ids of another clustering are refused."""
+    return out.with_name(out.name + ".source.json")
+
+
 def run_state(clusters) -> ClusterState:
     """--clusters (the folder `cluster` wrote, its .model.npz, or the interest file beside it) ->
     the run's ClusterState. Raises InputError (one line) when there is none: the published
@@ -1915,15 +1922,22 @@ def read_histories(path, what: str = "history") -> dict:
     item item ...` in original item ids (tabs or spaces, no header; a new id is never matched against
     user_list.txt); with what="interests", `new_id interest_id` pairs, a user on several lines.
     Returns {new id: [ids as strings]} in file order. Raises DataError naming file and line on a
-    line without items, and on a new id already on an earlier line of a history file."""
+    line without items, bytes that are not UTF-8, a control character (a tab separates), and a new
+    id already on an earlier line of a history file."""
     out, line_of = {}, {}
-    with cikgrec.open_text(Path(path)) as f:
-        for no, line in enumerate(f, 1):
+    cikgrec.open_text(Path(path)).close()  # DataError on a missing file, a folder or a byte-order mark
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, no, f"byte 0x{raw[e.start]:02x} (byte {e.start + 1} of the line) is not UTF-8 text") from None
             fields = line.split()
             if not fields:
                 continue
-            if "\ufffd" in line:  # open_text replaces bytes that are not UTF-8: name them, never pass them on
-                raise DataError(path, no, f"bytes that are not UTF-8 text: {line.strip()[:80]!r}")
+            bad = next((c for c in line.rstrip("\r\n") if c != "\t" and unicodedata.category(c) == "Cc"), None)
+            if bad is not None:
+                raise DataError(path, no, f"control character U+{ord(bad):04X} at column {line.index(bad) + 1}")
             if what == "interests" and (len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit())):
                 raise DataError(path, no, f"expected `new_id interest_id` (an integer id of the run's interest "
                                           f"file), got {line.strip()[:80]!r}")
@@ -1972,6 +1986,9 @@ def new_user_jobs(args, folder: Path) -> list:
     if skipped:
         say(f"note: {len(skipped)} new users have no known item with a name, not asked: "
             f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}")
+    if not jobs:
+        raise DataError(args.history, 0, f"no new user has an item of {items_path} with a name: nothing to ask "
+                                         "(are the histories of this --dataset?)")
     if args.limit:
         jobs = jobs[:args.limit]
     say(f"infer-new: {len(histories)} new users in {args.history}, {len(jobs)} to place")
@@ -1989,11 +2006,18 @@ def cmd_infer_new(args, cfg: ClientConfig, jobs: list, state: ClusterState, out:
     c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
     recs = read_answers(answers, new_users=True)
     answered = {j.user: recs[j.user] for j in jobs if j.user in recs}
+    changed = [j.user for j in jobs if j.user in recs and recs[j.user].get("items") not in (None, j.items)]
+    if changed:
+        say(f"note: the histories of {len(changed)} new users differ from those their answers in {answers} were "
+            f"asked with; the old answers are kept: {', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''} "
+            "(delete their lines there to ask again)")
     edges, n = new_user_edges(answered, state)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(f"{u} {j}\n" for u, j in edges), encoding="utf-8")
-    os.replace(tmp, out)
+    for path, text in ((source_path(out), json.dumps({"interest_sha256": state.interest_sha256, "clusters": str(
+            args.clusters)}) + "\n"), (out, "".join(f"{u} {j}\n" for u, j in edges))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
     bad = ", ".join(f"{k} {kind}" for kind, k in sorted(n["problems"].items()))
     say(f"infer-new summary: {c['total']} users asked now ({c['answered']} answered{counted(c)}, {c['failed']} "
         f"failed), {c['skipped']} answered before; {len(answered)} of {len(jobs)} users have an answer"
@@ -2068,7 +2092,9 @@ def main(argv=None) -> int:
             failures = answers.with_name(answers.stem + ".failures.jsonl")
             if len({out.resolve(), answers.resolve(), failures.resolve()}) < 3:
                 raise InputError(f"--out and --answers must be different files (both {out})")
-            check_outputs([out, out.with_name(out.name + ".tmp"), answers, failures], folder)
+            if Path(args.history).resolve() in {out.resolve(), answers.resolve(), failures.resolve()}:
+                raise InputError(f"--out and --answers must not be the --history file {args.history}")
+            check_outputs([out, out.with_name(out.name + ".tmp"), source_path(out), answers, failures], folder)
             state = run_state(args.clusters)
             jobs = new_user_jobs(args, folder)
             return cmd_infer_new(args, cfg, jobs, state, out, answers, failures)

@@ -803,8 +803,49 @@ def test_recommend_new_checks_its_input_and_notes_interests_of_other_users(tmp_p
     assert [r["user"] for r in rows] == ["a"]
     assert "interests of 1 users not among the new users are not used: zed" in capsys.readouterr().err
     (tmp_path / "h.txt").write_bytes(b"al\xffice 101\n")
-    with pytest.raises(C.DataError, match="h.txt, line 1: bytes that are not UTF-8 text"):
+    with pytest.raises(C.DataError, match=r"h.txt, line 1: byte 0xff \(byte 3 of the line\) is not UTF-8 text"):
         L.read_histories(tmp_path / "h.txt")
+
+
+def test_recommend_new_leaves_out_users_whose_items_have_no_edge_and_refuses_bad_ids(tmp_path, capsys):
+    """Found by review (issue 20): a new user whose known items never had a training edge got
+    zeros from fold_in, passed on as a ranking of items 0, 1, 2; an interest id "²" passed
+    isdigit() into int(); fold_in took item ids out of range (they landed on other nodes)."""
+    folder = small_dataset(tmp_path)
+    rows = ["org_id remap_id entity_name"] + [f"{100 + i} {i} Item {i}" for i in range(7)]
+    (folder / "item_list.txt").write_text("\n".join(rows) + "\n")  # item 106 is on no train.txt line
+    T.fit(tiny_settings(tmp_path, epochs=1, model="lightgcn", graph="cg"))
+    run = T.load_run(tmp_path / "runs" / "fx.json")
+    capsys.readouterr()
+    got = run.recommend_new({"ghost": ["106"], "alice": ["101", "102"]}, k=2)
+    assert got.unknown == ["ghost"] and {r["user"] for r in got} == {"alice"}
+    assert "1 new users have no item or interest with an edge in the run's graph" in capsys.readouterr().err
+    with pytest.raises(C.SettingsError, match="interest ids are integers"):
+        run.recommend_new({"a": ["101"]}, k=1, interests={"a": ["\u00b2"]})
+    model = run.trainer.model
+    for bad in ([[-1]], [[7]], [[0, 1], [100]]):
+        with pytest.raises(ValueError, match=r"fold_in: item ids must lie in 0..6"):
+            model.fold_in(bad)
+
+
+def test_recommend_refuses_an_out_over_its_input_and_interest_ids_of_another_clustering(tmp_path):
+    """Found by review (issue 20): --out equal to --history overwrote the history; interest ids
+    made by infer-new against another clustering were used without a word."""
+    trained_fixture(tmp_path)
+    (tmp_path / "h.txt").write_text("alice 101 102\n")
+    r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--out", "h.txt", cwd=tmp_path)
+    assert r.returncode == 2 and "--out h.txt is the input file h.txt" in r.stderr
+    assert (tmp_path / "h.txt").read_text() == "alice 101 102\n"
+    (tmp_path / "i.txt").write_text("alice 9\n")
+    r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", cwd=tmp_path)
+    assert r.returncode == 0 and "i.txt has no i.txt.source.json" in r.stderr  # written by hand: a note
+    (tmp_path / "i.txt.source.json").write_text(json.dumps({"interest_sha256": "0" * 64, "clusters": "other/k20"}))
+    r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", cwd=tmp_path)
+    assert r.returncode == 2 and "another clustering (other/k20)" in r.stderr and "Traceback" not in r.stderr
+    sha = json.loads((tmp_path / "runs" / "fx.json").read_text())["provenance"]["interest_sha256"]
+    (tmp_path / "i.txt.source.json").write_text(json.dumps({"interest_sha256": sha, "clusters": "fx"}))
+    r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", cwd=tmp_path)
+    assert r.returncode == 0 and "source.json" not in r.stderr, r.stderr
 
 
 def test_recommend_history_command(tmp_path):

@@ -971,6 +971,8 @@ def test_cold_start_end_to_end_and_its_table(tmp_path, capsys):
     assert E.main(["cold-start", *common, "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "0 of 6 runs already done; 6 to run" in err and "cold-start-draw2/cikgrec-seed2025.json" in err
+    assert not (tmp_path / "runs" / "cold-start-data").exists()  # --dry-run writes nothing; --prepare-only does
+    assert E.main(["cold-start", *common, "--prepare-only"]) == 0
     assert (tmp_path / "runs" / "cold-start-data" / "fx" / "draw2" / "fx" / "train.txt").is_file()
     assert E.main(["cold-start", *common]) == 0
     page = (tmp_path / "res" / "fx" / "cold-start.md").read_text()
@@ -1007,3 +1009,15 @@ def test_cold_start_end_to_end_and_its_table(tmp_path, capsys):
     assert warm["simgcl"]["ndcg@50"] == pytest.approx((refits[0]["test"]["ndcg@50"] + refits[1]["test"]["ndcg@50"]) / 2)
     assert warm["simgcl"]["groups"] == pytest.approx(np.mean([f["groups"]["ndcg"] for f in refits], axis=0).tolist())
     assert f"| SimGCL (warm) | {warm['simgcl']['recall@50']:.4f} | {warm['simgcl']['ndcg@50']:.4f} | " in page
+
+
+@pytest.mark.parametrize("given", [["--model", "lightgcn"], ["--select-on", "test"], ["--interests", "x.txt"],
+                                   ["--no-interest-nodes"], ["--graph", "cg"]])
+def test_cold_start_refuses_options_that_change_its_rows(tmp_path, capsys, given):
+    """Found by review (issue 20): --model lightgcn made the "CIKGRec" row a LightGCN, --select-on
+    test selected on test, and --interests trained on a file the held-out users were not removed from."""
+    small_dataset(tmp_path)
+    rc = E.main(["cold-start", "--dataset", "fx", "--data-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
+                 "--dry-run", *given])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"cold-start takes no {given[0].replace('no-', '')}" in err and "Traceback" not in err

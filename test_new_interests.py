@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -195,3 +196,45 @@ def test_a_changed_interest_file_or_a_dataset_answers_file_is_refused(run, capsy
     rc = L.main([*args, "--base-url", "http://127.0.0.1:9/v1"])
     err = capsys.readouterr().err
     assert rc == 2 and "is not the interest file written with" in err and len(err.splitlines()) == 1
+
+
+def test_infer_new_records_its_clustering_and_notes_a_changed_history(run, capsys):
+    """Found by review: nothing tied infer-new's ids to a clustering (recommend took ids of
+    another one), and a changed history silently kept the old answer."""
+    tmp_path, args, _ = run
+    with FakeLLM(lambda msg, n: new_user_answer(msg)) as srv:
+        assert L.main([*args, "--base-url", srv.url]) == 0
+        source = json.loads((tmp_path / "new" / "new_interests.txt.source.json").read_text())
+        written = (tmp_path / "interests" / "fx" / "user_interest_clustered.txt").read_bytes()
+        assert source["interest_sha256"] == __import__("hashlib").sha256(written).hexdigest()
+        (tmp_path / "history.txt").write_text("alice\tx0\tx2\nbob x8 zzz x9\n")  # alice's history changed
+        capsys.readouterr()
+        assert L.main([*args, "--base-url", srv.url]) == 0 and len(srv.bodies) == 2  # nobody asked again
+    err = capsys.readouterr().err
+    assert "note: the histories of 1 new users differ from those their answers in" in err and ": alice (delete" in err
+
+
+def test_infer_new_refuses_an_out_over_its_history_and_a_history_with_nothing_to_ask(run, capsys):
+    tmp_path, args, _ = run
+    before = (tmp_path / "history.txt").read_text()
+    i = args.index("--out")
+    capsys.readouterr()
+    assert L.main([*args[:i + 1], str(tmp_path / "history.txt"), *args[i + 2:], "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "must not be the --history file" in capsys.readouterr().err
+    assert (tmp_path / "history.txt").read_text() == before
+    (tmp_path / "history.txt").write_text("carol nope\n")  # no known item: nothing to ask is an error, not exit 0
+    assert L.main([*args, "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "history.txt: no new user has an item of" in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "new" / "new_interests.txt").exists()
+
+
+@pytest.mark.parametrize("content, expect", [
+    (b"alice B1\x00 B2\n", "line 1: control character U+0000 at column 9"),
+    (b"alice B1\nbob \xe9t\xe9\n", "line 2: byte 0xe9 (byte 5 of the line) is not UTF-8 text"),
+])
+def test_read_histories_names_control_characters_and_bytes(tmp_path, content, expect):
+    (tmp_path / "h.txt").write_bytes(content)
+    with pytest.raises(L.DataError, match=re.escape(expect)):
+        L.read_histories(tmp_path / "h.txt")
+    (tmp_path / "h.txt").write_text("alice B1 \ufffd\n")  # a real U+FFFD is text, not a decoding error
+    assert L.read_histories(tmp_path / "h.txt") == {"alice": ["B1", "\ufffd"]}
