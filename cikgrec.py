@@ -639,7 +639,7 @@ class CIKGRec(torch.nn.Module):
         user_item_embeddings' items. Raises ValueError on an item id or interest index out of range."""
         hp, g, h = self.hp, self.graphs.main, self.emb  # h: layer k of G
         adj, with_uj = g.adjacency(), interests is not None and "uj" in GRAPHS[hp.graph]
-        for ids, n, what in [(items, self.n_items, "item ids")] + [(interests, self.n_interests, "interest indices")] * with_uj:
+        for ids, n, what in ((items, self.n_items, "item ids"), (interests if with_uj else [], self.n_interests, "interest indices")):
             if any(len(x) and not 0 <= min(x) <= max(x) < n for x in ids):
                 raise ValueError(f"fold_in: {what} must lie in 0..{n - 1}")
         nodes = [np.unique(np.concatenate([self.e0 + np.asarray(i, dtype=np.int64)] + (

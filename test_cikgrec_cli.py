@@ -774,6 +774,8 @@ def test_recommend_new_folds_in_users_the_model_never_saw(tmp_path, capsys):
     with_interests = run.recommend_new({"alice": copy}, k=3, interests={"alice": ["9", "99"]})
     assert [r["score"] for r in with_interests] != [r["score"] for r in alice]
     assert "1 interest ids of the new users are not in fx (its interest file), left out: 99" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"fold_in: interest indices must lie in 0..2"):  # 3 interest nodes
+        run.trainer.model.fold_in([[0]], [[3]])
 
 
 def test_recommend_users_file_takes_whole_lines_and_a_string_is_one_user(tmp_path, capsys):
