@@ -1191,7 +1191,7 @@ def cold_table(dataset: str, draws: dict, bounds: list, minutes: dict, warm: dic
     names = [f"{b[0]}-{b[1]} items" for b in bounds]
     mean = lambda row, m, g=None: float(np.mean([v[m] for k, v in keyed[row].items() if g is None or group[k] == g]))
     lines = [f"# Cold start on {dataset}: users the model never saw, folded in", "",
-             f"{n:,} held-out users ({len(draws)} draws of {COLD_SHARE:.0%} of the users with train and test items, "
+             f"{n:,} held-out users ({len(draws)} draw{'s' * (len(draws) > 1)} of {COLD_SHARE:.0%} of the users with train and test items, "
              f"seeds {', '.join(map(str, draws))}; pooled). Group sizes: "
              + ", ".join(f"{names[g]}: {sum(1 for v in group.values() if v == g)}" for g in range(len(bounds))) + ".", "",
              "| row | R@50 | N@50 | " + " | ".join(f"N@50 {x}" for x in names) + " |",
@@ -1215,7 +1215,7 @@ def cold_table(dataset: str, draws: dict, bounds: list, minutes: dict, warm: dic
                   "| row | R@50 | N@50 | " + " | ".join(f"N@50 {x}" for x in names) + " |",
                   "|---|---|---|" + "---|" * len(names)]
         for config, w in warm.items():
-            lines.append(f"| {COLD_ROWS[config]} (warm) | {w['recall@50']:.4f} | {w['ndcg@50']:.4f} | "
+            lines.append(f"| {'CIKGRec' if config == 'cikgrec' else COLD_ROWS[config]} (warm) | {w['recall@50']:.4f} | {w['ndcg@50']:.4f} | "
                          + " | ".join(f"{x:.4f}" for x in w["groups"]) + " |")
     lines += ["", "The held-out users are a uniform draw, so their numbers compare in expectation with Table 1's "
               "(the warm reference, overall and by the same groups). Caveat: the dataset's interest clusters "

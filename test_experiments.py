@@ -1009,6 +1009,7 @@ def test_cold_start_end_to_end_and_its_table(tmp_path, capsys):
     assert warm["simgcl"]["ndcg@50"] == pytest.approx((refits[0]["test"]["ndcg@50"] + refits[1]["test"]["ndcg@50"]) / 2)
     assert warm["simgcl"]["groups"] == pytest.approx(np.mean([f["groups"]["ndcg"] for f in refits], axis=0).tolist())
     assert f"| SimGCL (warm) | {warm['simgcl']['recall@50']:.4f} | {warm['simgcl']['ndcg@50']:.4f} | " in page
+    assert f"| CIKGRec (warm) | {warm['cikgrec']['recall@50']:.4f} | " in page  # the trained model, not a fold-in
 
 
 @pytest.mark.parametrize("given", [["--model", "lightgcn"], ["--select-on", "test"], ["--interests", "x.txt"],
