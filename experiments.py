@@ -1231,9 +1231,9 @@ def warm_reference(base: dict, seeds: int, runs_dir, bounds: list) -> dict:
     done_results) for the configurations of COLD_MODELS, over seeds FIRST_SEED.. (as many as the
     draws), means of the refit's test metrics and its N@50 by group; a configuration with a seed
     still missing, or groups on other bounds, is left out."""
-    out = {}
+    out, planned = {}, plan_runs("table1", base, seeds, runs_dir)
     for config in COLD_MODELS:
-        done = [done_results(r) for r in plan_runs("table1", base, seeds, runs_dir) if r.config == config]
+        done = [done_results(r) for r in planned if r.config == config]
         if not done or None in done:
             continue
         refits = [read_results(p)["refit"] for p in done]
