@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cikgrec import DataError, SettingsError, int_rows, load_dataset, log, open_text, read_id_list
-from llm_interests import item_title
+from cikgrec import DataError, SettingsError, int_rows, load_dataset, log, read_id_list
+from llm_interests import check_dense, item_title
 
 # ----------------------------------------------------------------------------------------------
 # The checks of a dataset folder that need more than one line
@@ -46,16 +46,6 @@ def list_size(path) -> int | None:
     None when the file does not exist. Raises DataError as read_id_list."""
     path = Path(path)
     return len(read_id_list(path)) if path.exists() else None
-
-
-def check_dense(path: Path, what: str, ids: set) -> None:
-    """Ids are numbered 0, 1, 2, ...: one far above the number of distinct ids is a DataError
-    naming the first line of `path` that holds it."""
-    if ids and max(ids) + 1 > 2 * len(ids) + 1000:
-        with open_text(path) as f:
-            line = next((no for no, text in enumerate(f, 1) if str(max(ids)) in text.split()), 0)
-        raise DataError(path, line, f"{what} id {max(ids)} but only {len(ids)} distinct {what} ids: ids must be "
-                                    f"numbered 0, 1, 2, ... without large gaps (or list them in {what}_list.txt)")
 
 
 def check_dataset(folder) -> list:

@@ -124,6 +124,30 @@ class PromptData:
     item_names: list
 
 
+def read_item_rows(folder) -> list:
+    """The (org_id, name) rows of a dataset folder's item_list.txt (cikgrec.read_id_list), in item
+    id order. Raises DataError when the folder or the file does not exist, or the file has no row."""
+    if not Path(folder).is_dir():
+        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
+    path = Path(folder) / "item_list.txt"
+    if not path.exists():
+        raise DataError(path, 0, "not found: the prompts name each user's items by the titles this file holds")
+    rows = cikgrec.read_id_list(path, "org_id remap_id name")
+    if not rows:
+        raise DataError(path, 0, "the file is empty")
+    return rows
+
+
+def check_dense(path: Path, what: str, ids: set) -> None:
+    """Ids are numbered 0, 1, 2, ...: one far above the number of distinct ids is a DataError
+    naming the first line of `path` that holds it."""
+    if ids and max(ids) + 1 > 2 * len(ids) + 1000:
+        with cikgrec.open_text(path) as f:
+            line = next((no for no, text in enumerate(f, 1) if str(max(ids)) in text.split()), 0)
+        raise DataError(path, line, f"{what} id {max(ids)} but only {len(ids)} distinct {what} ids: ids must be "
+                                    f"numbered 0, 1, 2, ... without large gaps (or list them in {what}_list.txt)")
+
+
 def load_prompt_data(folder) -> PromptData:
     """Read what the prompts need and nothing more: train.txt and item_list.txt of a dataset
     folder, checked as cikgrec.load_dataset checks them (item ids against item_list.txt, user
@@ -131,18 +155,12 @@ def load_prompt_data(folder) -> PromptData:
     read, so a broken one does not stop `infer` or the batch commands (which regenerate the
     interest file). Raises DataError naming the file, also when item_list.txt is missing."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
-    names_path, users_path, train_path = folder / "item_list.txt", folder / "user_list.txt", folder / "train.txt"
-    if not names_path.exists():
-        raise DataError(names_path, 0, "not found: the prompts name each user's items by the titles this file holds")
-    names = [name for _, name in cikgrec.read_id_list(names_path, "org_id remap_id name")]
+    names = [name for _, name in read_item_rows(folder)]
+    users_path, train_path = folder / "user_list.txt", folder / "train.txt"
     listed_users = len(cikgrec.read_id_list(users_path)) if users_path.exists() else None
     train = cikgrec.read_user_items(train_path, len(names), listed_users)
-    if listed_users is None and max(train) + 1 > 2 * len(train) + 1000:  # a stray huge id: a huge list below
-        line = next(no for no, values in cikgrec.int_rows(train_path) if values[0] == max(train))
-        raise DataError(train_path, line, f"user id {max(train)} but only {len(train)} distinct user ids: ids must "
-                                          "be numbered 0, 1, 2, ... without large gaps (or list them in user_list.txt)")
+    if listed_users is None:  # a stray huge id would cost a huge list below
+        check_dense(train_path, "user", set(train))
     return PromptData([np.array(train.get(u, []), dtype=np.int64) for u in range(1 + max(train))], names)
 
 
@@ -1966,14 +1984,7 @@ def new_user_jobs(args, folder: Path) -> list:
     """infer-new's jobs: one per new user of --history with a named known item, with the prompt
     of `infer` (history_jobs: the titles of the last N_LAST_ITEMS named items, the same field
     word); --limit applied. Notes name the unknown items and the users left without a prompt."""
-    if not Path(folder).is_dir():
-        raise DataError(folder, 0, "dataset folder not found (run `make data`, or set --data-dir)")
-    items_path = Path(folder) / "item_list.txt"
-    if not items_path.exists():
-        raise DataError(items_path, 0, "not found: the prompts name the items by the titles this file holds")
-    rows = cikgrec.read_id_list(items_path, "org_id remap_id name")
-    if not rows:
-        raise DataError(items_path, 0, "the file is empty")
+    items_path, rows = Path(folder) / "item_list.txt", read_item_rows(folder)
     titles, item_of = [item_title(name) for _, name in rows], {}
     for item, (org_id, _) in enumerate(rows):
         item_of.setdefault(org_id, item)
