@@ -210,11 +210,10 @@ def open_text(path: Path):
         f = open(path, encoding="utf-8", errors="replace")
     except OSError as e:
         raise DataError(path, 0, "file not found" if isinstance(e, FileNotFoundError) else f"cannot read it ({e.strerror})") from None
-    if f.read(1) == "\ufeff":
+    if f.buffer.peek(3)[:3] == b"\xef\xbb\xbf":  # peek, not read and seek back: a pipe cannot seek
         f.close()
         raise DataError(path, 1, "the file starts with a byte-order mark (BOM, as some editors save UTF-8):"
                                  " save it as plain UTF-8 without a BOM")
-    f.seek(0)
     return f
 
 

@@ -972,10 +972,12 @@ class Run:
         an integer."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise SettingsError(f"k must be a whole number from 1, got {k!r}")
+        example = {"histories": "{'alice': ['B001', 'B007']} (original item ids)",
+                   "interests": "{'alice': [1587, 1590]} (interest ids of the run's interest file)"}
         for what, given in (("histories", histories), ("interests", interests or {})):
             if not isinstance(given, dict) or any(isinstance(v, (str, bytes)) or not hasattr(v, "__iter__")
                                                   for v in given.values()):
-                raise SettingsError(f"{what} must be a dict {{new id: [ids]}}, e.g. {{'alice': ['B001', 'B007']}}; "
+                raise SettingsError(f"{what} must be a dict {{new id: [ids]}}, e.g. {example[what]}; "
                                     f"got {str(given)[:80]}")
         bad = [j for v in (interests or {}).values() for j in v if not (str(j).strip().isascii() and str(j).strip().isdigit())]
         if bad:
@@ -1033,6 +1035,10 @@ class Run:
                 if i < 0:
                     break
                 rows.append({"user": u, "rank": rank, "item": self.item_ids[i], "title": self.titles[i], "score": sc})
+        full = [u for row, u in enumerate(users) if top[row, 0] < 0]
+        if full:
+            log(f"note: {len(full)} new users have every item of {ds.name} in their history, nothing left to "
+                "recommend (--include-seen ranks them all): " + ", ".join(map(str, full[:20])))
         return rows
 
 
@@ -1072,6 +1078,21 @@ def write_recommendations(rows: list, out, fmt: str = "tsv") -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)
+
+
+def is_recommendations(path) -> bool:
+    """Whether the file starts as write_recommendations writes (the TSV header, or a JSONL row with
+    user, rank and item): what recommend --out may replace; a dataset file, an interest file or a
+    results file may not be."""
+    with open(path, "rb") as f:
+        first = f.readline(4096).decode("utf-8", "replace").rstrip("\r\n")
+    if first == "user\trank\titem\ttitle\tscore":
+        return True
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and {"user", "rank", "item"} <= row.keys()
 
 
 def read_user_ids(path) -> list:
@@ -1317,9 +1338,9 @@ def check_interest_source(path, run: Run) -> None:
     the SHA-256 of the interest file whose ids FILE holds, and ids of another clustering mean other
     interests: DataError. A file without that record (written by hand) gets a note."""
     source, theirs = source_path(Path(path)), run.results.get("provenance", {}).get("interest_sha256")
-    if not source.is_file():
-        log(f"note: {path} has no {source.name} (llm_interests.py infer-new writes one): whether its ids are "
-            "those of the run's interest file cannot be checked")
+    if not source.exists():
+        log(f"note: {path} has no record {source} beside it (llm_interests.py infer-new writes one): whether its "
+            "ids are those of the run's interest file cannot be checked")
         return
     try:
         record = json.loads(source.read_text(encoding="utf-8"))
@@ -1350,6 +1371,9 @@ def recommend_command(args) -> int:
                 raise SettingsError(f"--out {out} is the input file {given}; give the recommendations a file "
                                     "of their own (e.g. recs.tsv)")
         check_writable(out)
+        if out.is_file() and out.stat().st_size and not is_recommendations(out):
+            raise SettingsError(f"--out {out} exists and is not a file of recommendations (its first line is not "
+                                "recommend's TSV header or JSONL row): not replaced; give another name, or remove it")
     if args.history and args.users or args.new_interests and not args.history:
         raise SettingsError("--history (new users) and --users (trained users) go alone; --new-interests needs --history")
     users = list(dict.fromkeys(read_user_ids(args.users))) if args.users else None

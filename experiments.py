@@ -1440,6 +1440,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
     cp = sub.add_parser("cold-start", allow_abbrev=False, help="hold out 10% of users, fold them in, test them (issue 20)")
     add_settings_arguments(cp, skip=("seed", "out", "resume", "refit"), notes=HELP)
+    for action in cp._actions:  # accepted only to be refused with the reason (main), so not listed by -h
+        if action.dest in COLD_FIXED:
+            action.help = argparse.SUPPRESS
     cp.add_argument("--draws", type=int, default=3, help="held-out draws (each with its own model seed)")
     cp.add_argument("--runs-dir", default="runs")
     cp.add_argument("--results-dir", default="results")

@@ -1813,7 +1813,7 @@ def check_args(args) -> None:
                          f"got {args.k}, {args.max_share}, {args.max_df}")
 
 
-def check_outputs(paths, dataset_folder) -> None:
+def check_outputs(paths, dataset_folder, hint: str = "see --out-dir") -> None:
     """Raise InputError (one line naming the path) unless every path can be written as a file,
     before any data is read or any request sent; creates nothing. Refused: a folder, a path
     under a file, a read-only file or folder, and a file anywhere inside the dataset folder (never
@@ -1829,7 +1829,7 @@ def check_outputs(paths, dataset_folder) -> None:
         elif not (os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)):
             problem = "permission denied"
         elif path.resolve().is_relative_to(Path(dataset_folder).resolve()):
-            problem = "it is in the dataset folder, which is never written (see --out-dir)"
+            problem = f"it is in the dataset folder, which is never written ({hint})"
         else:
             continue
         raise InputError(f"cannot write {path}: {problem}")
@@ -1943,8 +1943,8 @@ def read_histories(path, what: str = "history") -> dict:
     line without items, bytes that are not UTF-8, a control character (a tab separates), and a new
     id already on an earlier line of a history file."""
     out, line_of = {}, {}
-    cikgrec.open_text(Path(path)).close()  # DataError on a missing file, a folder or a byte-order mark
-    with open(path, "rb") as f:
+    with cikgrec.open_text(Path(path)) as text:  # DataError on a missing file, a folder or a byte-order mark
+        f = text.buffer  # bytes: a byte that is not UTF-8 is named, not replaced (and a pipe is read once)
         for no, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -2079,9 +2079,9 @@ def cmd_cluster(args, folder: Path, out: Path, answers: Path) -> int:
 
 
 def main(argv=None) -> int:
-    """Run one command. Exit codes: 0 done; 1 `infer` finished but some users failed (the
-    summary says why; rerunning the same command asks only them again, and `make interests`
-    stops before `cluster`); 2 a bad option or input, or `infer` stopped at once (HTTP
+    """Run one command. Exit codes: 0 done; 1 `infer` or `infer-new` finished but some users
+    failed (the summary says why; rerunning the same command asks only them again, and `make
+    interests` stops before `cluster`); 2 a bad option or input, or `infer` stopped at once (HTTP
     401/403/404, a used-up quota, a server asking to wait past --max-wait, or its first users
     all failed: the answers so far are kept and a rerun continues); 130 interrupted."""
     args = parse_args(argv)
@@ -2105,7 +2105,15 @@ def main(argv=None) -> int:
                 raise InputError(f"--out and --answers must be different files (both {out})")
             if Path(args.history).resolve() in {out.resolve(), answers.resolve(), failures.resolve()}:
                 raise InputError(f"--out and --answers must not be the --history file {args.history}")
-            check_outputs([out, out.with_name(out.name + ".tmp"), source_path(out), answers, failures], folder)
+            clusters = Path(args.clusters)  # the folder `cluster` wrote, or a file in it: its files are read
+            kept = {(clusters if clusters.is_dir() else clusters.parent) / n for n in CLUSTER_FILES} | {clusters}
+            hit = next((p for p in (out, source_path(out), answers, failures) if p.resolve() in
+                        {k.resolve() for k in kept}), None)
+            if hit:
+                raise InputError(f"--out and --answers must not be files of --clusters {args.clusters}: {hit} "
+                                 "is one (it would be overwritten)")
+            check_outputs([out, out.with_name(out.name + ".tmp"), source_path(out), answers, failures], folder,
+                          "give --out a path outside it")
             state = run_state(args.clusters)
             jobs = new_user_jobs(args, folder)
             return cmd_infer_new(args, cfg, jobs, state, out, answers, failures)

@@ -840,7 +840,7 @@ def test_recommend_refuses_an_out_over_its_input_and_interest_ids_of_another_clu
     assert (tmp_path / "h.txt").read_text() == "alice 101 102\n"
     (tmp_path / "i.txt").write_text("alice 9\n")
     r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", cwd=tmp_path)
-    assert r.returncode == 0 and "i.txt has no i.txt.source.json" in r.stderr  # written by hand: a note
+    assert r.returncode == 0 and "i.txt has no record i.txt.source.json beside it" in r.stderr  # written by hand: a note
     (tmp_path / "i.txt.source.json").write_text(json.dumps({"interest_sha256": "0" * 64, "clusters": "other/k20"}))
     r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", cwd=tmp_path)
     assert r.returncode == 2 and "another clustering (other/k20)" in r.stderr and "Traceback" not in r.stderr
@@ -848,6 +848,40 @@ def test_recommend_refuses_an_out_over_its_input_and_interest_ids_of_another_clu
     (tmp_path / "i.txt.source.json").write_text(json.dumps({"interest_sha256": sha, "clusters": "fx"}))
     r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", cwd=tmp_path)
     assert r.returncode == 0 and "source.json" not in r.stderr, r.stderr
+
+
+def test_recommend_out_never_replaces_a_file_that_is_not_recommendations(tmp_path):
+    """Found by review (issue 20): --out data/fx/train.txt (or the interest file, another run's
+    results, a .source.json) was replaced by the TSV, exit 0; a history piped in (/dev/stdin,
+    <(...)) ended in "underlying stream is not seekable"; a new user who had every item got no
+    row and no word."""
+    trained_fixture(tmp_path)
+    (tmp_path / "h.txt").write_text("alice 101 102\nall 100 101 102 103 104 105\n")
+    for out in ("fx/train.txt", "fx/user_interest_clustered.txt", "runs/fx.json.bak", "h.txt.source.json"):
+        path = tmp_path / out
+        if not path.exists():
+            path.write_text(json.dumps({"settings": {}}) if out.endswith(".bak") else '{"interest_sha256": ""}')
+        before = path.read_bytes()
+        r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--out", out, cwd=tmp_path)
+        assert r.returncode == 2 and f"--out {out} exists and is not a file of recommendations" in r.stderr, r.stderr
+        assert path.read_bytes() == before
+    for fmt in ("tsv", "jsonl"):  # a file recommend wrote is replaced; so is an empty one
+        (tmp_path / "recs").write_text("")
+        for _ in range(2):
+            r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--k", "2", "--format", fmt,
+                        "--out", "recs", cwd=tmp_path)
+            assert r.returncode == 0, r.stderr
+        assert len((tmp_path / "recs").read_text().splitlines()) == 2 + (fmt == "tsv")
+    assert "1 new users have every item of fx in their history, nothing left to recommend" in r.stderr
+    assert ": all" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "cikgrec_cli.py"), "recommend", "--run", "runs/fx.json",
+                        "--history", "/dev/stdin", "--k", "1"], input="bob 100\n", capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.splitlines()[1].startswith("bob\t1\t"), r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "cikgrec_cli.py"), "recommend", "--run", "runs/fx.json",
+                        "--history", "/dev/stdin"], input="\ufeffbob 100\n", capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 2 and "/dev/stdin, line 1: the file starts with a byte-order mark" in r.stderr, r.stderr
 
 
 def test_recommend_history_command(tmp_path):

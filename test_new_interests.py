@@ -228,6 +228,25 @@ def test_infer_new_refuses_an_out_over_its_history_and_a_history_with_nothing_to
     assert not (tmp_path / "new" / "new_interests.txt").exists()
 
 
+def test_infer_new_refuses_an_out_over_the_clustering_files_it_reads(run, capsys):
+    """Found by review (issue 20): --out into the --clusters folder's interest file (or --clusters
+    FILE.npz --out FILE.npz) overwrote the clustering the run belongs to, exit 0."""
+    tmp_path, args, _ = run
+    folder = tmp_path / "interests" / "fx"
+    kept = {name: (folder / name).read_bytes() for name in L.CLUSTER_FILES}
+    c = args.index("--clusters")
+    for clusters, option, path in ((folder, "--out", folder / "user_interest_clustered.txt"),
+                                   (folder / STATE, "--out", folder / STATE),
+                                   (folder / "user_interest_clustered.txt", "--answers", folder / "interest_clusters.tsv")):
+        argv = [*args[:c + 1], str(clusters), *args[c + 2:], option, str(path), "--base-url", "http://127.0.0.1:9/v1"]
+        capsys.readouterr()
+        assert L.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"must not be files of --clusters {clusters}: {path} is one" in err, err
+    assert {name: (folder / name).read_bytes() for name in L.CLUSTER_FILES} == kept
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("content, expect", [
     (b"alice B1\x00 B2\n", "line 1: control character U+0000 at column 9"),
     (b"alice B1\nbob \xe9t\xe9\n", "line 2: byte 0xe9 (byte 5 of the line) is not UTF-8 text"),
