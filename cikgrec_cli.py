@@ -1001,8 +1001,8 @@ class Run:
         for what, ids, where in (("items", unknown_items, "item_list.txt"), ("interest ids", unknown_interests,
                                                                              "its interest file")):
             if ids:
-                log(f"note: {len(ids)} {what} of the new users are not in {ds.name} ({where}), left out: "
-                    + ", ".join(map(str, list(dict.fromkeys(ids))[:20])))
+                log(f"note: {len(set(map(str, ids)))} {what} of the new users are not in {ds.name} ({where}), left "
+                    "out: " + ", ".join(map(str, list(dict.fromkeys(ids))[:20])))
         asked = set(users)
         rows = Recommendations(unknown=[u for u in histories if u not in asked])
         strays = [u for u in (interests or {}) if u not in histories]
@@ -1345,6 +1345,8 @@ def check_interest_source(path, run: Run) -> None:
     try:
         record = json.loads(source.read_text(encoding="utf-8"))
         mine = record["interest_sha256"]
+        if not isinstance(mine, str):
+            raise TypeError(mine)
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(source, 0, "not the record infer-new writes ({\"interest_sha256\": ...})") from None
     if mine and theirs and mine != theirs:
@@ -1379,6 +1381,8 @@ def recommend_command(args) -> int:
     users = list(dict.fromkeys(read_user_ids(args.users))) if args.users else None
     histories = read_histories(args.history) if args.history else None
     interests = read_histories(args.new_interests, "interests") if args.new_interests else None
+    if interests == {}:
+        log(f"note: {args.new_interests} holds no interest edge: the new users are folded in from their items alone")
     t0 = time.perf_counter()
     run = load_run(args.run, args.data_dir, args.device)
     t1 = time.perf_counter()

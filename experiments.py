@@ -1217,6 +1217,10 @@ def cold_table(dataset: str, draws: dict, bounds: list, minutes: dict, warm: dic
         for config, w in warm.items():
             lines.append(f"| {'CIKGRec' if config == 'cikgrec' else COLD_ROWS[config]} (warm) | {w['recall@50']:.4f} | {w['ndcg@50']:.4f} | "
                          + " | ".join(f"{x:.4f}" for x in w["groups"]) + " |")
+    absent = [c for c in COLD_MODELS if c not in (warm or {})]
+    if absent:
+        lines += ["", f"No warm reference for {', '.join(absent)}: Table 1's refit runs of the same seeds are not "
+                  "all done."]
     lines += ["", "The held-out users are a uniform draw, so their numbers compare in expectation with Table 1's "
               "(the warm reference, overall and by the same groups). Caveat: the dataset's interest clusters "
               "were fit on all users, the held-out ones included, and its interest file came from the "
@@ -1252,6 +1256,7 @@ def cold_start(base: dict, draws: int, runs_dir="runs", results_dir="results", d
     metrics). Returns the number of failed runs (the table waits for every run)."""
     dataset = base.get("dataset") or Settings.dataset
     src_folder = dataset_folder(Path(base.get("data_dir") or Settings.data_dir) / dataset)
+    check_results_dir(results_dir, dataset)  # before hours of training, not after
     src = load_dataset(src_folder, base.get("interests") or None, dataset)
     runs = plan_cold(base, draws, runs_dir)
     for draw in range(1, draws + 1):
@@ -1281,6 +1286,11 @@ def cold_start(base: dict, draws: int, runs_dir="runs", results_dir="results", d
     out = Path(results_dir) / dataset
     out.mkdir(parents=True, exist_ok=True)
     warm = warm_reference(base, draws, runs_dir, bounds)
+    absent = [c for c in COLD_MODELS if c not in warm]
+    if absent:
+        log(f"note: no warm reference for {', '.join(absent)}: Table 1's refit runs of seeds {FIRST_SEED}.."
+            f"{FIRST_SEED + draws - 1} are not all in {runs_dir} (`experiments.py tables --table table1 --seeds "
+            f"{draws}` trains them)")
     page = cold_table(dataset, results, bounds, minutes, warm)
     write_json({"bounds": bounds, "draws": results, "warm": warm}, out / "cold-start.json")
     (out / "cold-start.md").write_text(page)

@@ -676,11 +676,13 @@ def load_state(path) -> ClusterState:
     try:
         with np.load(path, allow_pickle=False) as z:
             if "format" not in z.files or str(z["format"]) != STATE_FORMAT:
-                raise DataError(path, 0, f"not a clustering state written by `llm_interests.py cluster` ({STATE_FORMAT})")
+                raise DataError(path, 0, "not a clustering state written by `llm_interests.py cluster` (it holds no "
+                                         f"format record {STATE_FORMAT})")
             terms, idf, centres, ids = z["terms"], z["idf"], z["centres"], z["interest_id"]
             sha = str(z["interest_sha256"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise DataError(path, 0, f"not a clustering state written by `llm_interests.py cluster` ({e})") from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        raise DataError(path, 0, "not a clustering state written by `llm_interests.py cluster` (not a readable .npz "
+                                 "of arrays)") from None
     if not (terms.ndim == idf.ndim == ids.ndim == 1 and centres.ndim == 2 and len(terms) == len(idf)
             and centres.shape == (len(ids), len(terms)) and len(ids) > 0 and terms.dtype.kind == "U"):
         raise DataError(path, 0, f"the arrays do not fit together: terms {terms.shape}, idf {idf.shape}, "
@@ -1725,7 +1727,7 @@ def parse_args(argv=None):
         sp_.add_argument("--token-field", default="max_tokens", choices=TOKEN_FIELDS,
                          help="the body field of the budget (OpenAI's reasoning models: max_completion_tokens; "
                               "infer switches by itself when the server asks)")
-        sp_.add_argument("--limit", type=int, default=0, help="only the first N users with a prompt")
+        sp_.add_argument("--limit", type=int, default=0, help="ask only the first N users with a prompt (default 0: all)")
         sp_.add_argument("--price-in", type=float, default=None, help="USD per million prompt tokens (for the cost)")
         sp_.add_argument("--price-out", type=float, default=None, help="USD per million completion tokens")
 
@@ -1835,6 +1837,34 @@ def check_outputs(paths, dataset_folder, hint: str = "see --out-dir") -> None:
         raise InputError(f"cannot write {path}: {problem}")
 
 
+EDGE_LINE = re.compile(r"\S+[ \t]+[0-9]+")  # `new_id interest_id`, a line infer-new writes
+
+
+def json_with(key: str):
+    """A test of a first line: a JSON object holding `key`."""
+    def test(line: str) -> bool:
+        try:
+            return key in json.loads(line)
+        except (ValueError, TypeError):
+            return False
+    return test
+
+
+def check_own_file(path: Path, looks_right, what: str) -> None:
+    """infer-new replaces or appends to only its own files: InputError (nothing written, nothing
+    cut) unless `path` does not exist, or is a regular file that is empty or whose first line
+    looks_right accepts (an earlier output of the same kind)."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise InputError(f"cannot write {path}: it is not a regular file")
+    with open(path, "rb") as f:
+        first = f.readline(4096).decode("utf-8", "replace").strip()
+    if first and not looks_right(first):
+        raise InputError(f"cannot write {path}: it exists and is not {what} (its first line: {first[:60]!r}); "
+                         "give another name, or remove it")
+
+
 def prompt_jobs(args) -> list:
     """The jobs of infer, batch-export and batch-import (--limit applied), from train.txt and
     item_list.txt alone. Raises DataError when no user has a prompt (nothing to ask)."""
@@ -1939,7 +1969,8 @@ def read_histories(path, what: str = "history") -> dict:
     """A file of new users (recommend --history, llm_interests.py infer-new): one line each, `new_id
     item item ...` in original item ids (tabs or spaces, no header; a new id is never matched against
     user_list.txt); with what="interests", `new_id interest_id` pairs, a user on several lines.
-    Returns {new id: [ids as strings]} in file order. Raises DataError naming file and line on a
+    Returns {new id: [ids as strings]} in file order ({} for an interest file without lines).
+    Raises DataError naming file and line on a
     line without items, bytes that are not UTF-8, a control character (a tab separates), and a new
     id already on an earlier line of a history file."""
     out, line_of = {}, {}
@@ -1966,7 +1997,7 @@ def read_histories(path, what: str = "history") -> dict:
                 raise DataError(path, no, f"new user {fields[0]!r} is already on line {line_of[fields[0]]}")
             line_of.setdefault(fields[0], no)
             out.setdefault(fields[0], []).extend(fields[1:])
-    if not out:
+    if not out and what == "history":  # (an interest file without lines: infer-new placed no phrase)
         raise DataError(path, 0, "the file is empty")
     return out
 
@@ -1991,7 +2022,7 @@ def new_user_jobs(args, folder: Path) -> list:
     histories, unknown = read_history(args.history, item_of)
     if unknown:
         first = ", ".join(list(dict.fromkeys(unknown))[:5])
-        say(f"note: {len(unknown)} items of {args.history} are not in the org_id column of {items_path}, "
+        say(f"note: {len(set(unknown))} items of {args.history} are not in the org_id column of {items_path}, "
             f"left out: {first}{', ...' if len(set(unknown)) > 5 else ''}")
     jobs, skipped = history_jobs(histories, titles, args.field or ITEM_WORD.get(args.dataset, "items"))
     if skipped:
@@ -2000,9 +2031,8 @@ def new_user_jobs(args, folder: Path) -> list:
     if not jobs:
         raise DataError(args.history, 0, f"no new user has an item of {items_path} with a name: nothing to ask "
                                          "(are the histories of this --dataset?)")
-    if args.limit:
-        jobs = jobs[:args.limit]
-    say(f"infer-new: {len(histories)} new users in {args.history}, {len(jobs)} to place")
+    say(f"infer-new: {len(histories)} new users in {args.history}, {len(jobs)} to place"
+        + (f", the first {args.limit} of them asked (--limit)" if 0 < args.limit < len(jobs) else ""))
     return jobs
 
 
@@ -2011,10 +2041,11 @@ def cmd_infer_new(args, cfg: ClientConfig, jobs: list, state: ClusterState, out:
     """infer-new: ask the new users without a final outcome (run_inference: resume, failure
     records), place their phrases in the run's clusters (new_user_edges) and write `new_id
     interest_id` lines for every new user with an answer; --dry-run only says what asking costs."""
+    asked = jobs[:args.limit] if args.limit else jobs  # --limit: who is asked; the output has all answered
     if args.dry_run:
-        return dry_run(args, cfg, jobs, answers)
+        return dry_run(args, cfg, asked, answers)
     say(f"infer-new: {cfg.base_url}/chat/completions, model {cfg.model}, {args.workers} workers -> {answers}")
-    c = run_inference(jobs, answers, failures, cfg, args.workers, args.progress_every)
+    c = run_inference(asked, answers, failures, cfg, args.workers, args.progress_every)
     recs = read_answers(answers, new_users=True)
     answered = {j.user: recs[j.user] for j in jobs if j.user in recs}
     changed = [j.user for j in jobs if j.user in recs and recs[j.user].get("items") not in (None, j.items)]
@@ -2106,7 +2137,8 @@ def main(argv=None) -> int:
             if Path(args.history).resolve() in {out.resolve(), answers.resolve(), failures.resolve()}:
                 raise InputError(f"--out and --answers must not be the --history file {args.history}")
             clusters = Path(args.clusters)  # the folder `cluster` wrote, or a file in it: its files are read
-            kept = {(clusters if clusters.is_dir() else clusters.parent) / n for n in CLUSTER_FILES} | {clusters}
+            kept = {(clusters if clusters.is_dir() else clusters.parent) / n for n in CLUSTER_FILES}
+            kept |= set() if clusters.is_dir() else {clusters}
             hit = next((p for p in (out, source_path(out), answers, failures) if p.resolve() in
                         {k.resolve() for k in kept}), None)
             if hit:
@@ -2114,6 +2146,11 @@ def main(argv=None) -> int:
                                  "is one (it would be overwritten)")
             check_outputs([out, out.with_name(out.name + ".tmp"), source_path(out), answers, failures], folder,
                           "give --out a path outside it")
+            for path, looks_right, what in ((out, EDGE_LINE.fullmatch, "an interest file infer-new wrote"),
+                                            (source_path(out), json_with("interest_sha256"), "infer-new's record"),
+                                            (answers, json_with("user"), "an answers file"),
+                                            (failures, json_with("user"), "a failures file")):
+                check_own_file(path, looks_right, what)
             state = run_state(args.clusters)
             jobs = new_user_jobs(args, folder)
             return cmd_infer_new(args, cfg, jobs, state, out, answers, failures)

@@ -22,8 +22,8 @@ turners") or a wrong genre, in the list shapes models write (commas, numbered li
 preamble). llm_interests.cluster_answers turns them into interest nodes (TF-IDF + k-means,
 clusters held by a fifth of the readers or by one reader dropped), written by
 llm_interests.write_outputs: user_interest_clustered.txt and interest_clusters.tsv (what each
-cluster means). The answers are kept in raw/answers.jsonl (the answers-file format, so
-`llm_interests.py cluster --answers data/demo/raw/answers.jsonl ...` reads them too).
+cluster means). The answers are kept in raw/answers.jsonl, in the answers-file format: copied to
+interests/demo/llm_answers.jsonl, `llm_interests.py cluster --dataset demo --data-dir data` reads them too.
 Everything comes from one seeded generator, so the files are the same on every run.
 
 The raw files show the input of `cikgrec_cli.py prepare` ("Your own data" in README.md):

@@ -848,6 +848,9 @@ def test_recommend_refuses_an_out_over_its_input_and_interest_ids_of_another_clu
     (tmp_path / "i.txt.source.json").write_text(json.dumps({"interest_sha256": sha, "clusters": "fx"}))
     r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", cwd=tmp_path)
     assert r.returncode == 0 and "source.json" not in r.stderr, r.stderr
+    (tmp_path / "i.txt").write_text("")  # infer-new placed no phrase: the items alone, with a note
+    r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", "--new-interests", "i.txt", cwd=tmp_path)
+    assert r.returncode == 0 and "i.txt holds no interest edge" in r.stderr and "alice\t1\t" in r.stdout, r.stderr
 
 
 def test_recommend_out_never_replaces_a_file_that_is_not_recommendations(tmp_path):

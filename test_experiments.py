@@ -996,7 +996,14 @@ def test_cold_start_end_to_end_and_its_table(tmp_path, capsys):
     expect = C.ranking_metrics(scores, [ds.train[held]], [ds.test[held]], [50])
     assert saved["draws"]["2024"]["rows"]["lightgcn"][0] == [round(expect["recall@50"], 6), round(expect["ndcg@50"], 6)]
     assert run.results["refit"] and run.trainer.s.min_epochs == 30
-    assert "Warm reference" not in page  # Table 1 has no runs yet
+    assert "Warm reference" not in page  # Table 1 has no runs yet: the page and a note say so
+    assert "No warm reference for lightgcn, simgcl, cikgrec: Table 1's refit runs" in page
+    assert "note: no warm reference for lightgcn, simgcl, cikgrec" in capsys.readouterr().err
+    # found by review (issue 20): --results-dir DATA wrote cold-start.md into the dataset folder
+    i = common.index("--results-dir")
+    assert E.main(["cold-start", *common[:i + 1], str(tmp_path), *common[i + 2:]]) == 2
+    assert "is a dataset folder (it has train.txt)" in capsys.readouterr().err
+    assert not (tmp_path / "fx" / "cold-start.md").exists()
     # with Table 1's refit runs of the same seeds, their mean is the warm reference
     at = common.index("--draws")
     table_args = common[:at] + common[at + 2:]

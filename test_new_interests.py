@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +142,43 @@ def test_infer_new_end_to_end_then_a_rerun_asks_nothing(run, capsys):
         assert len(srv.bodies) == 2 and out_file.read_text() == before
     err = capsys.readouterr().err
     assert "resume: 2 users already in" in err and "infer-new summary: 0 users asked now" in err
+    # found by review (issue 20): --limit 1 rewrote the output with the first user's edges alone
+    with FakeLLM(lambda msg, n: new_user_answer(msg)) as srv:
+        assert L.main([*args, "--base-url", srv.url, "--limit", "1"]) == 0 and not srv.bodies
+    assert out_file.read_text() == before
+
+
+def test_infer_new_writes_only_over_its_own_files(run, capsys):
+    """Found by review (issue 20): infer-new --out replaced any file (a run's results, a model,
+    /dev/null) and --answers cut a file's last line before finding it was no answers file."""
+    tmp_path, args, _ = run
+    i = args.index("--out")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "run.json").write_text('{"settings": {}}\n')
+    (tmp_path / "notes.txt").write_text("line one\nline two, no newline")
+    for option, path, expect in (("--out", "run.json", "it exists and is not an interest file infer-new wrote"),
+                                 ("--out", "fifo", "it is not a regular file"),
+                                 ("--answers", "notes.txt", "it exists and is not an answers file")):
+        before = files(tmp_path)
+        argv = [*args[:i], *args[i + 2:], "--out", str(tmp_path / "new" / "ni.txt"), option, str(tmp_path / path)]
+        capsys.readouterr()
+        assert L.main([*argv, "--base-url", "http://127.0.0.1:9/v1"]) == 2
+        assert f"cannot write {tmp_path / path}: {expect}" in capsys.readouterr().err
+        assert files(tmp_path) == before and (tmp_path / "fifo").is_fifo()
+
+
+def files(root: Path) -> dict:
+    """The regular files under root and their bytes (tree() would block reading a FIFO)."""
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_an_interest_file_without_lines_folds_in_from_the_items(tmp_path):
+    """Found by review (issue 20): infer-new wrote an empty file when no phrase was placed, and
+    recommend --new-interests refused it as empty."""
+    (tmp_path / "i.txt").write_text("")
+    assert L.read_histories(tmp_path / "i.txt", "interests") == {}
+    with pytest.raises(L.DataError, match="the file is empty"):
+        L.read_histories(tmp_path / "i.txt")
 
 
 def test_infer_new_failures_are_recorded_and_asked_again(run, capsys):
