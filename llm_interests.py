@@ -1844,9 +1844,10 @@ def json_with(key: str):
     """A test of a first line: a JSON object holding `key`."""
     def test(line: str) -> bool:
         try:
-            return key in json.loads(line)
-        except (ValueError, TypeError):
+            row = json.loads(line)
+        except ValueError:
             return False
+        return isinstance(row, dict) and key in row
     return test
 
 
@@ -1970,9 +1971,9 @@ def read_histories(path, what: str = "history") -> dict:
     item item ...` in original item ids (tabs or spaces, no header; a new id is never matched against
     user_list.txt); with what="interests", `new_id interest_id` pairs, a user on several lines.
     Returns {new id: [ids as strings]} in file order ({} for an interest file without lines).
-    Raises DataError naming file and line on a
-    line without items, bytes that are not UTF-8, a control character (a tab separates), and a new
-    id already on an earlier line of a history file."""
+    Raises DataError naming file and line on a line without items, bytes that are not UTF-8, a
+    control character (a tab separates), and a new id already on an earlier line of a history
+    file; also on a history file without lines."""
     out, line_of = {}, {}
     with cikgrec.open_text(Path(path)) as text:  # DataError on a missing file, a folder or a byte-order mark
         f = text.buffer  # bytes: a byte that is not UTF-8 is named, not replaced (and a pipe is read once)
@@ -2014,7 +2015,8 @@ def read_history(path, item_of: dict) -> tuple[list, list]:
 def new_user_jobs(args, folder: Path) -> list:
     """infer-new's jobs: one per new user of --history with a named known item, with the prompt
     of `infer` (history_jobs: the titles of the last N_LAST_ITEMS named items, the same field
-    word); --limit applied. Notes name the unknown items and the users left without a prompt."""
+    word), all of them (cmd_infer_new asks only the first --limit). Notes name the unknown items and
+    the users left without a prompt."""
     items_path, rows = Path(folder) / "item_list.txt", read_item_rows(folder)
     titles, item_of = [item_title(name) for _, name in rows], {}
     for item, (org_id, _) in enumerate(rows):
