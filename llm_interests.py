@@ -2140,7 +2140,7 @@ def main(argv=None) -> int:
                 raise InputError(f"--out and --answers must not be the --history file {args.history}")
             clusters = Path(args.clusters)  # the folder `cluster` wrote, or a file in it: its files are read
             kept = {(clusters if clusters.is_dir() else clusters.parent) / n for n in CLUSTER_FILES}
-            kept |= set() if clusters.is_dir() else {clusters}
+            kept |= {clusters} if clusters.is_file() else set()
             hit = next((p for p in (out, source_path(out), answers, failures) if p.resolve() in
                         {k.resolve() for k in kept}), None)
             if hit:
