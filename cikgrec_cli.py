@@ -41,7 +41,7 @@ from cikgrec import (DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Set
 from cikgrec import read_data as read_method_data
 from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, export_recbole, load_checked,
                              prepare, recbole_files, stats_markdown)
-from llm_interests import item_title, read_histories, source_path
+from llm_interests import first_line, item_title, json_with, read_histories, source_path
 
 # ----------------------------------------------------------------------------------------------
 # Settings: their checks, and the versions of the computation results files record
@@ -1084,15 +1084,8 @@ def is_recommendations(path) -> bool:
     """Whether the file starts as write_recommendations writes (the TSV header, or a JSONL row with
     user, rank and item): what recommend --out may replace; a dataset file, an interest file or a
     results file may not be."""
-    with open(path, "rb") as f:
-        first = f.readline(4096).decode("utf-8", "replace").rstrip("\r\n")
-    if first == "user\trank\titem\ttitle\tscore":
-        return True
-    try:
-        row = json.loads(first)
-    except ValueError:
-        return False
-    return isinstance(row, dict) and {"user", "rank", "item"} <= row.keys()
+    first = first_line(path)
+    return first == "user\trank\titem\ttitle\tscore" or json_with("user", "rank", "item")(first)
 
 
 def read_user_ids(path) -> list:

@@ -1840,15 +1840,22 @@ def check_outputs(paths, dataset_folder, hint: str = "see --out-dir") -> None:
 EDGE_LINE = re.compile(r"\S+[ \t]+[0-9]+")  # `new_id interest_id`, a line infer-new writes
 
 
-def json_with(key: str):
-    """A test of a first line: a JSON object holding `key`."""
+def json_with(*keys: str):
+    """A test of a first line: a JSON object holding every one of `keys`."""
     def test(line: str) -> bool:
         try:
             row = json.loads(line)
         except ValueError:
             return False
-        return isinstance(row, dict) and key in row
+        return isinstance(row, dict) and all(key in row for key in keys)
     return test
+
+
+def first_line(path: Path) -> str:
+    """The first line of a file (at most 4096 bytes of it), stripped; bytes that are not UTF-8
+    replaced. What check_own_file (and recommend --out) judge an existing output by."""
+    with open(path, "rb") as f:
+        return f.readline(4096).decode("utf-8", "replace").strip()
 
 
 def check_own_file(path: Path, looks_right, what: str) -> None:
@@ -1859,8 +1866,7 @@ def check_own_file(path: Path, looks_right, what: str) -> None:
         return
     if not path.is_file():
         raise InputError(f"cannot write {path}: it is not a regular file")
-    with open(path, "rb") as f:
-        first = f.readline(4096).decode("utf-8", "replace").strip()
+    first = first_line(path)
     if first and not looks_right(first):
         raise InputError(f"cannot write {path}: it exists and is not {what} (its first line: {first[:60]!r}); "
                          "give another name, or remove it")
