@@ -1256,7 +1256,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--k", type=int, default=20, help="items per user (default 20)")
     rp.add_argument("--users", help="file of original user ids, one a line (default: every user)")
     rp.add_argument("--history", help="new users (never trained on): a file of lines `new_id item item ...`, "
-                                      "original item ids; they are folded in")
+                                      "original item ids; they are folded in (- reads standard input)")
     rp.add_argument("--new-interests", help="with --history: `new_id interest_id` lines (llm_interests.py infer-new)")
     rp.add_argument("--out", help="output file (default: stdout)")
     rp.add_argument("--format", choices=("tsv", "jsonl"), default="tsv")
@@ -1371,6 +1371,8 @@ def recommend_command(args) -> int:
                                 "recommend's TSV header or JSONL row): not replaced; give another name, or remove it")
     if args.history and args.users or args.new_interests and not args.history:
         raise SettingsError("--history (new users) and --users (trained users) go alone; --new-interests needs --history")
+    if args.new_interests == "-":
+        raise SettingsError("--new-interests must be a file: the record of its clustering is read beside it")
     users = list(dict.fromkeys(read_user_ids(args.users))) if args.users else None
     histories = read_histories(args.history) if args.history else None
     interests = read_histories(args.new_interests, "interests") if args.new_interests else None

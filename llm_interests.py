@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import email.utils
 import hashlib
@@ -1751,7 +1752,7 @@ def parse_args(argv=None):
     q = sub.add_parser("infer-new", allow_abbrev=False,
                        help="new users' interests from their histories, in the clusters of a run's `cluster`")
     q.add_argument("--history", required=True, help="one line per new user: a new id, then the items liked, in "
-                                                    "order, as item_list.txt's org_id column names them")
+                                                    "order, as item_list.txt's org_id column names them (- reads standard input)")
     q.add_argument("--dataset", required=True, help="dataset folder name under --data-dir (item_list.txt is read)")
     q.add_argument("--data-dir", default="data", help="folder holding one folder per dataset")
     q.add_argument("--field", default="", help="item word in the prompt (default: movies/books)")
@@ -1946,23 +1947,27 @@ def source_path(out: Path) -> Path:
     return out.with_name(out.name + ".source.json")
 
 
+def clustering_folder(clusters) -> Path:
+    """--clusters (the folder `cluster` wrote, or a file in it) -> that folder."""
+    path = Path(clusters)
+    return path.parent if path.is_file() else path
+
+
 def run_state(clusters) -> ClusterState:
     """--clusters (the folder `cluster` wrote, its .model.npz, or the interest file beside it) ->
     the run's ClusterState. Raises InputError (one line) when there is none: the published
     interest files carry no clustering state; DataError when the file is not a state, or the
     interest file beside it is not the one written with it (a later `cluster` was cut short)."""
     path = Path(clusters)
-    if path.is_file() and path.suffix != ".npz":
-        path = path.parent
-    if path.is_dir():
-        path = path / CLUSTER_FILES[3]
+    if not path.exists():
+        raise DataError(path, 0, "not found (--clusters: the folder `llm_interests.py cluster` wrote, or its "
+                                 f"{CLUSTER_FILES[3]})")
+    if path.is_dir() or path.suffix != ".npz":
+        path = clustering_folder(path) / CLUSTER_FILES[3]
         if not path.is_file():
             raise InputError(f"{clusters} holds no clustering state ({CLUSTER_FILES[3]}; published interest files "
                              f"carry none): run `llm_interests.py cluster` to make one, train on its "
                              f"{CLUSTER_FILES[0]}, and give its folder as --clusters")
-    elif not path.exists():
-        raise DataError(path, 0, "not found (--clusters: the folder `llm_interests.py cluster` wrote, or its "
-                                 f"{CLUSTER_FILES[3]})")
     state = load_state(path)
     interests = path.parent / CLUSTER_FILES[0]
     if state.interest_sha256 and interests.is_file() and \
@@ -1979,11 +1984,15 @@ def read_histories(path, what: str = "history") -> dict:
     Returns {new id: [ids as strings]} in file order ({} for an interest file without lines).
     Raises DataError naming file and line on a line without items, bytes that are not UTF-8, a
     control character (a tab separates), and a new id already on an earlier line of a history
-    file; also on a history file without lines."""
+    file; also on a history file without lines. path "-" reads standard input."""
     out, line_of = {}, {}
-    with cikgrec.open_text(Path(path)) as text:  # DataError on a missing file, a folder or a byte-order mark
+    stdin = str(path) == "-"
+    path = "standard input" if stdin else path  # (as error messages name it)
+    with contextlib.nullcontext(sys.stdin) if stdin else cikgrec.open_text(Path(path)) as text:
         f = text.buffer  # bytes: a byte that is not UTF-8 is named, not replaced (and a pipe is read once)
         for no, raw in enumerate(f, 1):
+            if no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # (open_text checks a file; this, standard input)
+                raise DataError(path, 1, "starts with a byte-order mark (BOM): give plain UTF-8 without a BOM")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -2145,8 +2154,7 @@ def main(argv=None) -> int:
             if Path(args.history).resolve() in {out.resolve(), answers.resolve(), failures.resolve()}:
                 raise InputError(f"--out and --answers must not be the --history file {args.history}")
             clusters = Path(args.clusters)  # the folder `cluster` wrote, or a file in it: its files are read
-            kept = {(clusters if clusters.is_dir() else clusters.parent) / n for n in CLUSTER_FILES}
-            kept |= {clusters} if clusters.is_file() else set()
+            kept = {clustering_folder(clusters) / n for n in CLUSTER_FILES} | {clusters}
             hit = next((p for p in (out, source_path(out), answers, failures) if p.resolve() in
                         {k.resolve() for k in kept}), None)
             if hit:

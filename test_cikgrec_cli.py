@@ -887,6 +887,20 @@ def test_recommend_out_never_replaces_a_file_that_is_not_recommendations(tmp_pat
     assert r.returncode == 2 and "/dev/stdin, line 1: the file starts with a byte-order mark" in r.stderr, r.stderr
 
 
+def test_recommend_history_dash_reads_standard_input(tmp_path):
+    """Left by review (issue 20): `--history -` looked for a file named "-"."""
+    trained_fixture(tmp_path)
+    cli = [sys.executable, str(ROOT / "cikgrec_cli.py"), "recommend", "--run", "runs/fx.json", "--history", "-"]
+    r = subprocess.run(cli + ["--k", "1"], input="bob 100\n", capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.splitlines()[1].startswith("bob\t1\t"), r.stderr
+    for given, expect in (("\ufeffbob 100\n", "standard input, line 1: starts with a byte-order mark"),
+                          ("bob\n", "standard input, line 1: expected a new user's id, then their items")):
+        r = subprocess.run(cli, input=given, capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run(cli + ["--new-interests", "-"], input="bob 100\n", capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "--new-interests must be a file" in r.stderr, r.stderr
+
+
 def test_recommend_history_command(tmp_path):
     trained_fixture(tmp_path)
     (tmp_path / "h.txt").write_text("alice\t102 103\nbob 100\n\n")
