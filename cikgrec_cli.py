@@ -18,6 +18,7 @@ cikgrec.py is the method and a plain loop. This file holds what a practitioner n
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
 import dataclasses
 import hashlib
@@ -1395,7 +1396,10 @@ def recommend_command(args) -> int:
         raise SettingsError(f"none of the {len(users)} users of {args.users} is in {run.trainer.s.dataset} "
                             f"(user_list.txt), e.g. {users[0]!r}; --users takes original user ids")
     write_recommendations(rows, args.out, args.format)
-    n_users = len({r["user"] for r in rows})
+    per_user = collections.Counter(r["user"] for r in rows)
+    n_users, short = len(per_user), sum(n < args.k for n in per_user.values())
+    if short:
+        log(f"note: {short} users get fewer than {args.k} items: fewer are left outside their history")
     log(f"{n_users} users x top {args.k} from {run.model_file}: loaded in {t1 - t0:.1f}s, scored in {t2 - t1:.2f}s"
         + (f"; written to {args.out}" if args.out not in (None, "-") else ""))
     return 0

@@ -897,6 +897,10 @@ def test_recommend_history_dash_reads_standard_input(tmp_path):
                           ("bob\n", "standard input, line 1: expected a new user's id, then their items")):
         r = subprocess.run(cli, input=given, capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for k, note in (("5", False), ("6", True)):  # fx has 6 items, bob has one: 5 are left
+        r = subprocess.run(cli + ["--k", k], input="bob 100\n", capture_output=True, text=True, cwd=tmp_path)
+        assert len(r.stdout.splitlines()) == 6, r.stderr
+        assert ("note: 1 users get fewer than 6 items" in r.stderr) == note, r.stderr
     r = subprocess.run(cli + ["--new-interests", "-"], input="bob 100\n", capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "--new-interests must be a file" in r.stderr, r.stderr
 
