@@ -137,6 +137,11 @@ def fit(s: Settings, force: bool = False) -> dict:
     ds, train_part, valid = read_data(s)  # bad input stops here, before anything is written
     check_memory(s, ds, device)
     out, best_path, ckpt_path = output_paths(s)
+    folder = (Path(s.data_dir) / s.dataset).resolve()
+    inside = next((p for p in (out, best_path, ckpt_path) if p.resolve().is_relative_to(folder)), None)
+    if inside:  # even with --force: the dataset's own files could be replaced
+        raise SettingsError(f"--out {s.out}: {inside} would be written into the dataset folder {folder}; "
+                            "give the run a path outside it (e.g. runs/<dataset>/name.json)")
     check_writable(out, best_path, ckpt_path)
     with output_lock(out):
         done = finished_results(out, s) if s.refit and not force else None

@@ -1154,6 +1154,17 @@ def test_a_checkpoint_left_by_ctrl_c_is_not_replaced_without_resume_or_force(tmp
     assert [h["bpr"] for h in resumed["history"]] == [h["bpr"] for h in straight["history"]]
 
 
+def test_train_never_writes_into_the_dataset_folder_even_with_force(tmp_path):
+    """Found by review (issue 21): train --out <data>/fx/train.txt --force replaced train.txt with
+    the results JSON (the error without --force even suggested --force)."""
+    small_dataset(tmp_path)
+    before = (tmp_path / "fx" / "train.txt").read_bytes()
+    for out in ("fx/train.txt", "fx/run.json"):
+        with pytest.raises(C.SettingsError, match=r"would be written into the dataset folder .*fx; give the run a path outside it"):
+            T.fit(tiny_settings(tmp_path, out=str(tmp_path / out)), force=True)
+    assert (tmp_path / "fx" / "train.txt").read_bytes() == before and not (tmp_path / "fx" / "run.json").exists()
+
+
 def test_run_recommend_names_unknown_users(tmp_path, capsys):
     """Found in review (issue 19): run.recommend(["nobody"]) returned [] without a word."""
     run, _ = trained_fixture(tmp_path)
