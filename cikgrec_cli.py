@@ -694,10 +694,12 @@ def read_data(s: Settings) -> tuple[Dataset, list, list | None]:
 
 
 def data_files(s: Settings) -> list:
-    """The files a run with settings s reads (train, test, KG and interest files that exist), for
-    provenance: fit records their SHA-256 by file name."""
+    """The files a run with settings s reads (train, test, KG and interest files that exist, and the
+    id lists that name its users and items in recommendations), for provenance: fit records their
+    SHA-256 by file name. A check compares only the files a run recorded (older runs have no lists)."""
     folder = Path(s.data_dir) / s.dataset
-    files = [folder / f for f in ("train.txt", "test.txt", "kg_final.txt") if (folder / f).is_file()]
+    files = [folder / f for f in ("train.txt", "test.txt", "kg_final.txt", "user_list.txt", "item_list.txt")
+             if (folder / f).is_file()]
     interests = Path(s.interests) if s.interests else folder / "user_interest_clustered.txt"
     return files + ([interests] if s.interest_nodes and interests.is_file() else [])
 

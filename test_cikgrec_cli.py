@@ -1165,6 +1165,17 @@ def test_train_never_writes_into_the_dataset_folder_even_with_force(tmp_path):
     assert (tmp_path / "fx" / "train.txt").read_bytes() == before and not (tmp_path / "fx" / "run.json").exists()
 
 
+def test_recommend_refuses_a_changed_user_list(tmp_path):
+    """Found by review (issue 21): two users swapped in user_list.txt after training, and recommend
+    printed one user's list under the other's name, exit 0 (only train, test, KG and interests were
+    hashed)."""
+    trained_fixture(tmp_path)
+    lists = tmp_path / "fx" / "user_list.txt"
+    lists.write_text(lists.read_text().replace("U0 0", "U9 0").replace("U1 1", "U0 1").replace("U9 0", "U1 0"))
+    r = run_cli("recommend", "--run", "runs/fx.json", cwd=tmp_path)
+    assert r.returncode == 2 and "trained on other data (the SHA-256 of" in r.stderr and "user_list.txt" in r.stderr, r.stderr
+
+
 def test_run_recommend_names_unknown_users(tmp_path, capsys):
     """Found in review (issue 19): run.recommend(["nobody"]) returned [] without a word."""
     run, _ = trained_fixture(tmp_path)
