@@ -1392,6 +1392,11 @@ def recommend_command(args) -> int:
     if interests is not None:
         check_interest_source(args.new_interests, run)
     if histories is not None:
+        known = set(run.user_ids)
+        trained = [u for u in histories if u in known]
+        if trained:
+            log(f"note: {len(trained)} ids of {args.history} are also trained users (e.g. {trained[0]!r}): they are "
+                "folded in as new users from the items given; --users gives a trained user's own list")
         rows = run.recommend_new(histories, k=args.k, interests=interests, include_seen=args.include_seen)
         if len(rows.unknown) == len(histories):
             raise SettingsError(f"none of the {len(histories)} new users of {args.history} has an item of "

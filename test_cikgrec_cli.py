@@ -1174,6 +1174,10 @@ def test_recommend_refuses_a_changed_user_list(tmp_path):
     lists.write_text(lists.read_text().replace("U0 0", "U9 0").replace("U1 1", "U0 1").replace("U9 0", "U1 0"))
     r = run_cli("recommend", "--run", "runs/fx.json", cwd=tmp_path)
     assert r.returncode == 2 and "trained on other data (the SHA-256 of" in r.stderr and "user_list.txt" in r.stderr, r.stderr
+    (tmp_path / "h.txt").write_text("U3 100\nnew 101\n")  # and (found by the same review) a trained id in --history
+    lists.write_text("org_id remap_id\n" + "".join(f"U{u} {u}\n" for u in range(8)))
+    r = run_cli("recommend", "--run", "runs/fx.json", "--history", "h.txt", cwd=tmp_path)
+    assert r.returncode == 0 and "note: 1 ids of h.txt are also trained users (e.g. 'U3')" in r.stderr, r.stderr
 
 
 def test_run_recommend_names_unknown_users(tmp_path, capsys):
