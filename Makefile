@@ -18,8 +18,8 @@ demo-data:  ## rebuild data/demo/ (synthetic, seeded: the same files every time)
 	$(PYTHON) make_demo.py
 
 prepare:  ## your own data: make prepare RAW=ratings.csv NAME=mine [ITEMS=books.csv] [KG=kg.csv] [ARGS=--min-rating 4]
-	$(PYTHON) cikgrec_cli.py prepare --interactions $(RAW) --name $(NAME) --data-dir $(DATA_DIR) \
-	  $(if $(ITEMS),--items $(ITEMS)) $(if $(KG),--kg $(KG)) $(ARGS)
+	$(PYTHON) cikgrec_cli.py prepare --interactions "$(RAW)" --name "$(NAME)" --data-dir "$(DATA_DIR)" \
+	  $(if $(ITEMS),--items "$(ITEMS)") $(if $(KG),--kg "$(KG)") $(ARGS)
 
 stats:  ## the paper's Table 2 for DATASET
 	$(PYTHON) cikgrec_cli.py stats --dataset $(DATASET) --data-dir $(DATA_DIR)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import ctypes
 import dataclasses
 import hashlib
@@ -955,7 +956,8 @@ class Run:
         rows = Recommendations(unknown=unknown)
         if unknown:
             shown = ", ".join(map(str, unknown[:20])) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
-            log(f"note: {len(unknown)} of {len(users)} users are not in {ds.name} (user_list.txt), left out: {shown}")
+            where = "(user_list.txt)" if original else f"(dense ids 0..{ds.n_users - 1}; original=True takes user_list.txt's)"
+            log(f"note: {len(unknown)} of {len(users)} users are not in {ds.name} {where}, left out: {shown}")
         for row, u in enumerate(dense):
             for rank, (i, sc) in enumerate(zip(items[row].tolist(), scores[row].tolist()), 1):
                 if i < 0:
@@ -1099,8 +1101,9 @@ def is_recommendations(path) -> bool:
 def read_user_ids(path) -> list:
     """Original user ids for recommend --users: one per non-blank line, the whole line (whitespace
     inside written as `_`, as prepare writes such ids in user_list.txt); a first line `user`,
-    `user_id` or `org_id` is a header and skipped. Raises DataError on a missing or empty file."""
-    with open_text(Path(path)) as f:
+    `user_id` or `org_id` is a header and skipped; path "-" reads standard input. Raises DataError on a
+    missing or empty file."""
+    with contextlib.nullcontext(sys.stdin) if str(path) == "-" else open_text(Path(path)) as f:
         ids = ["_".join(line.split()) for line in f if line.strip()]
     if not ids:
         raise DataError(path, 0, "the file is empty")
@@ -1262,7 +1265,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("recommend", allow_abbrev=False, help="top-K items per user from a trained run")
     rp.add_argument("--run", required=True, help="the run's results JSON (its model .pt beside it)")
     rp.add_argument("--k", type=int, default=20, help="items per user (default 20)")
-    rp.add_argument("--users", help="file of original user ids, one a line (default: every user)")
+    rp.add_argument("--users", help="file of original user ids, one a line, - reads standard input (default: every user)")
     rp.add_argument("--history", help="new users (never trained on): a file of lines `new_id item item ...`, "
                                       "original item ids; they are folded in (- reads standard input)")
     rp.add_argument("--new-interests", help="with --history: `new_id interest_id` lines (llm_interests.py infer-new)")

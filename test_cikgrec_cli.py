@@ -1187,3 +1187,8 @@ def test_run_recommend_names_unknown_users(tmp_path, capsys):
     rows = run.recommend(["nobody", "U1"], k=2, original=True)
     assert rows.unknown == ["nobody"] and {r["user"] for r in rows} == {"U1"}
     assert "note: 1 of 2 users are not in fx (user_list.txt), left out: nobody" in capsys.readouterr().err
+    rows = run.recommend(["U1"], k=2)  # found by review (issue 21): the note did not say ids are dense here
+    assert rows == [] and "(dense ids 0..7; original=True takes user_list.txt's), left out: U1" in capsys.readouterr().err
+    r = subprocess.run([sys.executable, str(ROOT / "cikgrec_cli.py"), "recommend", "--run", "runs/fx.json", "--users", "-",
+                        "--k", "1"], input="U2\n", capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and [x.split("\t")[0] for x in r.stdout.splitlines()] == ["user", "U2"], r.stderr
