@@ -90,8 +90,8 @@ TABLES = {
 TUNED = {"book-crossing": {"lightgcn": {"l2": 1e-5},  # results/book-crossing/sweep-lightgcn-l2.md
                            # results/book-crossing/variants.md: validation chooses the authors' code
                            "cikgrec": {"variant": "authors"}, "wo-uik": {"variant": "authors"},
-                           # results/book-crossing/sweep-simgcl-lambda3-eps.md: of 10 grid points (tau 0.2) and
-                           # today's setting, validation chooses today's (the dataset's tau, lambda3 and eps)
+                           # results/book-crossing/sweep-simgcl-lambda3-eps.md: of 10 grid points (tau 0.2) and the
+                           # setting before tuning, validation chooses the latter (the dataset's tau, lambda3, eps)
                            "simgcl": {"tau": 0.15, "lambda3": 0.01, "eps": 0.1}},
             "dbbook2014": {"lightgcn": {"l2": 1e-4},  # results/dbbook2014/sweep-lightgcn-l2.md
                            # results/dbbook2014/sweep-simgcl-lambda3-eps.md (tau 0.2, the dataset's own)
