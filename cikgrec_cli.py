@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import ctypes
 import dataclasses
 import hashlib
@@ -43,7 +42,7 @@ from cikgrec import (DATASET_DEFAULTS, GRAPHS, DataError, Dataset, Progress, Set
 from cikgrec import read_data as read_method_data
 from cikgrec_prepare import (DATASETS, SEPARATORS, dataset_folder, dataset_stats, download, export_recbole, load_checked,
                              prepare, recbole_files, stats_markdown)
-from llm_interests import first_line, item_title, json_with, read_histories, source_path
+from llm_interests import first_line, item_title, json_with, open_input, read_histories, source_path
 
 # ----------------------------------------------------------------------------------------------
 # Settings: their checks, and the versions of the computation results files record
@@ -138,12 +137,7 @@ def fit(s: Settings, force: bool = False) -> dict:
     ds, train_part, valid = read_data(s)  # bad input stops here, before anything is written
     check_memory(s, ds, device)
     out, best_path, ckpt_path = output_paths(s)
-    folder = (Path(s.data_dir) / s.dataset).resolve()
-    inside = next((p for p in (out, best_path, ckpt_path) if p.resolve().is_relative_to(folder)), None)
-    if inside:  # even with --force: the dataset's own files could be replaced
-        raise SettingsError(f"--out {s.out}: {inside} would be written into the dataset folder {folder}; "
-                            "give the run a path outside it (e.g. runs/<dataset>/name.json)")
-    check_writable(out, best_path, ckpt_path)
+    check_writable(out, best_path, ckpt_path, dataset_folder=Path(s.data_dir) / s.dataset)
     with output_lock(out):
         done = finished_results(out, s) if s.refit and not force else None
         if done is not None:  # a finished validation-selected run: only its refit is left to do
@@ -650,13 +644,18 @@ def existing_results(out: Path, s: Settings) -> str:
             + (", or --resume to continue it" if r.get("stopped_by") else ""))
 
 
-def check_writable(out: Path, *beside: Path) -> None:
+def check_writable(out: Path, *beside: Path, dataset_folder: Path | None = None) -> None:
     """Before anything is written: --out names a file (not a folder, not a .pt, which is where a model
-    goes) in a folder that exists or can be made and that takes a new file. Raises SettingsError."""
+    goes) in a folder that exists or can be made and that takes a new file; neither it nor a file
+    beside it lies in dataset_folder, where given (not even with --force: the dataset's own files
+    could be replaced). Raises SettingsError."""
     if out.suffix == ".pt":
         raise SettingsError(f"--out {out}: give the results file (e.g. .json); the model is saved beside "
                             "it as .pt")
     for path in (out, *beside):
+        if dataset_folder and path.resolve().is_relative_to(dataset_folder.resolve()):
+            raise SettingsError(f"--out {out}: {path} would be written into the dataset folder "
+                                f"{dataset_folder.resolve()}; give the run a path outside it (e.g. runs/<dataset>/name.json)")
         if path.is_dir():
             raise SettingsError(f"--out {out}: {path} is a folder")
         if path.exists() and not path.is_file():  # e.g. /dev/null: a rename over it would replace it
@@ -1103,7 +1102,7 @@ def read_user_ids(path) -> list:
     inside written as `_`, as prepare writes such ids in user_list.txt); a first line `user`,
     `user_id` or `org_id` is a header and skipped; path "-" reads standard input. Raises DataError on a
     missing or empty file."""
-    with contextlib.nullcontext(sys.stdin) if str(path) == "-" else open_text(Path(path)) as f:
+    with open_input(path) as f:
         ids = ["_".join(line.split()) for line in f if line.strip()]
     if not ids:
         raise DataError(path, 0, "the file is empty")

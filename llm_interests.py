@@ -1977,6 +1977,11 @@ def run_state(clusters) -> ClusterState:
     return state
 
 
+def open_input(path):
+    """cikgrec.open_text for an input file, or standard input (left open) when path is "-"."""
+    return contextlib.nullcontext(sys.stdin) if str(path) == "-" else cikgrec.open_text(Path(path))
+
+
 def read_histories(path, what: str = "history") -> dict:
     """A file of new users (recommend --history, llm_interests.py infer-new): one line each, `new_id
     item item ...` in original item ids (tabs or spaces, no header; a new id is never matched against
@@ -1986,9 +1991,8 @@ def read_histories(path, what: str = "history") -> dict:
     control character (a tab separates), and a new id already on an earlier line of a history
     file; also on a history file without lines. path "-" reads standard input."""
     out, line_of = {}, {}
-    stdin = str(path) == "-"
-    path = "standard input" if stdin else path  # (as error messages name it)
-    with contextlib.nullcontext(sys.stdin) if stdin else cikgrec.open_text(Path(path)) as text:
+    with open_input(path) as text:  # DataError on a missing file, a folder or a byte-order mark
+        path = "standard input" if str(path) == "-" else path  # (as error messages name it)
         f = text.buffer  # bytes: a byte that is not UTF-8 is named, not replaced (and a pipe is read once)
         for no, raw in enumerate(f, 1):
             if no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # (open_text checks a file; this, standard input)
